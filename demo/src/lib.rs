@@ -1,0 +1,1 @@
+//! WebSocket backend and scenario driver for the demo and end-to-end tests.

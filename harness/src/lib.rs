@@ -1,0 +1,1 @@
+//! proxy-wasm host emulator on wasmtime (issue 3).
