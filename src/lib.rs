@@ -1,1 +1,23 @@
-//! Floodgate: a proxy-wasm circuit breaker for Envoy. (Skeleton; the filter lands with issue 2.)
+//! Floodgate: a proxy-wasm circuit breaker for Envoy that refuses new WebSocket upgrades while
+//! a backend is failing and leaves existing connections alone.
+//!
+//! - [`core`]: the pure breaker (no host calls; time is an input).
+//! - [`config`]: plugin configuration, parsed and validated into typed policies.
+//! - [`host`]: the one adapter that makes host calls; [`store`]: breaker state in shared data.
+//! - [`guard`], [`http`], [`tcp`], [`root`]: the filters; [`metrics`]: Envoy stats.
+
+pub mod config;
+pub mod core;
+pub mod guard;
+pub mod host;
+pub mod http;
+pub mod metrics;
+pub mod root;
+pub mod store;
+pub mod tcp;
+pub mod vm;
+
+proxy_wasm::main! {{
+    host::install_logging();
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new()) });
+}}

@@ -1,0 +1,251 @@
+//! The breaker state machine: `admit` before a call, `record` after it. Pure: the caller passes
+//! the time and a random value, and writes the state back when `changed` says so.
+
+use super::policy::{Mode, Policy};
+use super::state::{BreakerState, Phase, Reason};
+
+/// How long a half-open probe may hold its slot before the slot is reclaimed. A probe normally
+/// frees it at its response or when its stream ends; this bounds the loss when neither happens
+/// (a worker VM torn down mid-request).
+pub const PROBE_LEASE_MS: u64 = 30_000;
+/// What a client refused in half-open (all probe slots busy) or during the ramp is told to wait.
+pub const SHORT_RETRY_MS: u64 = 1_000;
+
+/// What a caller reports about a finished call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub failure: bool,
+    pub slow: bool,
+}
+
+/// Proof that a call holds a half-open probe slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeTicket {
+    pub slot: u8,
+    pub deadline_ms: u64,
+}
+
+/// The state a refused client is told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusedAs {
+    Closed,
+    HalfOpen,
+    Open,
+    ForcedOpen,
+}
+
+impl RefusedAs {
+    pub fn name(self) -> &'static str {
+        match self {
+            RefusedAs::Closed => "closed",
+            RefusedAs::HalfOpen => "half_open",
+            RefusedAs::Open => "open",
+            RefusedAs::ForcedOpen => "forced_open",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub state: RefusedAs,
+    pub reason: Reason,
+    pub retry_after_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Admit { probe: Option<ProbeTicket> },
+    Refuse(Refusal),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Phase,
+    pub to: Phase,
+    pub reason: Reason,
+}
+
+/// The effect of one step on the shared state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effect {
+    /// The state must be written back.
+    pub changed: bool,
+    pub transition: Option<Transition>,
+}
+
+/// Decides whether a new call may go through. `unit` is uniform in [0, 1).
+pub fn admit(s: &mut BreakerState, p: &Policy, now_ms: u64, unit: f64) -> (Decision, Effect) {
+    let mut effect = Effect::default();
+    match p.mode {
+        Mode::Disabled => return (Decision::Admit { probe: None }, effect),
+        Mode::ForcedOpen => {
+            let retry_after_ms = spread(p, p.open_base_ms, unit);
+            let refusal = Refusal { state: RefusedAs::ForcedOpen, reason: Reason::Forced, retry_after_ms };
+            return (Decision::Refuse(refusal), effect);
+        }
+        Mode::Enforce | Mode::DryRun => {}
+    }
+    if s.phase == Phase::Open {
+        if now_ms < s.open_until_ms {
+            let retry_after_ms = spread(p, s.open_until_ms - now_ms, unit);
+            let refusal = Refusal { state: RefusedAs::Open, reason: s.reason, retry_after_ms };
+            return (Decision::Refuse(refusal), effect);
+        }
+        effect.transition = Some(enter_half_open(s, now_ms));
+        effect.changed = true;
+    }
+    match s.phase {
+        Phase::HalfOpen => {
+            let free = s.probe_slots.iter().position(|&deadline| deadline == 0 || deadline <= now_ms);
+            match free {
+                Some(i) => {
+                    let deadline_ms = now_ms.saturating_add(PROBE_LEASE_MS).max(1);
+                    s.probe_slots[i] = deadline_ms;
+                    effect.changed = true;
+                    (Decision::Admit { probe: Some(ProbeTicket { slot: i as u8, deadline_ms }) }, effect)
+                }
+                None => {
+                    let retry_after_ms = spread(p, SHORT_RETRY_MS, unit);
+                    let refusal = Refusal { state: RefusedAs::HalfOpen, reason: s.reason, retry_after_ms };
+                    (Decision::Refuse(refusal), effect)
+                }
+            }
+        }
+        _ => {
+            if ramp_refuses(s, p, now_ms, unit) {
+                let retry_after_ms = spread(p, SHORT_RETRY_MS, unit);
+                let refusal = Refusal { state: RefusedAs::Closed, reason: Reason::RecoveryRamp, retry_after_ms };
+                return (Decision::Refuse(refusal), effect);
+            }
+            (Decision::Admit { probe: None }, effect)
+        }
+    }
+}
+
+/// Records the outcome of an admitted call. `unit` jitters a new open time.
+pub fn record(
+    s: &mut BreakerState,
+    p: &Policy,
+    now_ms: u64,
+    call: Call,
+    probe: Option<ProbeTicket>,
+    unit: f64,
+) -> Effect {
+    let mut effect = Effect::default();
+    if p.mode == Mode::Disabled {
+        return effect;
+    }
+    match s.phase {
+        Phase::Closed => {
+            s.window.record(now_ms, call.failure, call.slow);
+            s.consecutive_failures = if call.failure { s.consecutive_failures.saturating_add(1) } else { 0 };
+            effect.changed = true;
+            if let Some(reason) = trip_reason(s, p, now_ms) {
+                effect.transition = Some(enter_open(s, p, now_ms, reason, unit));
+            }
+        }
+        Phase::HalfOpen => {
+            // Only probes decide a half-open breaker; calls admitted before the trip do not.
+            if !take_slot(s, probe) {
+                return effect;
+            }
+            effect.changed = true;
+            if call.failure {
+                s.reopens = s.reopens.saturating_add(1);
+                effect.transition = Some(enter_open(s, p, now_ms, Reason::ProbeFailed, unit));
+            } else {
+                s.probe_successes = s.probe_successes.saturating_add(1);
+                if s.probe_successes >= p.half_open_successes {
+                    effect.transition = Some(enter_closed(s, now_ms));
+                }
+            }
+        }
+        Phase::Open => {}
+    }
+    effect
+}
+
+/// Frees a probe slot whose call ended without an outcome (refused downstream, cancelled).
+pub fn release(s: &mut BreakerState, probe: Option<ProbeTicket>) -> Effect {
+    Effect { changed: take_slot(s, probe), transition: None }
+}
+
+/// Probe slots currently held (not free, not expired).
+pub fn probes_in_flight(s: &BreakerState, now_ms: u64) -> usize {
+    s.probe_slots.iter().filter(|&&d| d != 0 && d > now_ms).count()
+}
+
+fn take_slot(s: &mut BreakerState, probe: Option<ProbeTicket>) -> bool {
+    let Some(t) = probe else { return false };
+    match s.probe_slots.get_mut(usize::from(t.slot)) {
+        Some(slot) if s.phase == Phase::HalfOpen && *slot == t.deadline_ms => {
+            *slot = 0;
+            true
+        }
+        _ => false,
+    }
+}
+
+fn trip_reason(s: &BreakerState, p: &Policy, now_ms: u64) -> Option<Reason> {
+    if p.consecutive_failures > 0 && u32::from(s.consecutive_failures) >= p.consecutive_failures {
+        return Some(Reason::ConsecutiveFailures);
+    }
+    let c = s.window.counts(now_ms);
+    if c.calls == 0 || c.calls < p.minimum_calls {
+        return None;
+    }
+    let calls = f64::from(c.calls);
+    if f64::from(c.failures) / calls >= p.failure_rate {
+        return Some(Reason::FailureRate);
+    }
+    if p.slow_call_ms > 0 && f64::from(c.slow) / calls >= p.slow_call_rate {
+        return Some(Reason::SlowCallRate);
+    }
+    None
+}
+
+fn ramp_refuses(s: &BreakerState, p: &Policy, now_ms: u64, unit: f64) -> bool {
+    if p.recovery_ramp_ms == 0 || s.closed_at_ms == 0 || now_ms >= s.closed_at_ms + p.recovery_ramp_ms {
+        return false;
+    }
+    let share = now_ms.saturating_sub(s.closed_at_ms) as f64 / p.recovery_ramp_ms as f64;
+    unit >= share
+}
+
+fn spread(p: &Policy, ms: u64, unit: f64) -> u64 {
+    // Spread clients refused together over [ms, ms * (1 + jitter)] so they do not return at once.
+    ms + (ms as f64 * p.open_jitter * unit) as u64
+}
+
+fn enter_open(s: &mut BreakerState, p: &Policy, now_ms: u64, reason: Reason, unit: f64) -> Transition {
+    let from = s.phase;
+    s.phase = Phase::Open;
+    s.reason = reason;
+    s.since_ms = now_ms;
+    s.open_until_ms = now_ms.saturating_add(p.jittered(p.open_duration_ms(s.reopens), unit));
+    s.probe_slots.iter_mut().for_each(|d| *d = 0);
+    s.probe_successes = 0;
+    Transition { from, to: Phase::Open, reason }
+}
+
+fn enter_half_open(s: &mut BreakerState, now_ms: u64) -> Transition {
+    s.phase = Phase::HalfOpen;
+    s.since_ms = now_ms;
+    s.probe_successes = 0;
+    s.probe_slots.iter_mut().for_each(|d| *d = 0);
+    Transition { from: Phase::Open, to: Phase::HalfOpen, reason: s.reason }
+}
+
+fn enter_closed(s: &mut BreakerState, now_ms: u64) -> Transition {
+    let reason = s.reason;
+    s.phase = Phase::Closed;
+    s.reason = Reason::None;
+    s.since_ms = now_ms;
+    s.closed_at_ms = now_ms.max(1);
+    s.reopens = 0;
+    s.consecutive_failures = 0;
+    s.probe_successes = 0;
+    s.probe_slots.iter_mut().for_each(|d| *d = 0);
+    s.window.clear();
+    Transition { from: Phase::HalfOpen, to: Phase::Closed, reason }
+}

@@ -1,0 +1,325 @@
+//! The one adapter between Floodgate and the proxy-wasm host. Every host call the filters make
+//! goes through here, and every status the host can return becomes a [`HostError`]: nothing here
+//! panics, whatever the host answers. (The SDK's own `hostcalls` panic on statuses they do not
+//! expect, so the calls are declared here directly.)
+
+use std::ptr::{null, null_mut};
+
+/// A host call that did not succeed, with the raw proxy-wasm status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostError {
+    NotFound,
+    BadArgument,
+    SerializationFailure,
+    ParseFailure,
+    /// Shared data changed since it was read.
+    CasMismatch,
+    InternalFailure,
+    Unimplemented,
+    Other(u32),
+}
+
+impl HostError {
+    fn from_status(status: u32) -> Result<(), HostError> {
+        match status {
+            0 => Ok(()),
+            1 => Err(HostError::NotFound),
+            2 => Err(HostError::BadArgument),
+            3 => Err(HostError::SerializationFailure),
+            4 => Err(HostError::ParseFailure),
+            8 => Err(HostError::CasMismatch),
+            10 => Err(HostError::InternalFailure),
+            12 => Err(HostError::Unimplemented),
+            s => Err(HostError::Other(s)),
+        }
+    }
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+    Critical = 5,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderMap {
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+    HttpCallResponseHeaders = 6,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buffer {
+    HttpCallResponseBody = 4,
+    VmConfiguration = 6,
+    PluginConfiguration = 7,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter = 0,
+    Gauge = 1,
+}
+
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_get_property(path_data: *const u8, path_size: usize, rd: *mut *mut u8, rs: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        rd: *mut *mut u8,
+        rs: *mut usize,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, rd: *mut *mut u8, rs: *mut usize)
+        -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        rd: *mut *mut u8,
+        rs: *mut usize,
+        cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(key_data: *const u8, key_size: usize, vd: *const u8, vs: usize, cas: u32) -> u32;
+    fn proxy_send_local_response(
+        status_code: u32,
+        details_data: *const u8,
+        details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_close_stream(stream_type: u32) -> u32;
+    fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_http_call(
+        upstream_data: *const u8,
+        upstream_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        trailers_data: *const u8,
+        trailers_size: usize,
+        timeout: u32,
+        return_token: *mut u32,
+    ) -> u32;
+}
+
+/// Takes ownership of a buffer the host allocated in our memory (through the SDK's allocator).
+fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if data.is_null() {
+        return None;
+    }
+    // SAFETY: the host wrote `size` bytes into a buffer it obtained from proxy_on_memory_allocate,
+    // which allocates a Vec<u8> of exactly that capacity with the global allocator.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+pub fn log(level: LogLevel, message: &str) {
+    // A failed log call has nowhere to be reported: ignore it.
+    // SAFETY: pointer and length of a live &str.
+    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+/// Host time in milliseconds since the epoch.
+pub fn now_ms() -> HostResult<u64> {
+    let mut ns = 0u64;
+    // SAFETY: the host writes one u64.
+    HostError::from_status(unsafe { proxy_get_current_time_nanoseconds(&mut ns) })?;
+    Ok(ns / 1_000_000)
+}
+
+/// A property by path (`["xds", "cluster_name"]`). `Ok(None)` when it is not set.
+pub fn property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
+    let mut serialized = Vec::with_capacity(32);
+    for part in path {
+        serialized.extend_from_slice(part.as_bytes());
+        serialized.push(0);
+    }
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: valid input slice; the host fills the out-pointers.
+    match HostError::from_status(unsafe {
+        proxy_get_property(serialized.as_ptr(), serialized.len(), &mut data, &mut size)
+    }) {
+        Ok(()) => Ok(owned(data, size)),
+        Err(HostError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn header(map: HeaderMap, name: &str) -> HostResult<Option<Vec<u8>>> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: valid input slice; the host fills the out-pointers.
+    match HostError::from_status(unsafe {
+        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut data, &mut size)
+    }) {
+        Ok(()) => Ok(owned(data, size)),
+        Err(HostError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn buffer(kind: Buffer, max_size: usize) -> HostResult<Option<Vec<u8>>> {
+    let (mut data, mut size) = (null_mut(), 0usize);
+    // SAFETY: the host fills the out-pointers.
+    match HostError::from_status(unsafe { proxy_get_buffer_bytes(kind as u32, 0, max_size, &mut data, &mut size) }) {
+        Ok(()) => Ok(owned(data, size)),
+        Err(HostError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A shared-data value and its CAS token; `(None, 0)` when the key does not exist.
+pub fn shared_get(key: &str) -> HostResult<(Option<Vec<u8>>, u32)> {
+    let (mut data, mut size, mut cas) = (null_mut(), 0usize, 0u32);
+    // SAFETY: valid input slice; the host fills the out-pointers.
+    match HostError::from_status(unsafe {
+        proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+    }) {
+        Ok(()) => Ok((owned(data, size), cas)),
+        Err(HostError::NotFound) => Ok((None, 0)),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `value` if the key's CAS is still `cas` (0 = unconditionally).
+pub fn shared_set(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
+    // SAFETY: valid input slices.
+    HostError::from_status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
+}
+
+/// Serializes a header list in the proxy-wasm map format.
+pub fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut size = 4 + headers.len() * 8;
+    for (k, v) in headers {
+        size += k.len() + v.len() + 2;
+    }
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (k, v) in headers {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+pub fn send_local_response(status: u16, headers: &[(&str, &str)], body: &[u8], details: &str) -> HostResult<()> {
+    let map = serialize_headers(headers);
+    // SAFETY: valid input slices.
+    HostError::from_status(unsafe {
+        proxy_send_local_response(
+            u32::from(status),
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            map.as_ptr(),
+            map.len(),
+            -1,
+        )
+    })
+}
+
+pub fn close_downstream() -> HostResult<()> {
+    const DOWNSTREAM: u32 = 2;
+    // SAFETY: plain value.
+    HostError::from_status(unsafe { proxy_close_stream(DOWNSTREAM) })
+}
+
+pub fn define_metric(kind: MetricKind, name: &str) -> HostResult<u32> {
+    let mut id = 0u32;
+    // SAFETY: valid input slice; the host writes one u32.
+    HostError::from_status(unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, offset: i64) -> HostResult<()> {
+    // SAFETY: plain values.
+    HostError::from_status(unsafe { proxy_increment_metric(id, offset) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> HostResult<()> {
+    // SAFETY: plain values.
+    HostError::from_status(unsafe { proxy_record_metric(id, value) })
+}
+
+pub fn set_tick_period_ms(period: u32) -> HostResult<()> {
+    // SAFETY: plain value.
+    HostError::from_status(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+/// Dispatches an HTTP call to `cluster`; returns the call's token.
+pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u32) -> HostResult<u32> {
+    let map = serialize_headers(headers);
+    let mut token = 0u32;
+    // SAFETY: valid input slices; the host writes one u32.
+    HostError::from_status(unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            map.as_ptr(),
+            map.len(),
+            body.as_ptr(),
+            body.len(),
+            null(),
+            0,
+            timeout_ms,
+            &mut token,
+        )
+    })?;
+    Ok(token)
+}
+
+/// Routes the `log` crate to the host's log, dropping messages the host cannot take.
+struct HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let level = match record.level() {
+                log::Level::Error => LogLevel::Error,
+                log::Level::Warn => LogLevel::Warn,
+                log::Level::Info => LogLevel::Info,
+                log::Level::Debug => LogLevel::Debug,
+                log::Level::Trace => LogLevel::Trace,
+            };
+            log(level, &record.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+static LOGGER: HostLogger = HostLogger;
+
+/// Installs the logger and a panic hook that reports at critical level (a panic aborts the VM;
+/// the log line is what tells an operator why).
+pub fn install_logging() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    std::panic::set_hook(Box::new(|info| log(LogLevel::Critical, &format!("{info}"))));
+}

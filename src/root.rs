@@ -1,0 +1,108 @@
+//! The root context: reads `plugin_root_id` to know which filter it serves, validates the
+//! configuration, and creates the per-request or per-connection contexts.
+
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
+use proxy_wasm::types::ContextType;
+
+use crate::config::{self, Config, FilterKind};
+use crate::core::{Mode, Policy};
+use crate::host::{self, Buffer};
+use crate::http::HttpFilter;
+use crate::tcp::TcpFilter;
+
+pub const HTTP_ROOT_ID: &str = "floodgate";
+pub const TCP_ROOT_ID: &str = "floodgate_tcp";
+pub const POLLER_ROOT_ID: &str = "floodgate_poller";
+/// Larger plugin configurations are refused rather than read.
+const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+pub struct Root {
+    kind: FilterKind,
+    config: Option<Rc<Config>>,
+}
+
+impl Root {
+    pub fn new() -> Self {
+        Root { kind: FilterKind::Http, config: None }
+    }
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn root_id() -> String {
+    match host::property(&["plugin_root_id"]) {
+        Ok(Some(b)) => String::from_utf8(b).unwrap_or_default(),
+        _ => String::new(),
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _: usize) -> bool {
+        self.kind = match root_id().as_str() {
+            TCP_ROOT_ID => FilterKind::Tcp,
+            POLLER_ROOT_ID => FilterKind::Poller,
+            _ => FilterKind::Http,
+        };
+        let bytes = match host::buffer(Buffer::PluginConfiguration, MAX_CONFIG_BYTES) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(e) => {
+                log::error!("invalid configuration: cannot read plugin configuration: {e:?}");
+                return false;
+            }
+        };
+        match config::parse(&bytes, self.kind) {
+            Ok(c) => {
+                log::info!("configured ({:?}, {} breaker override(s))", self.kind, c.overrides.len());
+                self.config = Some(Rc::new(c));
+                true
+            }
+            Err(e) => {
+                log::error!("invalid configuration: {e}");
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+        // The SDK aborts on None; without a configuration, pass everything through.
+        let config = self.config.clone().unwrap_or_else(|| Rc::new(passthrough()));
+        Some(Box::new(HttpFilter::new(config)))
+    }
+
+    fn create_stream_context(&self, _: u32) -> Option<Box<dyn StreamContext>> {
+        let config = self.config.clone().unwrap_or_else(|| Rc::new(passthrough()));
+        Some(Box::new(TcpFilter::new(config)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(match self.kind {
+            FilterKind::Tcp => ContextType::StreamContext,
+            _ => ContextType::HttpContext,
+        })
+    }
+}
+
+/// Every breaker disabled: what a context without a valid configuration does.
+fn passthrough() -> Config {
+    Config {
+        shed: config::Shed::WebSocket,
+        key: config::KeySource::Cluster,
+        defaults: Rc::new(config::BreakerPolicy {
+            policy: Policy { mode: Mode::Disabled, ..Policy::default() },
+            failure: Default::default(),
+        }),
+        overrides: Default::default(),
+        reject: config::Reject { status: 503, headers: vec![] },
+        control: None,
+        max_breakers: 1,
+        tcp_breaker: None,
+    }
+}
