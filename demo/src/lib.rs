@@ -1,1 +1,13 @@
-//! WebSocket backend and scenario driver for the demo and end-to-end tests.
+//! The pieces `make demo` and the end-to-end tests share: a controllable WebSocket backend, an
+//! Envoy process launcher built on the configs in `envoy/`, a WebSocket client and a reader of
+//! Envoy's Prometheus stats.
+
+pub mod backend;
+pub mod client;
+pub mod envoy;
+pub mod stats;
+
+/// The workspace root (where `envoy/` and `target/` live).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}

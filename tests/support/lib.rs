@@ -1,11 +1,27 @@
 //! Shared helpers for the test binaries under `tests/`.
 
-use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-/// The release module the tests run: `$FLOODGATE_WASM`, else `target/wasm32-wasip1/release/floodgate.wasm`.
-pub fn wasm_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("FLOODGATE_WASM") {
-        return PathBuf::from(p);
+pub use floodgate_demo::{backend, client, envoy, stats};
+
+/// Polls `check` every 50 ms until it returns `Some`, or fails after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
+}
+
+/// Fails with a clear message when the module has not been built.
+pub fn require_wasm() {
+    let path = envoy::wasm_path();
+    assert!(path.exists(), "{} is missing: build it with `make wasm`", path.display());
 }

@@ -1,0 +1,109 @@
+//! Client side: open WebSocket sessions through Envoy, and plain HTTP requests.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub type Session = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What a refused (non-101) handshake got back.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+impl Refused {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+pub enum Upgrade {
+    Open(Box<Session>),
+    Refused(Refused),
+}
+
+/// Attempts a WebSocket upgrade at `ws://addr/path`.
+pub async fn upgrade(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Upgrade> {
+    let url = format!("ws://{addr}{path}");
+    match tokio::time::timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url)).await {
+        Err(_) => Err(anyhow!("upgrade timed out")),
+        Ok(Ok((session, _))) => Ok(Upgrade::Open(Box::new(session))),
+        Ok(Err(tungstenite::Error::Http(resp))) => {
+            let headers = resp
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                .collect();
+            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            Ok(Upgrade::Refused(Refused { status: resp.status().as_u16(), headers, body }))
+        }
+        Ok(Err(e)) => Err(anyhow!("upgrade failed: {e}")),
+    }
+}
+
+/// Sends `text` and waits for its echo.
+pub async fn echo(session: &mut Session, text: &str) -> anyhow::Result<()> {
+    session.send(Message::text(text)).await.context("send")?;
+    let deadline = Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout(deadline, session.next()).await {
+            Err(_) => return Err(anyhow!("no echo within {deadline:?}")),
+            Ok(None) => return Err(anyhow!("session closed")),
+            Ok(Some(Err(e))) => return Err(anyhow!("session error: {e}")),
+            Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => return Ok(()),
+            Ok(Some(Ok(_))) => continue,
+        }
+    }
+}
+
+/// A plain `GET` over HTTP/1.1: status, headers (lower-case names), body.
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> anyhow::Result<(u16, BTreeMap<String, String>, String)> {
+    let mut stream = TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.context("read timed out")??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no header end in {text:?}"))?;
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<BTreeMap<_, _>>();
+    let body = if headers.get("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
+    Ok((status, headers, body))
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}

@@ -1,0 +1,345 @@
+//! Floodgate in the real Envoy (`--concurrency 2`) in front of a real WebSocket backend.
+//! Each test starts its own backend and Envoy on free ports.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use floodgate_tests::backend::{Backend, Mode};
+use floodgate_tests::client::{self, Refused, Upgrade};
+use floodgate_tests::envoy::{self, Envoy, Ports};
+use floodgate_tests::{eventually, require_wasm, stats};
+
+const BREAKER: &str = "collab_ws";
+
+struct Proxy {
+    backend: Backend,
+    envoy: Envoy,
+}
+
+/// Backend + Envoy running `envoy/http-websocket.yaml` with `plugin_config`.
+async fn proxy(plugin_config: &str) -> Proxy {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let config = envoy::render("http-websocket.yaml", ports, &[plugin_config]).unwrap();
+    let envoy = Envoy::start(&config, ports, 2).await.unwrap();
+    Proxy { backend, envoy }
+}
+
+impl Proxy {
+    async fn upgrade(&self) -> Upgrade {
+        client::upgrade(self.envoy.listen, "/ws").await.unwrap()
+    }
+
+    async fn expect_open(&self) -> client::Session {
+        match self.upgrade().await {
+            Upgrade::Open(s) => *s,
+            Upgrade::Refused(r) => panic!("expected 101, got {} {}\n{}", r.status, r.body, self.envoy.log()),
+        }
+    }
+
+    async fn expect_refused(&self) -> Refused {
+        match self.upgrade().await {
+            Upgrade::Refused(r) => r,
+            Upgrade::Open(_) => panic!("expected a refusal, got 101"),
+        }
+    }
+
+    /// `n` upgrades the backend fails with 503 (they reach it and count as failures).
+    async fn failed_upgrades(&self, n: usize) {
+        self.backend.control.set_mode(Mode::FailHandshakes(503));
+        for _ in 0..n {
+            let r = self.expect_refused().await;
+            assert_eq!(r.status, 503);
+            assert!(!r.headers.contains_key("x-floodgate"), "refused by the filter too early: {}", r.body);
+        }
+    }
+
+    async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let text = self.envoy.prometheus().await.unwrap();
+        stats::value_or_zero(&text, name, labels)
+    }
+}
+
+fn cfg(json: serde_json::Value) -> String {
+    json.to_string()
+}
+
+#[tokio::test]
+async fn below_the_thresholds_nothing_is_refused() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 3, "minimum_calls": 10}}))).await;
+    // Two failures, then successes: the streak resets before it reaches 3.
+    p.failed_upgrades(2).await;
+    p.backend.control.set_mode(Mode::Healthy);
+    for _ in 0..10 {
+        p.expect_open().await;
+    }
+    p.failed_upgrades(2).await;
+    p.backend.control.set_mode(Mode::Healthy);
+    p.expect_open().await;
+    assert_eq!(p.metric("floodgate_rejected_total", &[("breaker", BREAKER), ("kind", "websocket")]).await, 0.0);
+    assert_eq!(p.metric("floodgate_state", &[("breaker", BREAKER)]).await, 0.0);
+}
+
+#[tokio::test]
+async fn after_the_failures_the_next_upgrade_gets_the_design_refusal_and_never_reaches_the_backend() {
+    let p = proxy(&cfg(serde_json::json!({
+        "defaults": {"consecutive_failures": 3, "open": {"base_ms": 60000, "jitter": 0.0}}
+    })))
+    .await;
+    p.failed_upgrades(3).await;
+    p.backend.control.set_mode(Mode::Healthy);
+    let seen = p.backend.control.handshakes();
+    let r = p.expect_refused().await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("open"));
+    assert_eq!(r.headers.get("content-type").map(String::as_str), Some("application/json"));
+    let retry: u64 = r.headers["retry-after"].parse().unwrap();
+    assert!((59..=60).contains(&retry), "retry-after {retry}");
+    let body = r.json();
+    assert_eq!(body["error"], "circuit_open");
+    assert_eq!(body["breaker"], BREAKER);
+    assert_eq!(body["state"], "open");
+    assert_eq!(body["reason"], "consecutive_failures");
+    assert_eq!(body["retry_after_s"], retry);
+    // Several more, on both workers: all refused, none reaches the backend.
+    for _ in 0..6 {
+        assert_eq!(p.expect_refused().await.status, 503);
+    }
+    assert_eq!(p.backend.control.handshakes(), seen, "a refused upgrade reached the backend");
+}
+
+#[tokio::test]
+async fn a_session_opened_before_the_trip_keeps_echoing_while_the_breaker_is_open() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}))).await;
+    let mut session = p.expect_open().await;
+    client::echo(&mut session, "before").await.unwrap();
+    p.failed_upgrades(2).await;
+    assert_eq!(p.expect_refused().await.headers.get("x-floodgate").map(String::as_str), Some("open"));
+    for i in 0..20 {
+        client::echo(&mut session, &format!("while open {i}")).await.unwrap();
+    }
+    assert_eq!(p.backend.control.sessions(), 1);
+}
+
+#[tokio::test]
+async fn half_open_admits_exactly_the_permitted_probes_and_their_success_closes_the_breaker() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {
+        "consecutive_failures": 2,
+        "open": {"base_ms": 800, "jitter": 0.0},
+        "half_open": {"permits": 2, "successes": 2}
+    }})))
+    .await;
+    p.failed_upgrades(2).await;
+    assert_eq!(p.expect_refused().await.headers.get("x-floodgate").map(String::as_str), Some("open"));
+    // Slow but healthy: the probes overlap with the other attempts.
+    p.backend.control.set_mode(Mode::SlowHandshakes(Duration::from_millis(600)));
+    tokio::time::sleep(Duration::from_millis(900)).await; // the configured open time
+    let before = p.backend.control.handshakes();
+    let attempts = (0..6).map(|_| client::upgrade(p.envoy.listen, "/ws"));
+    let results: Vec<Upgrade> =
+        futures_util::future::join_all(attempts).await.into_iter().map(Result::unwrap).collect();
+    let opened = results.iter().filter(|r| matches!(r, Upgrade::Open(_))).count();
+    let half_open_refusals = results
+        .iter()
+        .filter(|r| matches!(r, Upgrade::Refused(x) if x.headers.get("x-floodgate").map(String::as_str) == Some("half_open")))
+        .count();
+    assert_eq!(opened, 2, "exactly `permits` probes get through");
+    assert_eq!(half_open_refusals, 4);
+    assert_eq!(p.backend.control.handshakes() - before, 2, "the backend saw exactly the probes");
+    // Two probe successes closed it.
+    p.backend.control.set_mode(Mode::Healthy);
+    p.expect_open().await;
+    assert_eq!(p.metric("floodgate_state", &[("breaker", BREAKER)]).await, 0.0);
+    for (from, to) in [("closed", "open"), ("open", "half_open"), ("half_open", "closed")] {
+        let n = p.metric("floodgate_transitions_total", &[("breaker", BREAKER), ("from", from), ("to", to)]).await;
+        assert_eq!(n, 1.0, "{from} -> {to}");
+    }
+}
+
+#[tokio::test]
+async fn a_probe_failure_reopens_the_breaker_for_longer() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {
+        "consecutive_failures": 2,
+        "open": {"base_ms": 700, "multiplier": 4.0, "max_ms": 60000, "jitter": 0.0},
+        "half_open": {"permits": 1, "successes": 1}
+    }})))
+    .await;
+    p.failed_upgrades(2).await;
+    let first = p.expect_refused().await;
+    assert_eq!(first.headers["retry-after"], "1");
+    tokio::time::sleep(Duration::from_millis(800)).await; // the configured open time
+                                                          // The probe reaches the failing backend...
+    let probe = p.expect_refused().await;
+    assert!(!probe.headers.contains_key("x-floodgate"), "the probe should reach the backend");
+    // ...and re-opens the breaker for base * multiplier = 2.8 s.
+    let r = p.expect_refused().await;
+    assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("open"));
+    assert_eq!(r.json()["reason"], "probe_failed");
+    assert_eq!(r.headers["retry-after"], "3");
+    assert_eq!(
+        p.metric("floodgate_transitions_total", &[("breaker", BREAKER), ("from", "half_open"), ("to", "open")]).await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn dry_run_never_refuses_but_reports_the_state() {
+    let p = proxy(&cfg(
+        serde_json::json!({"defaults": {"mode": "dry_run", "consecutive_failures": 2, "open": {"base_ms": 60000}}}),
+    ))
+    .await;
+    p.failed_upgrades(3).await;
+    p.backend.control.set_mode(Mode::Healthy);
+    for _ in 0..4 {
+        p.expect_open().await;
+    }
+    assert_eq!(p.metric("floodgate_state", &[("breaker", BREAKER)]).await, 2.0);
+    assert_eq!(p.metric("floodgate_rejected_total", &[("breaker", BREAKER), ("kind", "websocket")]).await, 0.0);
+    assert!(p.metric("floodgate_would_reject_total", &[("breaker", BREAKER), ("kind", "websocket")]).await >= 4.0);
+}
+
+#[tokio::test]
+async fn shed_all_refuses_plain_requests_too() {
+    let p = proxy(&cfg(
+        serde_json::json!({"shed": "all", "defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}),
+    ))
+    .await;
+    let (status, _, _) = client::http_get(p.envoy.listen, "/").await.unwrap();
+    assert_eq!(status, 200);
+    p.failed_upgrades(2).await;
+    let before = p.backend.control.plain_requests();
+    let (status, headers, body) = client::http_get(p.envoy.listen, "/").await.unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("x-floodgate").map(String::as_str), Some("open"));
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["error"], "circuit_open");
+    assert_eq!(p.backend.control.plain_requests(), before);
+    assert_eq!(p.metric("floodgate_rejected_total", &[("breaker", BREAKER), ("kind", "http")]).await, 1.0);
+}
+
+#[tokio::test]
+async fn shed_websocket_lets_plain_requests_through_while_open() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}))).await;
+    p.failed_upgrades(2).await;
+    assert_eq!(p.expect_refused().await.headers.get("x-floodgate").map(String::as_str), Some("open"));
+    let (status, _, _) = client::http_get(p.envoy.listen, "/").await.unwrap();
+    assert_eq!(status, 200);
+}
+
+/// Opens a TCP connection through Envoy and sends a plain HTTP request: the answer, or `None`
+/// when Envoy closed the connection without one.
+async fn tcp_roundtrip(addr: std::net::SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let _ = s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[tokio::test]
+async fn tcp_filter_closes_new_connections_while_open_and_passes_them_when_closed() {
+    require_wasm();
+    // The upstream port has no listener at first: connections fail to connect.
+    let upstream_port = envoy::free_port().unwrap();
+    let ports = Ports::free(upstream_port).unwrap();
+    let plugin = cfg(
+        serde_json::json!({"breaker": "backend_tcp", "defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}),
+    );
+    let config = envoy::render("tcp.yaml", ports, &[&plugin]).unwrap();
+    let e = Envoy::start(&config, ports, 2).await.unwrap();
+    let metric = |name: &'static str, labels: Vec<(&'static str, &'static str)>| {
+        let admin = e.admin;
+        async move {
+            let (_, _, text) = client::http_get(admin, "/stats/prometheus").await.unwrap();
+            stats::value_or_zero(&text, name, &labels)
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(tcp_roundtrip(e.listen).await, None);
+    }
+    eventually(Duration::from_secs(5), "the breaker to open", || async {
+        (metric("floodgate_state", vec![("breaker", "backend_tcp")]).await == 2.0).then_some(())
+    })
+    .await;
+    // The backend is up now, but the breaker is open: new connections are closed unanswered.
+    let backend = Backend::start(upstream_port).await.unwrap();
+    assert_eq!(tcp_roundtrip(e.listen).await, None);
+    assert_eq!(backend.control.plain_requests(), 0);
+    assert_eq!(metric("floodgate_rejected_total", vec![("breaker", "backend_tcp"), ("kind", "tcp")]).await, 1.0);
+    assert_eq!(metric("floodgate_calls_total", vec![("breaker", "backend_tcp"), ("outcome", "failure")]).await, 2.0);
+
+    // A closed breaker passes connections through.
+    let backend2 = Backend::start(0).await.unwrap();
+    let ports2 = Ports::free(backend2.addr.port()).unwrap();
+    let config2 = envoy::render("tcp.yaml", ports2, &[&plugin]).unwrap();
+    let e2 = Envoy::start(&config2, ports2, 2).await.unwrap();
+    let answer = tcp_roundtrip(e2.listen).await.expect("an answer through the TCP proxy");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(backend2.control.plain_requests(), 1);
+}
+
+#[tokio::test]
+async fn invalid_configurations_are_refused_by_envoy_with_the_field_named() {
+    require_wasm();
+    let ports = Ports::free(8081).unwrap();
+    let cases = [
+        (r#"{"defaults": {"consecutive_failure": 3}}"#, "defaults.consecutive_failure"),
+        (r#"{"defaults": {"failure_rate": 1.5}}"#, "defaults.failure_rate"),
+        (r#"{"defaults": {"open": {"base_ms": "soon"}}}"#, "defaults.open.base_ms"),
+        (r#"{"breakers": {"collab_ws": {"half_open": {"permits": 0}}}}"#, "breakers.collab_ws.half_open.permits"),
+    ];
+    for (plugin, field) in cases {
+        let config = envoy::render("http-websocket.yaml", ports, &[plugin]).unwrap();
+        let (ok, log) = envoy::validate(&config).await.unwrap();
+        assert!(!ok, "Envoy accepted {plugin}");
+        let line = log
+            .lines()
+            .find(|l| l.contains("invalid configuration"))
+            .unwrap_or_else(|| panic!("no config error in:\n{log}"));
+        assert!(line.contains(field), "{line:?} does not name {field}");
+    }
+}
+
+#[tokio::test]
+async fn prometheus_stats_carry_the_breaker_label_and_match_what_happened() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 3, "open": {"base_ms": 60000}}}))).await;
+    for _ in 0..4 {
+        p.expect_open().await;
+    }
+    p.failed_upgrades(3).await;
+    for _ in 0..5 {
+        p.expect_refused().await;
+    }
+    let text = p.envoy.prometheus().await.unwrap();
+    let v = |name: &str, labels: &[(&str, &str)]| stats::value(&text, name, labels);
+    assert_eq!(v("floodgate_state", &[("breaker", BREAKER)]), Some(2.0));
+    assert_eq!(v("floodgate_rejected_total", &[("breaker", BREAKER), ("kind", "websocket")]), Some(5.0));
+    assert_eq!(
+        v("floodgate_transitions_total", &[("breaker", BREAKER), ("from", "closed"), ("to", "open")]),
+        Some(1.0)
+    );
+    assert_eq!(v("floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "success")]), Some(4.0));
+    assert_eq!(v("floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "failure")]), Some(3.0));
+    assert!(text.contains("floodgate_state{breaker=\"collab_ws\"}"), "label form:\n{text}");
+}
+
+#[tokio::test]
+async fn every_shipped_envoy_config_validates() {
+    require_wasm();
+    let dir = floodgate_demo::repo_root().join("envoy");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.ends_with(".yaml") {
+            continue;
+        }
+        let ports = Ports::free(8081).unwrap();
+        let (ok, log) = envoy::validate(&envoy::render(&name, ports, &[]).unwrap()).await.unwrap();
+        assert!(ok, "{name} does not validate:\n{log}");
+        checked += 1;
+    }
+    assert!(checked >= 2, "found {checked} configs in {}", dir.display());
+}
