@@ -103,8 +103,9 @@ pub fn abandon(a: Admitted) {
         return;
     }
     let p = &a.policy.policy;
+    let now = host::now_ms().unwrap_or(a.start_ms);
     vm::with(|vm| {
-        if let Err(e) = store::update(&a.breaker, p, |s| ((), core::release(s, a.probe))) {
+        if let Err(e) = store::update(&a.breaker, p, |s| ((), core::release(s, a.probe, now))) {
             lost(vm, &a.breaker, e);
         }
     })

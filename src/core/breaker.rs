@@ -146,7 +146,7 @@ pub fn record(
         }
         Phase::HalfOpen => {
             // Only probes decide a half-open breaker; calls admitted before the trip do not.
-            if !take_slot(s, probe) {
+            if !take_slot(s, probe, now_ms) {
                 return effect;
             }
             effect.changed = true;
@@ -166,8 +166,8 @@ pub fn record(
 }
 
 /// Frees a probe slot whose call ended without an outcome (refused downstream, cancelled).
-pub fn release(s: &mut BreakerState, probe: Option<ProbeTicket>) -> Effect {
-    Effect { changed: take_slot(s, probe), transition: None }
+pub fn release(s: &mut BreakerState, probe: Option<ProbeTicket>, now_ms: u64) -> Effect {
+    Effect { changed: take_slot(s, probe, now_ms), transition: None }
 }
 
 /// Probe slots currently held (not free, not expired).
@@ -175,10 +175,12 @@ pub fn probes_in_flight(s: &BreakerState, now_ms: u64) -> usize {
     s.probe_slots.iter().filter(|&&d| d != 0 && d > now_ms).count()
 }
 
-fn take_slot(s: &mut BreakerState, probe: Option<ProbeTicket>) -> bool {
+/// Frees the ticket's slot if it still holds it: a probe whose lease ran out lost its slot and
+/// its outcome no longer decides anything.
+fn take_slot(s: &mut BreakerState, probe: Option<ProbeTicket>, now_ms: u64) -> bool {
     let Some(t) = probe else { return false };
     match s.probe_slots.get_mut(usize::from(t.slot)) {
-        Some(slot) if s.phase == Phase::HalfOpen && *slot == t.deadline_ms => {
+        Some(slot) if s.phase == Phase::HalfOpen && *slot == t.deadline_ms && t.deadline_ms > now_ms => {
             *slot = 0;
             true
         }

@@ -1,1 +1,395 @@
+//! The state machine against a reference model, over random event sequences on a manual clock,
+//! plus unit tests of the paths the model leaves out (jitter, ramp, modes, time windows).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+
+use proptest::prelude::*;
+
+use super::breaker::{probes_in_flight, PROBE_LEASE_MS};
+use super::*;
+
+fn policy(consecutive: u32, rate: f64, size: u16, min_calls: u32, permits: u8, successes: u8) -> Policy {
+    Policy {
+        consecutive_failures: consecutive,
+        failure_rate: rate,
+        window: WindowSpec::Count { size },
+        minimum_calls: min_calls,
+        open_base_ms: 1_000,
+        open_max_ms: 8_000,
+        open_multiplier: 2.0,
+        open_jitter: 0.0,
+        half_open_permits: permits,
+        half_open_successes: successes,
+        ..Policy::default()
+    }
+}
+
+/// The breaker as the docs describe it, written plainly: a queue for the window, a list of
+/// probe deadlines, no encoding.
+struct Model {
+    p: Policy,
+    phase: Phase,
+    consecutive: u32,
+    window: VecDeque<bool>,
+    open_until: u64,
+    reopens: i32,
+    probes: Vec<u64>,
+    successes: u8,
+}
+
+#[derive(Debug, PartialEq)]
+enum Said {
+    Admit { probe: bool },
+    Refuse(RefusedAs),
+}
+
+impl Model {
+    fn new(p: Policy) -> Model {
+        Model {
+            p,
+            phase: Phase::Closed,
+            consecutive: 0,
+            window: VecDeque::new(),
+            open_until: 0,
+            reopens: 0,
+            probes: vec![],
+            successes: 0,
+        }
+    }
+
+    fn open(&mut self, now: u64) {
+        self.phase = Phase::Open;
+        let d = (self.p.open_base_ms as f64 * self.p.open_multiplier.powi(self.reopens)) as u64;
+        self.open_until = now + d.min(self.p.open_max_ms);
+        self.probes.clear();
+        self.successes = 0;
+    }
+
+    fn admit(&mut self, now: u64) -> Said {
+        if self.phase == Phase::Open {
+            if now < self.open_until {
+                return Said::Refuse(RefusedAs::Open);
+            }
+            self.phase = Phase::HalfOpen;
+            self.probes.clear();
+            self.successes = 0;
+        }
+        if self.phase == Phase::HalfOpen {
+            self.probes.retain(|&d| d > now);
+            if self.probes.len() < usize::from(self.p.half_open_permits) {
+                self.probes.push(now + PROBE_LEASE_MS);
+                return Said::Admit { probe: true };
+            }
+            return Said::Refuse(RefusedAs::HalfOpen);
+        }
+        Said::Admit { probe: false }
+    }
+
+    fn record(&mut self, now: u64, failure: bool, probe_deadline: Option<u64>) {
+        match self.phase {
+            Phase::Closed => {
+                self.window.push_back(failure);
+                if self.window.len() > self.size() {
+                    self.window.pop_front();
+                }
+                self.consecutive = if failure { self.consecutive + 1 } else { 0 };
+                let calls = self.window.len() as u32;
+                let fails = self.window.iter().filter(|&&f| f).count() as f64;
+                let by_streak = self.p.consecutive_failures > 0 && self.consecutive >= self.p.consecutive_failures;
+                let by_rate = calls >= self.p.minimum_calls.max(1) && fails / f64::from(calls) >= self.p.failure_rate;
+                if by_streak || by_rate {
+                    self.open(now);
+                }
+            }
+            Phase::HalfOpen => {
+                self.probes.retain(|&d| d > now);
+                let Some(d) = probe_deadline else { return };
+                let Some(i) = self.probes.iter().position(|&x| x == d) else { return };
+                self.probes.remove(i);
+                if failure {
+                    self.reopens += 1;
+                    self.open(now);
+                } else {
+                    self.successes += 1;
+                    if self.successes >= self.p.half_open_successes {
+                        self.phase = Phase::Closed;
+                        self.window.clear();
+                        self.consecutive = 0;
+                        self.reopens = 0;
+                        self.probes.clear();
+                    }
+                }
+            }
+            Phase::Open => {}
+        }
+    }
+
+    fn release(&mut self, now: u64, probe_deadline: Option<u64>) {
+        if self.phase == Phase::HalfOpen {
+            self.probes.retain(|&d| d > now);
+            if let Some(i) = probe_deadline.and_then(|d| self.probes.iter().position(|&x| x == d)) {
+                self.probes.remove(i);
+            }
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self.p.window {
+            WindowSpec::Count { size } => usize::from(size),
+            WindowSpec::Time { .. } => unreachable!(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Admit,
+    /// Finish the n-th outstanding call (mod their number).
+    Finish {
+        which: usize,
+        failure: bool,
+    },
+    Release {
+        which: usize,
+    },
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => Just(Op::Admit),
+        4 => (any::<usize>(), any::<bool>()).prop_map(|(which, failure)| Op::Finish { which, failure }),
+        1 => any::<usize>().prop_map(|which| Op::Release { which }),
+        2 => prop_oneof![0..50u64, 0..3_000u64, Just(PROBE_LEASE_MS)].prop_map(Op::Advance),
+    ]
+}
+
+fn allowed(from: Phase, to: Phase) -> bool {
+    matches!(
+        (from, to),
+        (Phase::Closed, Phase::Open)
+            | (Phase::Open, Phase::HalfOpen)
+            | (Phase::HalfOpen, Phase::Open)
+            | (Phase::HalfOpen, Phase::Closed)
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_the_reference_model(
+        consecutive in 0u32..6,
+        rate in prop_oneof![Just(0.5), Just(1.0), 0.1f64..1.0],
+        size in 1u16..20,
+        min_calls in 0u32..10,
+        permits in 1u8..5,
+        successes in 1u8..4,
+        ops in prop::collection::vec(op(), 1..200),
+    ) {
+        let min_calls = min_calls.min(u32::from(size));
+        let p = policy(consecutive, rate, size, min_calls, permits, successes);
+        let mut model = Model::new(p.clone());
+        // The real state goes through its encoding at every step, as it does in shared data.
+        let mut bytes = BreakerState::new(&p).encode();
+        let mut now = 1_000u64;
+        let mut outstanding: Vec<Option<ProbeTicket>> = vec![];
+        for op in ops {
+            let mut s = BreakerState::decode(&bytes).expect("decodes what it encoded");
+            let before = s.phase;
+            let effect = match op {
+                Op::Admit => {
+                    let (d, effect) = admit(&mut s, &p, now, 0.5);
+                    let said = match d {
+                        Decision::Admit { probe } => {
+                            outstanding.push(probe);
+                            Said::Admit { probe: probe.is_some() }
+                        }
+                        Decision::Refuse(r) => Said::Refuse(r.state),
+                    };
+                    prop_assert_eq!(said, model.admit(now));
+                    effect
+                }
+                Op::Finish { which, failure } if !outstanding.is_empty() => {
+                    let t = outstanding.remove(which % outstanding.len());
+                    model.record(now, failure, t.map(|t| t.deadline_ms));
+                    record(&mut s, &p, now, Call { failure, slow: false }, t, 0.5)
+                }
+                Op::Release { which } if !outstanding.is_empty() => {
+                    let t = outstanding.remove(which % outstanding.len());
+                    model.release(now, t.map(|t| t.deadline_ms));
+                    release(&mut s, t, now)
+                }
+                Op::Advance(ms) => {
+                    now += ms;
+                    Effect::default()
+                }
+                _ => Effect::default(),
+            };
+            if let Some(t) = effect.transition {
+                prop_assert!(allowed(t.from, t.to), "forbidden {:?} -> {:?}", t.from, t.to);
+                prop_assert_eq!(t.from, before);
+                prop_assert!(effect.changed);
+            }
+            prop_assert_eq!(s.phase, model.phase);
+            prop_assert!(probes_in_flight(&s, now) <= usize::from(permits));
+            if effect.changed {
+                bytes = s.encode();
+            } else {
+                prop_assert_eq!(&s.encode(), &bytes, "state changed but not flagged");
+            }
+        }
+    }
+
+    #[test]
+    fn half_open_admits_exactly_permits_when_more_try(permits in 1u8..=8, tries in 1usize..40) {
+        let p = policy(1, 1.0, 10, 1, permits, 1);
+        let mut s = BreakerState::new(&p);
+        record(&mut s, &p, 0, Call { failure: true, slow: false }, None, 0.5);
+        prop_assert_eq!(s.phase, Phase::Open);
+        let admitted = (0..tries)
+            .filter(|_| matches!(admit(&mut s, &p, 1_000, 0.5).0, Decision::Admit { probe: Some(_) }))
+            .count();
+        prop_assert_eq!(admitted, tries.min(usize::from(permits)));
+    }
+}
+
+fn trip(s: &mut BreakerState, p: &Policy, now: u64) {
+    for _ in 0..p.consecutive_failures {
+        record(s, p, now, Call { failure: true, slow: false }, None, 0.5);
+    }
+    assert_eq!(s.phase, Phase::Open);
+}
+
+#[test]
+fn open_time_grows_exponentially_and_is_capped() {
+    let p = policy(1, 1.0, 10, 1, 1, 1);
+    let mut s = BreakerState::new(&p);
+    trip(&mut s, &p, 0);
+    let mut now = 0;
+    let mut opens = vec![s.open_until_ms - now];
+    for _ in 0..5 {
+        now = s.open_until_ms;
+        let Decision::Admit { probe } = admit(&mut s, &p, now, 0.5).0 else { panic!("probe refused") };
+        record(&mut s, &p, now, Call { failure: true, slow: false }, probe, 0.5);
+        opens.push(s.open_until_ms - now);
+    }
+    assert_eq!(opens, vec![1_000, 2_000, 4_000, 8_000, 8_000, 8_000]);
+}
+
+#[test]
+fn jitter_spreads_open_time_and_retry_after_within_bounds() {
+    let p = Policy { open_jitter: 0.2, ..policy(1, 1.0, 10, 1, 1, 1) };
+    for (unit, open_ms) in [(0.0, 800), (0.5, 1_000), (0.999, 1_199)] {
+        let mut s = BreakerState::new(&p);
+        record(&mut s, &p, 0, Call { failure: true, slow: false }, None, unit);
+        assert_eq!(s.open_until_ms, open_ms, "unit {unit}");
+        let Decision::Refuse(r) = admit(&mut s, &p, 0, unit).0 else { panic!() };
+        assert!(r.retry_after_ms >= open_ms && r.retry_after_ms <= open_ms + open_ms / 5, "{r:?}");
+    }
+}
+
+#[test]
+fn clock_jumps_of_zero_and_of_hours_are_handled() {
+    let p = policy(1, 1.0, 10, 1, 1, 1);
+    let mut s = BreakerState::new(&p);
+    trip(&mut s, &p, 5_000);
+    assert!(matches!(admit(&mut s, &p, 5_000, 0.5).0, Decision::Refuse(_)));
+    let hours = 5_000 + 3 * 3_600_000;
+    assert!(matches!(admit(&mut s, &p, hours, 0.5).0, Decision::Admit { probe: Some(_) }));
+    assert_eq!(s.phase, Phase::HalfOpen);
+    // Time going backwards (a host clock step) neither panics nor frees slots early.
+    assert!(matches!(admit(&mut s, &p, 0, 0.5).0, Decision::Refuse(_)));
+}
+
+#[test]
+fn a_leaked_probe_slot_is_reclaimed_after_its_lease() {
+    let p = policy(1, 1.0, 10, 1, 1, 1);
+    let mut s = BreakerState::new(&p);
+    trip(&mut s, &p, 0);
+    assert!(matches!(admit(&mut s, &p, 1_000, 0.5).0, Decision::Admit { probe: Some(_) }));
+    assert!(matches!(admit(&mut s, &p, 1_000 + PROBE_LEASE_MS - 1, 0.5).0, Decision::Refuse(_)));
+    assert!(matches!(admit(&mut s, &p, 1_000 + PROBE_LEASE_MS, 0.5).0, Decision::Admit { probe: Some(_) }));
+}
+
+#[test]
+fn failure_rate_trips_once_minimum_calls_are_in_the_window() {
+    let p = policy(0, 0.5, 10, 4, 1, 1);
+    let mut s = BreakerState::new(&p);
+    for failure in [true, false, true] {
+        record(&mut s, &p, 0, Call { failure, slow: false }, None, 0.5);
+    }
+    assert_eq!(s.phase, Phase::Closed, "3 calls < minimum_calls");
+    let e = record(&mut s, &p, 0, Call { failure: false, slow: false }, None, 0.5);
+    assert_eq!(e.transition.map(|t| t.reason), Some(Reason::FailureRate));
+}
+
+#[test]
+fn slow_call_rate_trips_on_slow_successes() {
+    let p = Policy { slow_call_ms: 100, slow_call_rate: 0.5, ..policy(0, 1.0, 10, 2, 1, 1) };
+    let mut s = BreakerState::new(&p);
+    record(&mut s, &p, 0, Call { failure: false, slow: true }, None, 0.5);
+    let e = record(&mut s, &p, 0, Call { failure: false, slow: false }, None, 0.5);
+    assert_eq!(e.transition.map(|t| t.reason), Some(Reason::SlowCallRate));
+}
+
+#[test]
+fn time_window_rate_forgets_old_failures() {
+    let p = Policy { window: WindowSpec::Time { seconds: 10 }, ..policy(0, 0.5, 10, 3, 1, 1) };
+    let mut s = BreakerState::new(&p);
+    record(&mut s, &p, 0, Call { failure: true, slow: false }, None, 0.5);
+    record(&mut s, &p, 0, Call { failure: true, slow: false }, None, 0.5);
+    // 20 s later the two failures are out of the window: one failure in three calls.
+    for failure in [false, false, true] {
+        record(&mut s, &p, 20_000, Call { failure, slow: false }, None, 0.5);
+    }
+    assert_eq!(s.phase, Phase::Closed);
+}
+
+#[test]
+fn recovery_ramp_admits_a_rising_share() {
+    let p = Policy { recovery_ramp_ms: 10_000, ..policy(1, 1.0, 10, 1, 1, 1) };
+    let mut s = BreakerState::new(&p);
+    trip(&mut s, &p, 0);
+    let Decision::Admit { probe } = admit(&mut s, &p, 1_000, 0.5).0 else { panic!() };
+    record(&mut s, &p, 1_000, Call { failure: false, slow: false }, probe, 0.5);
+    assert_eq!(s.phase, Phase::Closed);
+    let share = |s: &mut BreakerState, at: u64| {
+        (0..100).filter(|i| matches!(admit(s, &p, 1_000 + at, f64::from(*i) / 100.0).0, Decision::Admit { .. })).count()
+    };
+    assert_eq!(share(&mut s, 0), 0);
+    assert_eq!(share(&mut s, 2_500), 25);
+    assert_eq!(share(&mut s, 7_500), 75);
+    assert_eq!(share(&mut s, 10_000), 100);
+    let Decision::Refuse(r) = admit(&mut s, &p, 1_000, 0.9).0 else { panic!() };
+    assert_eq!((r.state, r.reason), (RefusedAs::Closed, Reason::RecoveryRamp));
+}
+
+#[test]
+fn modes_forced_open_refuses_and_disabled_records_nothing() {
+    let forced = Policy { mode: Mode::ForcedOpen, ..policy(1, 1.0, 10, 1, 1, 1) };
+    let mut s = BreakerState::new(&forced);
+    let Decision::Refuse(r) = admit(&mut s, &forced, 0, 0.5).0 else { panic!() };
+    assert_eq!((r.state, r.reason), (RefusedAs::ForcedOpen, Reason::Forced));
+    let disabled = Policy { mode: Mode::Disabled, ..policy(1, 1.0, 10, 1, 1, 1) };
+    let mut s = BreakerState::new(&disabled);
+    let e = record(&mut s, &disabled, 0, Call { failure: true, slow: false }, None, 0.5);
+    assert!(!e.changed);
+    assert_eq!(s.phase, Phase::Closed);
+}
+
+#[test]
+fn outcomes_of_calls_admitted_before_the_trip_do_not_decide_half_open() {
+    let p = policy(1, 1.0, 10, 1, 1, 2);
+    let mut s = BreakerState::new(&p);
+    trip(&mut s, &p, 0);
+    let Decision::Admit { probe } = admit(&mut s, &p, 1_000, 0.5).0 else { panic!() };
+    // A late failure of a pre-trip call (no ticket) changes nothing.
+    let e = record(&mut s, &p, 1_000, Call { failure: true, slow: false }, None, 0.5);
+    assert!(!e.changed);
+    assert_eq!(s.phase, Phase::HalfOpen);
+    record(&mut s, &p, 1_000, Call { failure: false, slow: false }, probe, 0.5);
+    assert_eq!(s.phase, Phase::HalfOpen, "needs two successes");
+}
