@@ -1,0 +1,38 @@
+//! floodgate-control: turns Alertmanager alerts (and operators' calls) into breaker activations,
+//! and serves them to every Envoy through a long-poll snapshot.
+
+pub mod app;
+pub mod engine;
+pub mod metrics;
+pub mod redis_store;
+pub mod settings;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// Ends activations whose time has come, twice a second. With Redis, every replica runs it and
+/// the store's compare-and-set lets exactly one of them end each activation.
+pub async fn expiry_loop(state: Arc<app::AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        match state.store.apply(engine::Command::Expire, &state.rules, now_ms()).await {
+            Ok((outcome, events)) => {
+                state.metrics.count(&outcome);
+                for e in events {
+                    tracing::info!(key = %e.key, reason = %e.reason, "activation ended");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiry pass failed"),
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Where the activation state lives. One trait, two implementations: in memory (one replica) and
+//! Redis (durable, shared by several replicas). Both run the same [`engine`] rules.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::engine::{self, Command, Event, Outcome, Rules, State};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store contended: gave up after retries")]
+    Contended,
+    #[error("store holds a state this version cannot read: {0}")]
+    Corrupt(String),
+}
+
+/// One proxy's last poll, for `GET /api/v1/fleet`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FleetEntry {
+    pub proxy: String,
+    pub last_poll_ms: u64,
+    pub version: u64,
+    /// Breaker key -> local state, as the proxy reported it.
+    pub breakers: BTreeMap<String, String>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Applies a command atomically (one winner among concurrent writers, on every replica).
+    async fn apply(&self, cmd: Command, rules: &Rules, now_ms: u64) -> Result<(Outcome, Vec<Event>), StoreError>;
+    async fn state(&self) -> Result<State, StoreError>;
+    async fn record_poll(&self, entry: FleetEntry) -> Result<(), StoreError>;
+    async fn fleet(&self) -> Result<Vec<FleetEntry>, StoreError>;
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// The snapshot version, updated on every change (from any replica, for shared stores).
+    fn versions(&self) -> watch::Receiver<u64>;
+}
+
+pub struct MemoryStore {
+    state: Mutex<State>,
+    fleet: Mutex<BTreeMap<String, FleetEntry>>,
+    version: watch::Sender<u64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore { state: Mutex::default(), fleet: Mutex::default(), version: watch::channel(0).0 }
+    }
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError::Unavailable("memory store lock poisoned".into())
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn apply(&self, cmd: Command, rules: &Rules, now_ms: u64) -> Result<(Outcome, Vec<Event>), StoreError> {
+        let (result, version) = {
+            let mut s = self.state.lock().map_err(poisoned)?;
+            let r = engine::apply(&mut s, cmd, rules, now_ms);
+            (r, s.version)
+        };
+        self.version.send_if_modified(|v| std::mem::replace(v, version) != version);
+        Ok(result)
+    }
+
+    async fn state(&self) -> Result<State, StoreError> {
+        Ok(self.state.lock().map_err(poisoned)?.clone())
+    }
+
+    async fn record_poll(&self, entry: FleetEntry) -> Result<(), StoreError> {
+        self.fleet.lock().map_err(poisoned)?.insert(entry.proxy.clone(), entry);
+        Ok(())
+    }
+
+    async fn fleet(&self) -> Result<Vec<FleetEntry>, StoreError> {
+        Ok(self.fleet.lock().map_err(poisoned)?.values().cloned().collect())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn versions(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+}

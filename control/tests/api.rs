@@ -1,0 +1,189 @@
+//! Every endpoint and error status, through the router, on the memory store.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::*;
+use floodgate_control::engine::Rules;
+use floodgate_control::store::MemoryStore;
+
+fn router() -> axum::Router {
+    app_for(state(Arc::new(MemoryStore::default()), Rules::default()))
+}
+
+#[tokio::test]
+async fn auth_missing_is_401_and_wrong_is_403_and_probes_are_open() {
+    let r = router();
+    for uri in ["/api/v1/breakers", "/api/v1/fleet", "/v1/snapshot", "/api/circuit-breaker/status"] {
+        assert_eq!(call(&r, "GET", uri, None, "").await.0, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(call(&r, "GET", uri, Some("Basic eA=="), "").await.0, StatusCode::UNAUTHORIZED, "{uri}");
+        assert_eq!(call(&r, "GET", uri, Some("Bearer nope"), "").await.0, StatusCode::FORBIDDEN, "{uri}");
+    }
+    assert_eq!(call(&r, "POST", "/webhook/alertmanager", None, "{}").await.0, StatusCode::UNAUTHORIZED);
+    for uri in ["/health", "/ready", "/metrics", "/ui"] {
+        assert_eq!(call(&r, "GET", uri, None, "").await.0, StatusCode::OK, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn firing_alert_activates_the_labelled_breaker_and_the_snapshot_shows_it() {
+    let r = router();
+    let body = alert("firing", "CollaborationBackpressureCritical", Some("collab_ws"), "Backpressure at 97.5%", "fp1");
+    let (status, json, _) = call(&r, "POST", "/webhook/alertmanager", bearer(), &body).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["results"][0]["outcome"]["result"], "activated");
+    let (status, snap, _) = call(&r, "GET", "/v1/snapshot", bearer(), "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(snap["version"], 1);
+    let b = &snap["breakers"][0];
+    assert_eq!(
+        (b["key"].as_str(), b["state"].as_str(), b["reason"].as_str()),
+        (Some("collab_ws"), Some("forced_open"), Some("backpressure_critical"))
+    );
+    let (_, list, _) = call(&r, "GET", "/api/v1/breakers", bearer(), "").await;
+    assert_eq!(list["activations"][0]["backpressure_level"], 0.975);
+    assert_eq!(list["events"][0]["type"], "activated");
+}
+
+#[tokio::test]
+async fn an_alert_without_the_breaker_label_activates_star_and_unknown_alerts_are_ignored() {
+    let r = router();
+    let body = alert("firing", "WebSocketConnectionsCritical", None, "", "fp2");
+    let (_, json, _) = call(&r, "POST", "/webhook/backpressure", bearer(), &body).await;
+    assert_eq!(json["results"][0]["key"], "*");
+    let (_, status, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
+    assert_eq!((status["active"].as_bool(), status["reason"].as_str()), (Some(true), Some("websocket_exhaustion")));
+    let (_, json, _) =
+        call(&r, "POST", "/webhook/alertmanager", bearer(), &alert("firing", "DiskFull", None, "", "fp3")).await;
+    assert_eq!(json["results"][0]["result"], "ignored");
+}
+
+#[tokio::test]
+async fn malformed_payloads_get_400_naming_the_problem_and_big_ones_413() {
+    let r = router();
+    let (status, json, _) = call(&r, "POST", "/webhook/alertmanager", bearer(), "{not json").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json["error"].as_str().unwrap().contains("invalid Alertmanager payload"), "{json}");
+    let (status, json, _) = call(&r, "POST", "/webhook/alertmanager", bearer(), r#"{"status":"firing"}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json["error"].as_str().unwrap().contains("alerts"), "{json}");
+    let mut bad_status: serde_json::Value =
+        serde_json::from_str(&alert("firing", "CollaborationBackpressureCritical", None, "", "f")).unwrap();
+    bad_status["alerts"][0]["status"] = "weird".into();
+    let bad_status = bad_status.to_string();
+    let (status, json, _) = call(&r, "POST", "/webhook/alertmanager", bearer(), &bad_status).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
+    assert!(json["error"].as_str().unwrap().contains("alerts[0].status"), "{json}");
+    let (_, list, _) = call(&r, "GET", "/api/v1/breakers", bearer(), "").await;
+    assert_eq!(list["activations"], serde_json::json!([]), "a rejected payload must change nothing");
+    let big = format!(r#"{{"alerts":[],"pad":"{}"}}"#, "x".repeat(1 << 20));
+    assert_eq!(call(&r, "POST", "/webhook/alertmanager", bearer(), &big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    let (status, json, _) = call(&r, "POST", "/api/v1/breakers/ws/activate", bearer(), r#"{"ttl":5}"#).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(json["error"].as_str().unwrap().contains("ttl"), "{json}");
+    let (status, _, _) = call(&r, "GET", "/v1/snapshot?version=abc", bearer(), "").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn manual_activate_with_ttl_and_deactivate_and_the_legacy_api() {
+    let r = router();
+    let (status, json, _) = call(
+        &r,
+        "POST",
+        "/api/v1/breakers/collab_ws/activate",
+        bearer(),
+        r#"{"reason":"drill","ttl_s":60,"backpressure_level":0.99}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let (_, snap, _) = call(&r, "GET", "/v1/snapshot", bearer(), "").await;
+    assert!(snap["breakers"][0]["until"].is_string());
+    let (_, json, _) = call(&r, "POST", "/api/v1/breakers/collab_ws/deactivate", bearer(), "").await;
+    assert_eq!(json["outcome"]["result"], "deactivated");
+    let (_, json, _) = call(&r, "POST", "/api/v1/breakers/collab_ws/deactivate", bearer(), "").await;
+    assert_eq!(json["outcome"]["result"], "not_active");
+    assert_eq!(call(&r, "POST", "/api/circuit-breaker/activate", bearer(), "").await.0, StatusCode::OK);
+    let (_, st, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
+    assert_eq!(st["active"], true);
+    call(&r, "POST", "/api/circuit-breaker/deactivate", bearer(), "").await;
+    let (_, st, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
+    assert_eq!(st["active"], false);
+}
+
+#[tokio::test]
+async fn the_hourly_cap_answers_429_and_counts() {
+    let r = app_for(state(Arc::new(MemoryStore::default()), Rules { max_activations_per_hour: 1, ..Rules::default() }));
+    assert_eq!(call(&r, "POST", "/api/v1/breakers/a/activate", bearer(), "").await.0, StatusCode::OK);
+    assert_eq!(call(&r, "POST", "/api/v1/breakers/b/activate", bearer(), "").await.0, StatusCode::TOO_MANY_REQUESTS);
+    let (_, _, text) = call(&r, "GET", "/metrics", None, "").await;
+    assert!(text.contains("floodgate_control_rate_limited_total 1"), "{text}");
+    assert!(text.contains("floodgate_control_activations_total 1"), "{text}");
+}
+
+#[tokio::test]
+async fn long_poll_returns_at_once_when_newer_waits_then_304_and_wakes_on_change() {
+    let r = router();
+    // Nothing newer than 0: waits, then 304.
+    let t = Instant::now();
+    let (status, _, _) = call(&r, "GET", "/v1/snapshot?version=0&wait=1", bearer(), "").await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    // A waiting poll is woken by a change.
+    let r2 = r.clone();
+    let waiter = tokio::spawn(async move {
+        let t = Instant::now();
+        let (status, json, _) = call(&r2, "GET", "/v1/snapshot?version=0&wait=30", bearer(), "").await;
+        (status, json, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    call(&r, "POST", "/api/v1/breakers/ws/activate", bearer(), "").await;
+    let (status, json, waited) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["version"], 1);
+    assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
+    // Newer than what the poller knows: at once.
+    let t = Instant::now();
+    assert_eq!(call(&r, "GET", "/v1/snapshot?version=0&wait=30", bearer(), "").await.0, StatusCode::OK);
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[tokio::test]
+async fn polls_record_the_fleet() {
+    let r = router();
+    let req = axum::http::Request::builder()
+        .uri("/v1/snapshot")
+        .header("authorization", "Bearer s3cret")
+        .header("x-floodgate-proxy", "envoy-a")
+        .header("x-floodgate-breakers", "collab_ws=open,outbound%7C80%7C%7Cchat=closed")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    use tower::ServiceExt;
+    assert_eq!(r.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
+    let (_, fleet, _) = call(&r, "GET", "/api/v1/fleet", bearer(), "").await;
+    let p = &fleet["proxies"][0];
+    assert_eq!(p["proxy"], "envoy-a");
+    assert_eq!(p["breakers"]["collab_ws"], "open");
+    assert_eq!(p["breakers"]["outbound|80||chat"], "closed");
+}
+
+#[tokio::test]
+async fn settings_refuse_to_start_without_a_token_unless_auth_is_disabled() {
+    use floodgate_control::settings::load;
+    let none = |_: &str| None;
+    assert!(load(None, &none, false).unwrap_err().contains("FLOODGATE_TOKEN"));
+    assert!(load(None, &none, true).unwrap().token.is_none());
+    let env = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("t".to_string()),
+        "FLOODGATE_COOLDOWN_S" => Some("5".to_string()),
+        _ => None,
+    };
+    let s = load(None, &env, false).unwrap();
+    assert_eq!((s.token.as_deref(), s.rules.cooldown_ms), (Some("t"), 5_000));
+    let bad = |k: &str| (k == "FLOODGATE_COOLDOWN_S").then(|| "soon".to_string());
+    assert!(load(None, &bad, true).unwrap_err().contains("FLOODGATE_COOLDOWN_S"));
+}

@@ -1,0 +1,71 @@
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use floodgate_control::app::{app, AppState};
+use floodgate_control::engine::Rules;
+use floodgate_control::metrics::Metrics;
+use floodgate_control::settings::default_alerts;
+use floodgate_control::store::Store;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+pub const TOKEN: &str = "s3cret";
+
+pub fn state(store: Arc<dyn Store>, rules: Rules) -> Arc<AppState> {
+    Arc::new(AppState {
+        store,
+        rules,
+        token: Some(TOKEN.into()),
+        alerts: default_alerts(),
+        key_label: "breaker".into(),
+        metrics: Metrics::default(),
+        waiters: AtomicI64::new(0),
+    })
+}
+
+pub async fn call(
+    router: &Router,
+    method: &str,
+    uri: &str,
+    auth: Option<&str>,
+    body: &str,
+) -> (StatusCode, serde_json::Value, String) {
+    let mut req = Request::builder().method(method).uri(uri);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    let resp = router.clone().oneshot(req.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null), text)
+}
+
+pub fn bearer() -> Option<&'static str> {
+    Some("Bearer s3cret")
+}
+
+pub fn alert(status: &str, name: &str, breaker: Option<&str>, summary: &str, fingerprint: &str) -> String {
+    let mut labels = serde_json::json!({"alertname": name, "severity": "critical"});
+    if let Some(b) = breaker {
+        labels["breaker"] = b.into();
+    }
+    serde_json::json!({
+        "version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": status, "receiver": "floodgate",
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
+        "alerts": [{"status": status, "labels": labels, "annotations": {"summary": summary},
+                    "startsAt": "2026-11-22T10:00:00Z",
+                    "endsAt": if status == "resolved" { "2026-11-22T10:05:00Z" } else { "0001-01-01T00:00:00Z" },
+                    "generatorURL": "http://prom", "fingerprint": fingerprint}]
+    })
+    .to_string()
+}
+
+pub fn app_for(state: Arc<AppState>) -> Router {
+    app(state)
+}
