@@ -187,12 +187,20 @@ pub fn apply(s: &mut State, cmd: Command, rules: &Rules, now: u64) -> (Outcome, 
                 }
                 // Still firing: hold, cancel a scheduled deactivation, push the lapse out.
                 if a.source == Source::Alert {
-                    a.lapses_ms = Some(now + rules.max_active_ms);
+                    // Wake the pollers only for what they must see: a cancelled deactivation,
+                    // or a lapse pushed out by more than a tenth of max_active (duplicates and
+                    // repeats from an HA pair would otherwise wake every proxy each time).
+                    let new_lapse = now + rules.max_active_ms;
+                    let moved = new_lapse.saturating_sub(a.lapses_ms.unwrap_or(0)) > rules.max_active_ms / 10;
+                    let visible = a.deactivate_at_ms.is_some() || moved;
+                    a.lapses_ms = Some(new_lapse);
                     a.deactivate_at_ms = None;
                     if level.is_some() {
                         a.backpressure_level = level;
                     }
-                    s.version += 1;
+                    if visible {
+                        s.version += 1;
+                    }
                 }
                 return (Outcome::Refreshed, events);
             }

@@ -1,0 +1,168 @@
+//! The Redis store against a real `redis-server`: atomicity across replicas, the hourly cap,
+//! deactivation firing once, restarts, cross-replica wake-ups, and Redis outages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::*;
+use floodgate_control::engine::{Command, Forced, Rules};
+use floodgate_control::redis_store::{RedisStore, EVENTS_CHANNEL};
+use floodgate_control::store::Store;
+use futures_util::StreamExt;
+
+async fn replica(redis: &RedisServer, rules: Rules) -> (Arc<dyn Store>, axum::Router) {
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&redis.url()).await.unwrap());
+    let router = app_for(state(store.clone(), rules));
+    (store, router)
+}
+
+#[tokio::test]
+async fn concurrent_webhooks_on_two_replicas_activate_exactly_once() {
+    let redis = RedisServer::start();
+    let (store, a) = replica(&redis, Rules::default()).await;
+    let (_, b) = replica(&redis, Rules::default()).await;
+    let calls = (0..20).map(|i| {
+        let r = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move {
+            let body =
+                alert("firing", "CollaborationBackpressureCritical", Some("collab_ws"), "99%", &format!("fp{i}"));
+            call(&r, "POST", "/webhook/alertmanager", bearer(), &body).await
+        }
+    });
+    let results = futures_util::future::join_all(calls).await;
+    let activated = results
+        .iter()
+        .filter(|(s, j, _)| *s == StatusCode::OK && j["results"][0]["outcome"]["result"] == "activated")
+        .count();
+    assert_eq!(activated, 1, "{results:?}");
+    let st = store.state().await.unwrap();
+    assert_eq!(st.events.iter().filter(|e| e.kind == "activated").count(), 1);
+    assert_eq!(st.version, 1);
+}
+
+#[tokio::test]
+async fn the_hourly_cap_holds_across_replicas() {
+    let redis = RedisServer::start();
+    let rules = Rules { max_activations_per_hour: 3, cooldown_ms: 0, ..Rules::default() };
+    let (sa, _) = replica(&redis, rules.clone()).await;
+    let (sb, _) = replica(&redis, rules.clone()).await;
+    let mut outcomes = vec![];
+    for i in 0..6 {
+        let s = if i % 2 == 0 { &sa } else { &sb };
+        let cmd = Command::Activate {
+            key: format!("k{i}"),
+            reason: "m".into(),
+            state: Forced::ForcedOpen,
+            ttl_ms: None,
+            level: None,
+        };
+        outcomes.push(s.apply(cmd, &rules, floodgate_control::now_ms()).await.unwrap().0);
+    }
+    let activated =
+        outcomes.iter().filter(|o| matches!(o, floodgate_control::engine::Outcome::Activated { .. })).count();
+    assert_eq!(activated, 3, "{outcomes:?}");
+}
+
+#[tokio::test]
+async fn a_scheduled_deactivation_fires_once_with_two_replicas_running() {
+    let redis = RedisServer::start();
+    let rules = Rules { deactivation_delay_ms: 500, ..Rules::default() };
+    let (sa, ra) = replica(&redis, rules.clone()).await;
+    let (_sb, rb) = replica(&redis, rules.clone()).await;
+    // Listen to the events channel as the original subscribers do.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(EVENTS_CHANNEL).await.unwrap();
+    let fire = alert("firing", "CollaborationBackpressureCritical", Some("ws"), "97%", "fp");
+    call(&ra, "POST", "/webhook/alertmanager", bearer(), &fire).await;
+    let resolve = alert("resolved", "CollaborationBackpressureCritical", Some("ws"), "97%", "fp");
+    call(&rb, "POST", "/webhook/alertmanager", bearer(), &resolve).await;
+    // Both replicas run their expiry loop.
+    let loops: Vec<_> = [ra.clone(), rb.clone()]
+        .into_iter()
+        .zip([sa.clone(), _sb.clone()])
+        .map(|(_, st)| tokio::spawn(floodgate_control::expiry_loop(state(st, rules.clone()))))
+        .collect();
+    let mut messages = pubsub.on_message();
+    let mut kinds = vec![];
+    let deadline = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
+            Ok(Some(m)) => {
+                let v: serde_json::Value = serde_json::from_str(&m.get_payload::<String>().unwrap()).unwrap();
+                kinds.push(v["event"].as_str().unwrap().to_string());
+                assert!(v["timestamp"].is_string() && v["key"] == "ws", "{v}");
+            }
+            _ => continue,
+        }
+    }
+    loops.iter().for_each(|l| l.abort());
+    assert_eq!(kinds.iter().filter(|k| *k == "circuit_breaker_deactivated").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.first().map(String::as_str), Some("circuit_breaker_activated"));
+    assert!(sa.state().await.unwrap().activations.is_empty());
+    let zcard: u64 = redis::cmd("ZCARD")
+        .arg("collab:circuit_breaker:deactivations")
+        .query_async(&mut client.get_multiplexed_async_connection().await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(zcard, 0, "the deactivation queue is empty after it fired");
+}
+
+#[tokio::test]
+async fn state_survives_a_restart_of_the_service() {
+    let redis = RedisServer::start();
+    {
+        let (_, r) = replica(&redis, Rules::default()).await;
+        assert_eq!(
+            call(&r, "POST", "/api/v1/breakers/collab_ws/activate", bearer(), r#"{"reason":"drill"}"#).await.0,
+            StatusCode::OK
+        );
+    }
+    let (_, r) = replica(&redis, Rules::default()).await;
+    let (_, snap, _) = call(&r, "GET", "/v1/snapshot", bearer(), "").await;
+    assert_eq!(snap["breakers"][0]["key"], "collab_ws");
+    assert_eq!(snap["version"], 1);
+}
+
+#[tokio::test]
+async fn an_activation_on_one_replica_wakes_a_long_poll_on_the_other_within_100ms() {
+    let redis = RedisServer::start();
+    let (_, a) = replica(&redis, Rules::default()).await;
+    let (_, b) = replica(&redis, Rules::default()).await;
+    let waiter = tokio::spawn(async move {
+        let (status, json, _) = call(&b, "GET", "/v1/snapshot?version=0&wait=30", bearer(), "").await;
+        (status, json, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the poll start waiting
+    let sent = Instant::now();
+    call(&a, "POST", "/api/v1/breakers/ws/activate", bearer(), "").await;
+    let (status, json, woke) = waiter.await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json["breakers"][0]["key"], "ws");
+    let latency = woke.duration_since(sent);
+    println!("cross-replica wake-up: {latency:?}");
+    assert!(latency < Duration::from_millis(100), "woke after {latency:?}");
+}
+
+#[tokio::test]
+async fn a_redis_outage_answers_503_and_the_service_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let (_, r) = replica(&redis, Rules::default()).await;
+    assert_eq!(call(&r, "GET", "/ready", None, "").await.0, StatusCode::OK);
+    redis.stop();
+    let fire = alert("firing", "CollaborationBackpressureCritical", Some("ws"), "97%", "fp");
+    let (status, json, _) = call(&r, "POST", "/webhook/alertmanager", bearer(), &fire).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{json}");
+    assert_eq!(call(&r, "GET", "/ready", None, "").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let _redis2 = RedisServer::start_on(port);
+    eventually(15, "the service to reach Redis again", async || {
+        call(&r, "POST", "/webhook/alertmanager", bearer(), &fire).await.0 == StatusCode::OK
+    })
+    .await;
+    assert_eq!(call(&r, "GET", "/ready", None, "").await.0, StatusCode::OK);
+}
