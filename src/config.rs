@@ -351,8 +351,9 @@ fn control(c: RawControl) -> Result<ControlConfig, ConfigError> {
         return err("control.retry_ms", format!("must be in 100..=600000, got {retry_ms}"));
     }
     let stale_after_s = c.stale_after_s.unwrap_or(120);
-    if stale_after_s == 0 {
-        return err("control.stale_after_s", "must be at least 1");
+    if stale_after_s.saturating_mul(1000) <= timeout_ms {
+        // A long-poll held for its whole timeout must not look like an outage.
+        return err("control.stale_after_s", format!("must exceed timeout_ms ({timeout_ms} ms), got {stale_after_s}"));
     }
     Ok(ControlConfig {
         cluster: c.cluster,

@@ -1,10 +1,13 @@
 //! The decision both filters share: ask a breaker before a new call, tell it the outcome after.
 //! Host errors fail open: a broken shared-data call admits and is counted, it never refuses.
 
+use std::borrow::Cow;
 use std::rc::Rc;
 
-use crate::config::{BreakerPolicy, Config};
-use crate::core::{self, Call, Decision, Effect, Mode, ProbeTicket, Refusal};
+use crate::config::{BreakerPolicy, Config, ControlConfig};
+use crate::core::breaker::SHORT_RETRY_MS;
+use crate::core::remote::{self, DecideParams, RemoteDecision};
+use crate::core::{self, Call, Decision, Effect, Mode, Policy, ProbeTicket, Reason, Refusal, RefusedAs};
 use crate::host;
 use crate::metrics::{Outcome, RejectKind};
 use crate::store::{self, StoreError};
@@ -18,11 +21,34 @@ pub struct Admitted {
     pub start_ms: u64,
 }
 
+/// Why a call is refused, as the client is told: a local breaker's reason, or the control
+/// plane's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub state: RefusedAs,
+    pub reason: Cow<'static, str>,
+    pub retry_after_ms: u64,
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Self {
+        Refused { state: r.state, reason: Cow::Borrowed(r.reason.name()), retry_after_ms: r.retry_after_ms }
+    }
+}
+
+impl Refused {
+    /// Whole seconds for `retry-after`: rounded up, at least 1.
+    pub fn retry_after_s(&self) -> u64 {
+        self.retry_after_ms.div_ceil(1000).max(1)
+    }
+}
+
 pub enum Verdict {
-    /// Not guarded (disabled, untracked, or the host failed): let it through, record nothing.
+    /// Not guarded (disabled, untracked, forced closed, or the host failed): let it through,
+    /// record nothing.
     Pass,
     Admit(Admitted),
-    Refuse(Refusal),
+    Refuse(Refused),
 }
 
 pub fn check(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
@@ -34,6 +60,11 @@ pub fn check(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
         return Verdict::Pass;
     };
     vm::with(|vm| {
+        if let Some(control) = &config.control {
+            if let Some(verdict) = remote_verdict(vm, control, &policy.policy, breaker, kind, now) {
+                return verdict;
+            }
+        }
         match vm.registry.tracked(breaker, config.max_breakers) {
             Ok(true) => {}
             Ok(false) => {
@@ -66,10 +97,47 @@ pub fn check(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
             }
             Decision::Refuse(refusal) => {
                 vm.metrics.rejected(breaker, kind);
-                Verdict::Refuse(refusal)
+                Verdict::Refuse(refusal.into())
             }
         }
     })
+}
+
+/// Applies the control plane's view (refreshed into the VM on every tick: no host call here).
+/// `None` leaves the decision to the local breaker.
+fn remote_verdict(
+    vm: &mut Vm,
+    control: &ControlConfig,
+    p: &Policy,
+    breaker: &str,
+    kind: RejectKind,
+    now: u64,
+) -> Option<Verdict> {
+    let view = vm.remote.view.clone();
+    let params = DecideParams {
+        stale_after_ms: control.stale_after_s.saturating_mul(1000),
+        ramp_ms: p.recovery_ramp_ms,
+        open_retry_ms: p.open_base_ms,
+        jitter: p.open_jitter,
+        short_retry_ms: SHORT_RETRY_MS,
+    };
+    let unit = vm.unit(now);
+    let refused = match remote::decide(&view, breaker, now, &params, unit) {
+        RemoteDecision::Local => return None,
+        RemoteDecision::Admit => return Some(Verdict::Pass),
+        RemoteDecision::Refuse { reason, retry_after_ms } => {
+            Refused { state: RefusedAs::ForcedOpen, reason: Cow::Owned(reason.to_string()), retry_after_ms }
+        }
+        RemoteDecision::Ramp { retry_after_ms } => {
+            Refused { state: RefusedAs::Closed, reason: Cow::Borrowed(Reason::RecoveryRamp.name()), retry_after_ms }
+        }
+    };
+    if p.mode == Mode::DryRun {
+        vm.metrics.would_reject(breaker, kind);
+        return Some(Verdict::Pass);
+    }
+    vm.metrics.rejected(breaker, kind);
+    Some(Verdict::Refuse(refused))
 }
 
 /// Records the outcome of an admitted call.
@@ -122,9 +190,4 @@ fn lost(vm: &mut Vm, breaker: &str, e: StoreError) -> Verdict {
     vm.metrics.lost(breaker);
     log::warn!("breaker {breaker} state not updated: {e:?}");
     Verdict::Pass
-}
-
-/// Whole seconds for `retry-after`: rounded up, at least 1.
-pub fn retry_after_s(refusal: &Refusal) -> u64 {
-    refusal.retry_after_ms.div_ceil(1000).max(1)
 }

@@ -3,7 +3,7 @@
 //! panics, whatever the host answers. (The SDK's own `hostcalls` panic on statuses they do not
 //! expect, so the calls are declared here directly.)
 
-use std::ptr::{null, null_mut};
+use std::ptr::null_mut;
 
 /// A host call that did not succeed, with the raw proxy-wasm status.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +31,16 @@ impl HostError {
             10 => Err(HostError::InternalFailure),
             12 => Err(HostError::Unimplemented),
             s => Err(HostError::Other(s)),
+        }
+    }
+}
+
+impl HostError {
+    /// The error for a status the SDK returned (calls that must go through the SDK).
+    pub fn from_sdk(status: proxy_wasm::types::Status) -> HostError {
+        match HostError::from_status(status as u32) {
+            Err(e) => e,
+            Ok(()) => HostError::Other(0),
         }
     }
 }
@@ -105,19 +115,6 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
-    #[allow(clippy::too_many_arguments)]
-    fn proxy_http_call(
-        upstream_data: *const u8,
-        upstream_size: usize,
-        headers_data: *const u8,
-        headers_size: usize,
-        body_data: *const u8,
-        body_size: usize,
-        trailers_data: *const u8,
-        trailers_size: usize,
-        timeout: u32,
-        return_token: *mut u32,
-    ) -> u32;
 }
 
 /// Takes ownership of a buffer the host allocated in our memory (through the SDK's allocator).
@@ -267,28 +264,6 @@ pub fn record_metric(id: u32, value: u64) -> HostResult<()> {
 pub fn set_tick_period_ms(period: u32) -> HostResult<()> {
     // SAFETY: plain value.
     HostError::from_status(unsafe { proxy_set_tick_period_milliseconds(period) })
-}
-
-/// Dispatches an HTTP call to `cluster`; returns the call's token.
-pub fn http_call(cluster: &str, headers: &[(&str, &str)], body: &[u8], timeout_ms: u32) -> HostResult<u32> {
-    let map = serialize_headers(headers);
-    let mut token = 0u32;
-    // SAFETY: valid input slices; the host writes one u32.
-    HostError::from_status(unsafe {
-        proxy_http_call(
-            cluster.as_ptr(),
-            cluster.len(),
-            map.as_ptr(),
-            map.len(),
-            body.as_ptr(),
-            body.len(),
-            null(),
-            0,
-            timeout_ms,
-            &mut token,
-        )
-    })?;
-    Ok(token)
 }
 
 /// Routes the `log` crate to the host's log, dropping messages the host cannot take.

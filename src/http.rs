@@ -8,8 +8,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::{Config, KeySource, Shed};
-use crate::core::Refusal;
-use crate::guard::{self, Admitted, Verdict};
+use crate::guard::{self, Admitted, Refused, Verdict};
 use crate::host::{self, HeaderMap};
 use crate::metrics::RejectKind;
 
@@ -48,7 +47,7 @@ fn breaker_key(source: &KeySource) -> Option<String> {
 }
 
 /// DESIGN's refusal body.
-pub fn refusal_body(breaker: &str, refusal: &Refusal) -> String {
+pub fn refusal_body(breaker: &str, refusal: &Refused) -> String {
     #[derive(serde::Serialize)]
     struct Body<'a> {
         error: &'a str,
@@ -61,16 +60,16 @@ pub fn refusal_body(breaker: &str, refusal: &Refusal) -> String {
         error: "circuit_open",
         breaker,
         state: refusal.state.name(),
-        reason: refusal.reason.name(),
-        retry_after_s: guard::retry_after_s(refusal),
+        reason: &refusal.reason,
+        retry_after_s: refusal.retry_after_s(),
     };
     // Serializing plain strings and numbers cannot fail; an empty body would still be a refusal.
     serde_json::to_string(&body).unwrap_or_default()
 }
 
 impl HttpFilter {
-    fn refuse(&self, breaker: &str, refusal: &Refusal) -> Action {
-        let retry = guard::retry_after_s(refusal).to_string();
+    fn refuse(&self, breaker: &str, refusal: &Refused) -> Action {
+        let retry = refusal.retry_after_s().to_string();
         let mut headers: Vec<(&str, &str)> = vec![
             ("retry-after", retry.as_str()),
             ("x-floodgate", refusal.state.name()),
@@ -145,7 +144,7 @@ impl HttpContext for HttpFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Reason, RefusedAs};
+    use crate::core::{Reason, Refusal, RefusedAs};
 
     #[test]
     fn detects_upgrades_in_both_forms() {
@@ -161,7 +160,7 @@ mod tests {
     fn refusal_body_matches_design() {
         let r = Refusal { state: RefusedAs::Open, reason: Reason::FailureRate, retry_after_ms: 11_001 };
         assert_eq!(
-            refusal_body("collab_ws", &r),
+            refusal_body("collab_ws", &r.into()),
             r#"{"error":"circuit_open","breaker":"collab_ws","state":"open","reason":"failure_rate","retry_after_s":12}"#
         );
     }

@@ -5,6 +5,7 @@
 //! - [`config`]: plugin configuration, parsed and validated into typed policies.
 //! - [`host`]: the one adapter that makes host calls; [`store`]: breaker state in shared data.
 //! - [`guard`], [`http`], [`tcp`], [`root`]: the filters; [`metrics`]: Envoy stats.
+//! - [`poller`]: one poller per Envoy brings the control plane's overrides into shared data.
 
 pub mod config;
 pub mod core;
@@ -12,6 +13,7 @@ pub mod guard;
 pub mod host;
 pub mod http;
 pub mod metrics;
+pub mod poller;
 pub mod root;
 pub mod store;
 pub mod tcp;

@@ -2,6 +2,7 @@
 //! configuration, and creates the per-request or per-connection contexts.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
@@ -10,6 +11,7 @@ use crate::config::{self, Config, FilterKind};
 use crate::core::{Mode, Policy};
 use crate::host::{self, Buffer};
 use crate::http::HttpFilter;
+use crate::poller::{self, Poller};
 use crate::tcp::TcpFilter;
 
 pub const HTTP_ROOT_ID: &str = "floodgate";
@@ -21,11 +23,12 @@ const MAX_CONFIG_BYTES: usize = 1 << 20;
 pub struct Root {
     kind: FilterKind,
     config: Option<Rc<Config>>,
+    poller: Option<Poller>,
 }
 
 impl Root {
     pub fn new() -> Self {
-        Root { kind: FilterKind::Http, config: None }
+        Root { kind: FilterKind::Http, config: None, poller: None }
     }
 }
 
@@ -42,7 +45,13 @@ fn root_id() -> String {
     }
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _: usize) {
+        if let Some(p) = self.poller.as_mut() {
+            p.on_response(token, num_headers, body_size);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _: usize) -> bool {
@@ -61,6 +70,13 @@ impl RootContext for Root {
         match config::parse(&bytes, self.kind) {
             Ok(c) => {
                 log::info!("configured ({:?}, {} breaker override(s))", self.kind, c.overrides.len());
+                self.poller = c.control.clone().map(|control| Poller::new(Rc::new(control)));
+                if self.poller.is_some() {
+                    if let Err(e) = host::set_tick_period_ms(poller::TICK_MS) {
+                        log::error!("invalid configuration: control: cannot start the poller's timer: {e:?}");
+                        return false;
+                    }
+                }
                 self.config = Some(Rc::new(c));
                 true
             }
@@ -68,6 +84,18 @@ impl RootContext for Root {
                 log::error!("invalid configuration: {e}");
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        // Out of `self` for the tick, so the SDK's dispatch (on `&self`) can be lent to it.
+        if let Some(mut p) = self.poller.take() {
+            p.on_tick(&|cluster, headers, timeout_ms| {
+                // The SDK panics only on statuses Envoy does not return for this call.
+                self.dispatch_http_call(cluster, headers, None, vec![], Duration::from_millis(timeout_ms.into()))
+                    .map_err(host::HostError::from_sdk)
+            });
+            self.poller = Some(p);
         }
     }
 

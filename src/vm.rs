@@ -2,7 +2,9 @@
 //! registry, and a cheap random source for jitter.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 
+use crate::core::remote::RemoteView;
 use crate::metrics::Metrics;
 use crate::store::Registry;
 
@@ -10,7 +12,16 @@ use crate::store::Registry;
 pub struct Vm {
     pub metrics: Metrics,
     pub registry: Registry,
+    /// This worker's copy of the control plane's view, refreshed on ticks.
+    pub remote: RemoteCache,
     rng: u64,
+}
+
+/// The decoded view and the shared-data CAS it was read at (decode again only when it moves).
+#[derive(Default)]
+pub struct RemoteCache {
+    pub cas: u32,
+    pub view: Rc<RemoteView>,
 }
 
 impl Vm {

@@ -277,15 +277,17 @@ async fn snapshot(
     }
     let mut versions = s.store.versions();
     let Some(known) = known else { return Ok(Json(snapshot_body(&s).await?).into_response()) };
-    if *versions.borrow_and_update() <= known && wait > 0 {
+    // Any other version answers at once: newer, or older after the store lost its state (the
+    // proxy decides what to make of that).
+    if *versions.borrow_and_update() == known && wait > 0 {
         s.waiters.fetch_add(1, Ordering::SeqCst);
         s.metrics.poll_waiters.set(s.waiters.load(Ordering::SeqCst));
         let wait = Duration::from_secs(wait.min(MAX_WAIT_S));
-        let _ = tokio::time::timeout(wait, versions.wait_for(|v| *v > known)).await;
+        let _ = tokio::time::timeout(wait, versions.wait_for(|v| *v != known)).await;
         s.waiters.fetch_sub(1, Ordering::SeqCst);
         s.metrics.poll_waiters.set(s.waiters.load(Ordering::SeqCst));
     }
-    if *versions.borrow() > known {
+    if *versions.borrow() != known {
         Ok(Json(snapshot_body(&s).await?).into_response())
     } else {
         Ok(StatusCode::NOT_MODIFIED.into_response())

@@ -65,13 +65,31 @@ pub async fn echo(session: &mut Session, text: &str) -> anyhow::Result<()> {
     }
 }
 
+pub type HttpAnswer = (u16, BTreeMap<String, String>, String);
+
 /// A plain `GET` over HTTP/1.1: status, headers (lower-case names), body.
-pub async fn http_get(
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<HttpAnswer> {
+    http_request(addr, "GET", path, &[], "").await
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn http_request(
     addr: std::net::SocketAddr,
+    method: &str,
     path: &str,
-) -> anyhow::Result<(u16, BTreeMap<String, String>, String)> {
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<HttpAnswer> {
     let mut stream = TcpStream::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method != "GET" {
+        req.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
     stream.write_all(req.as_bytes()).await?;
     let mut raw = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.context("read timed out")??;

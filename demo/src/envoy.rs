@@ -84,7 +84,7 @@ pub fn render(name: &str, ports: Ports, plugin_configs: &[&str]) -> anyhow::Resu
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn scratch_dir() -> anyhow::Result<PathBuf> {
+pub fn scratch_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "floodgate-envoy-{}-{}",
         std::process::id(),

@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod client;
 pub mod envoy;
+pub mod procs;
 pub mod stats;
 
 /// The workspace root (where `envoy/` and `target/` live).

@@ -4,6 +4,7 @@
 pub mod breaker;
 pub mod classify;
 pub mod policy;
+pub mod remote;
 pub mod state;
 pub mod window;
 

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-pub use floodgate_demo::{backend, client, envoy, stats};
+pub use floodgate_demo::{backend, client, envoy, procs, stats};
 
 /// Polls `check` every 50 ms until it returns `Some`, or fails after `within`.
 pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T

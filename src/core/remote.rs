@@ -1,0 +1,429 @@
+//! Remote overrides from the control plane, as pure functions: parsing a snapshot, folding it
+//! into the view every worker reads from shared data, and deciding a new call from that view.
+//! Time and randomness are inputs, as in the breaker.
+
+use serde::{Deserialize, Serialize};
+
+/// A snapshot larger than this is refused unread: the control plane never sends one this big.
+pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024;
+/// How long an ended override is remembered for its recovery ramp (the longest ramp allowed).
+pub const MAX_RAMP_MS: u64 = 3_600_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Forced {
+    ForcedOpen,
+    ForcedClosed,
+}
+
+/// One override as the proxy keeps it; `until_ms == 0` means until the control plane ends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub key: String,
+    pub state: Forced,
+    pub reason: String,
+    pub until_ms: u64,
+}
+
+impl Override {
+    fn holds(&self, now_ms: u64) -> bool {
+        self.until_ms == 0 || now_ms < self.until_ms
+    }
+}
+
+/// A forced-open that ended, remembered so new calls to its key ramp back in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ended {
+    pub key: String,
+    pub at_ms: u64,
+}
+
+/// The last good snapshot and when the control plane last confirmed it. Written by the poller
+/// into shared data, read by every worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteView {
+    pub version: u64,
+    /// When a poll last returned this version (200 or 304); 0 = never.
+    pub confirmed_ms: u64,
+    pub overrides: Vec<Override>,
+    pub ended: Vec<Ended>,
+}
+
+/// A snapshot as the control plane sends it (DESIGN, "Snapshot body"); unknown fields ignored.
+#[derive(Deserialize, Debug)]
+struct RawSnapshot {
+    version: u64,
+    breakers: Vec<RawEntry>,
+}
+
+#[derive(Deserialize, Debug)]
+struct RawEntry {
+    key: String,
+    state: Forced,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    until: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub version: u64,
+    pub overrides: Vec<Override>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotError {
+    TooLarge(usize),
+    Malformed(String),
+    /// Older than the view the proxy holds (and that view is not stale).
+    Backwards {
+        got: u64,
+        have: u64,
+    },
+}
+
+pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, SnapshotError> {
+    if body.len() > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotError::TooLarge(body.len()));
+    }
+    let raw: RawSnapshot = serde_json::from_slice(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    let mut overrides = Vec::with_capacity(raw.breakers.len());
+    for (i, e) in raw.breakers.into_iter().enumerate() {
+        if e.key.is_empty() {
+            return Err(SnapshotError::Malformed(format!("breakers[{i}].key: empty")));
+        }
+        let until_ms = match e.until.as_deref() {
+            None => 0,
+            Some(t) => parse_rfc3339_ms(t)
+                .ok_or_else(|| SnapshotError::Malformed(format!("breakers[{i}].until: not RFC 3339: {t:?}")))?
+                .max(1),
+        };
+        let reason = e.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| "forced".to_string());
+        overrides.push(Override { key: e.key, state: e.state, reason, until_ms });
+    }
+    Ok(Snapshot { version: raw.version, overrides })
+}
+
+impl RemoteView {
+    /// The view is live until `stale_after_ms` past its last confirmation.
+    pub fn live(&self, now_ms: u64, stale_after_ms: u64) -> bool {
+        self.confirmed_ms > 0 && now_ms < self.confirmed_ms.saturating_add(stale_after_ms)
+    }
+
+    /// The override for `key`, else the one for `*`.
+    pub fn lookup(&self, key: &str) -> Option<&Override> {
+        self.overrides.iter().find(|o| o.key == key).or_else(|| self.overrides.iter().find(|o| o.key == "*"))
+    }
+
+    /// Keys whose forced-open holds at `now_ms` (for the `floodgate_forced` gauge).
+    pub fn forced_open_keys(&self, now_ms: u64, stale_after_ms: u64) -> impl Iterator<Item = &str> {
+        let live = self.live(now_ms, stale_after_ms);
+        self.overrides
+            .iter()
+            .filter(move |o| live && o.state == Forced::ForcedOpen && o.holds(now_ms))
+            .map(|o| o.key.as_str())
+    }
+
+    /// Folds a fetched snapshot into the view. A stale view accepts any version (the control
+    /// plane may have lost its state and started over); a live one refuses to go backwards.
+    pub fn apply(&self, snap: Snapshot, now_ms: u64, stale_after_ms: u64) -> Result<RemoteView, SnapshotError> {
+        let live = self.live(now_ms, stale_after_ms);
+        if live && snap.version < self.version {
+            return Err(SnapshotError::Backwards { got: snap.version, have: self.version });
+        }
+        // Forced-opens that this snapshot ends start their ramp now (or when they expired, or
+        // when the view went stale, whichever came first).
+        let lapse_ms = if live { now_ms } else { self.confirmed_ms.saturating_add(stale_after_ms).min(now_ms) };
+        let mut ended: Vec<Ended> =
+            self.ended.iter().filter(|e| now_ms < e.at_ms.saturating_add(MAX_RAMP_MS)).cloned().collect();
+        for old in self.overrides.iter().filter(|o| o.state == Forced::ForcedOpen) {
+            let still_open = snap.overrides.iter().any(|n| n.key == old.key && n.state == Forced::ForcedOpen);
+            if still_open {
+                continue;
+            }
+            let at_ms = if old.until_ms > 0 { old.until_ms.min(lapse_ms) } else { lapse_ms };
+            ended.retain(|e| e.key != old.key);
+            ended.push(Ended { key: old.key.clone(), at_ms });
+        }
+        ended.retain(|e| !snap.overrides.iter().any(|n| n.key == e.key && n.state == Forced::ForcedOpen));
+        Ok(RemoteView { version: snap.version, confirmed_ms: now_ms, overrides: snap.overrides, ended })
+    }
+}
+
+/// What the control plane's view says about a new call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RemoteDecision<'a> {
+    /// No override: the local breaker decides.
+    Local,
+    /// `forced_closed`: admit whatever the local breaker says.
+    Admit,
+    /// `forced_open`: refuse with the control plane's reason.
+    Refuse { reason: &'a str, retry_after_ms: u64 },
+    /// A forced-open ended recently and this call falls outside the ramp's admitted share.
+    Ramp { retry_after_ms: u64 },
+}
+
+/// Tuning of [`decide`] from the breaker's policy.
+#[derive(Clone, Copy, Debug)]
+pub struct DecideParams {
+    pub stale_after_ms: u64,
+    pub ramp_ms: u64,
+    /// `retry-after` for a forced-open with no end time.
+    pub open_retry_ms: u64,
+    pub jitter: f64,
+    pub short_retry_ms: u64,
+}
+
+/// Decides a new call to `key`. `unit` is uniform in [0, 1): it picks the ramp's share and
+/// spreads `retry-after` so refused clients do not return together.
+pub fn decide<'a>(view: &'a RemoteView, key: &str, now_ms: u64, p: &DecideParams, unit: f64) -> RemoteDecision<'a> {
+    let live = view.live(now_ms, p.stale_after_ms);
+    let mut ramp_from = 0u64;
+    if let Some(o) = view.lookup(key) {
+        match o.state {
+            Forced::ForcedOpen if live && o.holds(now_ms) => {
+                let base = if o.until_ms > 0 { o.until_ms - now_ms } else { p.open_retry_ms };
+                return RemoteDecision::Refuse { reason: &o.reason, retry_after_ms: spread(base, p.jitter, unit) };
+            }
+            Forced::ForcedOpen => {
+                // It lapsed at its end time or when the view went stale, whichever came first.
+                let until = if o.until_ms > 0 { o.until_ms } else { u64::MAX };
+                ramp_from = until.min(view.confirmed_ms.saturating_add(p.stale_after_ms));
+            }
+            Forced::ForcedClosed if live && o.holds(now_ms) => return RemoteDecision::Admit,
+            Forced::ForcedClosed => {}
+        }
+    }
+    for e in view.ended.iter().filter(|e| e.key == key || e.key == "*") {
+        ramp_from = ramp_from.max(e.at_ms);
+    }
+    if p.ramp_ms > 0 && ramp_from > 0 && now_ms < ramp_from.saturating_add(p.ramp_ms) {
+        let share = now_ms.saturating_sub(ramp_from) as f64 / p.ramp_ms as f64;
+        if unit >= share {
+            return RemoteDecision::Ramp { retry_after_ms: spread(p.short_retry_ms, p.jitter, unit) };
+        }
+    }
+    RemoteDecision::Local
+}
+
+fn spread(ms: u64, jitter: f64, unit: f64) -> u64 {
+    ms + (ms as f64 * jitter * unit) as u64
+}
+
+/// Milliseconds since the epoch of an RFC 3339 timestamp (`2026-11-22T10:00:00Z`, optional
+/// fraction, `Z` or a numeric offset).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if !part.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        part.parse().ok()
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut millis = 0i64;
+    if let Some(frac) = rest.strip_prefix('.') {
+        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let ms_digits: String = frac[..digits].chars().chain("000".chars()).take(3).collect();
+        millis = ms_digits.parse().ok()?;
+        rest = &frac[digits..];
+    }
+    let offset_s = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let (h, m) = (rest[1..3].parse::<i64>().ok()?, rest[4..6].parse::<i64>().ok()?);
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
+    u64::try_from(secs * 1000 + millis).ok()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    const STALE: u64 = 120_000;
+    const T0: u64 = 1_795_341_600_000; // 2026-11-22T10:00:00Z
+
+    fn params(ramp_ms: u64) -> DecideParams {
+        DecideParams { stale_after_ms: STALE, ramp_ms, open_retry_ms: 30_000, jitter: 0.0, short_retry_ms: 1_000 }
+    }
+
+    fn open(key: &str, until_ms: u64) -> Override {
+        Override { key: key.into(), state: Forced::ForcedOpen, reason: "backpressure_critical".into(), until_ms }
+    }
+
+    fn view(overrides: Vec<Override>) -> RemoteView {
+        RemoteView { version: 3, confirmed_ms: T0, overrides, ended: vec![] }
+    }
+
+    #[test]
+    fn parses_the_design_snapshot_and_ignores_unknown_fields() {
+        let body = br#"{"version": 7, "generated_at": "2026-11-22T10:00:00Z", "extra": [1],
+            "breakers": [{"key": "collab_ws", "state": "forced_open", "reason": "backpressure_critical",
+                          "since": "2026-11-22T09:58:00Z", "until": "2026-11-22T10:00:00Z", "event_id": "e1"},
+                         {"key": "*", "state": "forced_closed", "until": null}]}"#;
+        let s = parse_snapshot(body).unwrap();
+        assert_eq!(s.version, 7);
+        assert_eq!(s.overrides[0], open("collab_ws", T0));
+        assert_eq!(
+            s.overrides[1],
+            Override { key: "*".into(), state: Forced::ForcedClosed, reason: "forced".into(), until_ms: 0 }
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_truncated_and_oversized_snapshots() {
+        let good = br#"{"version":1,"breakers":[{"key":"a","state":"forced_open"}]}"#;
+        assert!(parse_snapshot(good).is_ok());
+        for bad in [
+            &good[..good.len() - 3],
+            br#"{"version":-1,"breakers":[]}"#.as_slice(),
+            br#"{"version":1,"breakers":[{"key":"a","state":"half_open"}]}"#,
+            br#"{"version":1,"breakers":[{"key":"","state":"forced_open"}]}"#,
+            br#"{"version":1,"breakers":[{"key":"a","state":"forced_open","until":"tomorrow"}]}"#,
+            br#"{"breakers":[]}"#,
+            b"",
+        ] {
+            assert!(
+                matches!(parse_snapshot(bad), Err(SnapshotError::Malformed(_))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut big = br#"{"version":1,"breakers":[],"pad":""#.to_vec();
+        big.resize(MAX_SNAPSHOT_BYTES + 1, b'x');
+        assert!(matches!(parse_snapshot(&big), Err(SnapshotError::TooLarge(_))));
+    }
+
+    #[test]
+    fn parses_rfc3339_forms() {
+        assert_eq!(parse_rfc3339_ms("2026-11-22T10:00:00Z"), Some(T0));
+        assert_eq!(parse_rfc3339_ms("2026-11-22T12:00:00+02:00"), Some(T0));
+        assert_eq!(parse_rfc3339_ms("2000-02-29T23:59:59.123Z"), Some(951_868_799_123));
+        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
+        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T10:00:00", "2026-11-22T10:00:00.Z"] {
+            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_key_override_wins_over_the_wildcard() {
+        let mut closed = open("b", 0);
+        closed.state = Forced::ForcedClosed;
+        let v = view(vec![open("*", 0), closed]);
+        let p = params(0);
+        assert_eq!(decide(&v, "b", T0 + 1, &p, 0.5), RemoteDecision::Admit);
+        assert_eq!(
+            decide(&v, "a", T0 + 1, &p, 0.5),
+            RemoteDecision::Refuse { reason: "backpressure_critical", retry_after_ms: 30_000 }
+        );
+    }
+
+    #[test]
+    fn forced_open_tells_clients_when_it_ends() {
+        let v = view(vec![open("a", T0 + 10_000)]);
+        let d = decide(&v, "a", T0 + 4_000, &params(0), 0.0);
+        assert_eq!(d, RemoteDecision::Refuse { reason: "backpressure_critical", retry_after_ms: 6_000 });
+        let jittered = DecideParams { jitter: 0.5, ..params(0) };
+        assert_eq!(
+            decide(&v, "a", T0 + 4_000, &jittered, 0.5),
+            RemoteDecision::Refuse { reason: "backpressure_critical", retry_after_ms: 7_500 }
+        );
+        assert_eq!(decide(&v, "other", T0 + 4_000, &params(0), 0.0), RemoteDecision::Local);
+    }
+
+    #[test]
+    fn an_expired_override_lapses_then_ramps() {
+        let v = view(vec![open("a", T0 + 10_000)]);
+        let p = params(10_000);
+        // 2.5 s into a 10 s ramp: a quarter is admitted.
+        assert_eq!(decide(&v, "a", T0 + 12_500, &p, 0.2), RemoteDecision::Local);
+        assert_eq!(decide(&v, "a", T0 + 12_500, &p, 0.3), RemoteDecision::Ramp { retry_after_ms: 1_000 });
+        assert_eq!(decide(&v, "a", T0 + 20_000, &p, 0.99), RemoteDecision::Local);
+        assert_eq!(decide(&v, "a", T0 + 12_500, &params(0), 0.99), RemoteDecision::Local);
+    }
+
+    #[test]
+    fn a_stale_view_lapses_every_override() {
+        let v = view(vec![open("*", 0)]);
+        assert!(matches!(decide(&v, "a", T0 + STALE - 1, &params(0), 0.5), RemoteDecision::Refuse { .. }));
+        assert_eq!(decide(&v, "a", T0 + STALE, &params(0), 0.5), RemoteDecision::Local);
+        assert_eq!(
+            decide(&v, "a", T0 + STALE + 1_000, &params(10_000), 0.5),
+            RemoteDecision::Ramp { retry_after_ms: 1_000 }
+        );
+        assert_eq!(decide(&RemoteView::default(), "a", T0, &params(10_000), 0.0), RemoteDecision::Local);
+    }
+
+    #[test]
+    fn a_live_view_does_not_go_backwards_but_a_stale_one_starts_over() {
+        let v = view(vec![]);
+        let old = Snapshot { version: 2, overrides: vec![open("a", 0)] };
+        assert_eq!(v.apply(old.clone(), T0 + 1, STALE), Err(SnapshotError::Backwards { got: 2, have: 3 }));
+        let applied = v.apply(old, T0 + STALE, STALE).unwrap();
+        assert_eq!((applied.version, applied.confirmed_ms), (2, T0 + STALE));
+        assert_eq!(applied.overrides.len(), 1);
+    }
+
+    #[test]
+    fn ending_a_forced_open_starts_its_ramp() {
+        let v = view(vec![open("a", 0), open("b", 0)]);
+        let next = v.apply(Snapshot { version: 4, overrides: vec![open("b", 0)] }, T0 + 5_000, STALE).unwrap();
+        assert_eq!(next.ended, vec![Ended { key: "a".into(), at_ms: T0 + 5_000 }]);
+        let p = params(10_000);
+        assert_eq!(decide(&next, "a", T0 + 6_000, &p, 0.5), RemoteDecision::Ramp { retry_after_ms: 1_000 });
+        assert_eq!(decide(&next, "a", T0 + 6_000, &p, 0.05), RemoteDecision::Local);
+        // Re-opened: the ramp is forgotten; long after: pruned.
+        let again = next.apply(Snapshot { version: 5, overrides: vec![open("a", 0)] }, T0 + 7_000, STALE).unwrap();
+        assert_eq!(again.ended, vec![Ended { key: "b".into(), at_ms: T0 + 7_000 }]);
+        let later = next.apply(Snapshot { version: 5, overrides: vec![] }, T0 + 5_000 + MAX_RAMP_MS, STALE).unwrap();
+        assert_eq!(later.ended.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
+    fn the_view_round_trips_through_json() {
+        let mut v = view(vec![open("a", T0)]);
+        v.ended.push(Ended { key: "*".into(), at_ms: 9 });
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(serde_json::from_slice::<RemoteView>(&bytes).unwrap(), v);
+    }
+}

@@ -1,0 +1,395 @@
+//! Polling the control plane: exactly one poller per Envoy process, chosen through a lease in
+//! shared data (so it works with nothing but the HTTP filter configured, as under Istio's
+//! WasmPlugin). Every root context ticks: it refreshes its worker's copy of the view, and takes
+//! or renews the lease; the holder long-polls `GET /v1/snapshot` and writes what it gets into
+//! shared data. Nothing here refuses traffic: a failing control plane only makes the view stale.
+
+use std::rc::Rc;
+
+use crate::config::ControlConfig;
+use crate::core::remote::{self, RemoteView, SnapshotError};
+use crate::core::BreakerState;
+use crate::host::{self, Buffer, HeaderMap, HostError};
+use crate::metrics::PollResult;
+use crate::store::{self, MAX_CAS_ATTEMPTS, REGISTRY_KEY};
+use crate::vm::{self, Vm};
+
+/// The view every worker reads (JSON of [`RemoteView`]).
+pub const VIEW_KEY: &str = "floodgate/control";
+/// `<worker>:<expires_ms>` of the worker that polls.
+pub const LEASE_KEY: &str = "floodgate/poller";
+/// A counter handing out worker numbers, so lease holders can tell themselves apart.
+pub const WORKERS_KEY: &str = "floodgate/workers";
+/// How often each root context ticks: the delay between a new snapshot and every worker using it.
+pub const TICK_MS: u32 = 100;
+/// A lease not renewed for this long passes to another worker.
+pub const LEASE_MS: u64 = 3_000;
+/// The longest wait between failed polls.
+pub const MAX_BACKOFF_MS: u64 = 30_000;
+/// The `x-floodgate-breakers` header is cut at this size.
+const MAX_STATES_HEADER: usize = 8 * 1024;
+
+struct InFlight {
+    token: u32,
+    sent_ms: u64,
+    /// The version the poll asked about (None: asked for the snapshot at once).
+    asked: Option<u64>,
+}
+
+/// Dispatches an HTTP call through the SDK (which must know the call to route its answer back to
+/// the root context): `(cluster, headers, timeout_ms) -> token`.
+pub type Dispatch<'a> = &'a dyn Fn(&str, Vec<(&str, &str)>, u32) -> Result<u32, HostError>;
+
+pub struct Poller {
+    config: Rc<ControlConfig>,
+    worker: Option<u32>,
+    started_ms: u64,
+    in_flight: Option<InFlight>,
+    next_poll_ms: u64,
+    failures: u32,
+    proxy_id: Option<String>,
+    /// Gauges as last set by this poller, to write only changes.
+    forced: Vec<String>,
+    reported: Option<(u64, bool)>,
+}
+
+impl Poller {
+    pub fn new(config: Rc<ControlConfig>) -> Self {
+        Poller {
+            config,
+            worker: None,
+            started_ms: 0,
+            in_flight: None,
+            next_poll_ms: 0,
+            failures: 0,
+            proxy_id: None,
+            forced: Vec::new(),
+            reported: None,
+        }
+    }
+
+    fn stale_after_ms(&self) -> u64 {
+        self.config.stale_after_s.saturating_mul(1000)
+    }
+
+    pub fn on_tick(&mut self, dispatch: Dispatch) {
+        let Ok(now) = host::now_ms() else { return };
+        if self.started_ms == 0 {
+            self.started_ms = now;
+        }
+        vm::with(refresh_view);
+        let Some(worker) = self.worker_id() else { return };
+        if !holds_lease(worker, now) {
+            return;
+        }
+        self.report_gauges(now);
+        if let Some(f) = &self.in_flight {
+            // Envoy always answers a dispatched call (at the latest at its timeout); this only
+            // guards against a callback that never comes.
+            if now < f.sent_ms.saturating_add(self.config.timeout_ms).saturating_add(5_000) {
+                return;
+            }
+            log::warn!("control poll {} got no callback; polling again", f.token);
+            self.in_flight = None;
+        }
+        if now >= self.next_poll_ms {
+            self.dispatch(now, dispatch);
+        }
+    }
+
+    fn worker_id(&mut self) -> Option<u32> {
+        if self.worker.is_none() {
+            match next_worker_number() {
+                Ok(n) => self.worker = Some(n),
+                Err(e) => log::warn!("control poller: no worker number yet: {e:?}"),
+            }
+        }
+        self.worker
+    }
+
+    fn dispatch(&mut self, now: u64, dispatch: Dispatch) {
+        let view = vm::with(|vm| vm.remote.view.clone());
+        // A live view long-polls for a newer version; without one, ask for the snapshot at once.
+        let asked = view.live(now, self.stale_after_ms()).then_some(view.version);
+        let path = match asked {
+            Some(v) => format!("{}?version={v}&wait={}", self.config.path, self.config.wait_s),
+            None => self.config.path.clone(),
+        };
+        let proxy = self.proxy_id().to_string();
+        let states = local_states();
+        let auth = format!("Bearer {}", self.config.token);
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", path.as_str()),
+            (":authority", self.config.authority.as_str()),
+            ("x-floodgate-proxy", proxy.as_str()),
+            ("x-floodgate-breakers", states.as_str()),
+        ];
+        if !self.config.token.is_empty() {
+            headers.push(("authorization", auth.as_str()));
+        }
+        let timeout = u32::try_from(self.config.timeout_ms).unwrap_or(u32::MAX);
+        match dispatch(&self.config.cluster, headers, timeout) {
+            Ok(token) => self.in_flight = Some(InFlight { token, sent_ms: now, asked }),
+            Err(e) => self.failed(now, &format!("cannot dispatch to cluster {:?}: {e:?}", self.config.cluster)),
+        }
+    }
+
+    pub fn on_response(&mut self, token: u32, num_headers: usize, body_size: usize) {
+        let Some(f) = self.in_flight.take_if(|f| f.token == token) else { return };
+        let Ok(now) = host::now_ms() else { return };
+        if num_headers == 0 {
+            return self.failed(now, "no response (unreachable, reset or timed out)");
+        }
+        let status = host::header(HeaderMap::HttpCallResponseHeaders, ":status").ok().flatten();
+        match status.as_deref() {
+            Some(b"304") => match write_view(|v| confirm(v, f.asked, now)) {
+                Ok(_) => self.succeeded(PollResult::NotModified),
+                Err(e) => self.failed(now, &e.to_string()),
+            },
+            Some(b"200") => {
+                if body_size > remote::MAX_SNAPSHOT_BYTES {
+                    return self.failed(now, &format!("snapshot ignored: {:?}", SnapshotError::TooLarge(body_size)));
+                }
+                let body = match host::buffer(Buffer::HttpCallResponseBody, body_size) {
+                    Ok(b) => b.unwrap_or_default(),
+                    Err(e) => return self.failed(now, &format!("cannot read the snapshot: {e:?}")),
+                };
+                let snapshot = match remote::parse_snapshot(&body) {
+                    Ok(s) => s,
+                    Err(e) => return self.failed(now, &format!("snapshot ignored: {e:?}")),
+                };
+                let stale_after = self.stale_after_ms();
+                match write_view(|v| v.apply(snapshot.clone(), now, stale_after).map_err(Some)) {
+                    Ok(v) => {
+                        log::info!(
+                            "control snapshot version {} applied ({} override(s))",
+                            v.version,
+                            v.overrides.len()
+                        );
+                        vm::with(|vm| vm.remote = vm::RemoteCache { cas: 0, view: Rc::new(v) });
+                        self.succeeded(PollResult::Ok);
+                        self.report_gauges(now);
+                    }
+                    Err(e) => self.failed(now, &e.to_string()),
+                }
+            }
+            other => {
+                let status = other.map(String::from_utf8_lossy).unwrap_or_default();
+                self.failed(now, &format!("control plane answered {status:?}"))
+            }
+        }
+    }
+
+    fn succeeded(&mut self, result: PollResult) {
+        self.failures = 0;
+        self.next_poll_ms = 0;
+        vm::with(|vm| vm.metrics.poll(result));
+    }
+
+    fn failed(&mut self, now: u64, why: &str) {
+        self.failures = self.failures.saturating_add(1);
+        let base = self.config.retry_ms.saturating_mul(1 << self.failures.min(16).saturating_sub(1));
+        let backoff = base.min(MAX_BACKOFF_MS.max(self.config.retry_ms));
+        // Up to +50 %: pollers of many proxies do not return to a recovering control plane at once.
+        let jitter = vm::with(|vm| (backoff as f64 * 0.5 * vm.unit(now)) as u64);
+        self.next_poll_ms = now.saturating_add(backoff + jitter);
+        vm::with(|vm| vm.metrics.poll(PollResult::Error));
+        log::warn!("control poll failed ({} in a row): {why}; next in {} ms", self.failures, backoff + jitter);
+    }
+
+    fn report_gauges(&mut self, now: u64) {
+        let stale_after = self.stale_after_ms();
+        vm::with(|vm: &mut Vm| {
+            let view = vm.remote.view.clone();
+            let since = view.confirmed_ms.max(self.started_ms);
+            let stale = now >= since.saturating_add(stale_after);
+            if self.reported != Some((view.version, stale)) {
+                vm.metrics.control(view.version, stale);
+                self.reported = Some((view.version, stale));
+            }
+            let forced: Vec<&str> = view.forced_open_keys(now, stale_after).collect();
+            for key in self.forced.iter().filter(|k| !forced.contains(&k.as_str())) {
+                vm.metrics.forced(key, false);
+            }
+            for key in forced.iter().filter(|k| !self.forced.iter().any(|f| f == *k)) {
+                vm.metrics.forced(key, true);
+            }
+            if forced.len() != self.forced.len() || forced.iter().zip(&self.forced).any(|(a, b)| a != b) {
+                self.forced = forced.iter().map(|k| k.to_string()).collect();
+            }
+        })
+    }
+
+    fn proxy_id(&mut self) -> &str {
+        self.proxy_id.get_or_insert_with(|| {
+            // Envoy's `node.id` (the attribute `xds.node`; plain `node` is not served to root contexts).
+            let id = host::property(&["xds", "node", "id"]).ok().flatten().and_then(|b| String::from_utf8(b).ok());
+            id.filter(|s| !s.is_empty()).unwrap_or_else(|| "unknown".to_string())
+        })
+    }
+}
+
+/// Decodes the shared view into this worker's cache when its CAS moved.
+fn refresh_view(vm: &mut Vm) {
+    match host::shared_get(VIEW_KEY) {
+        Ok((Some(bytes), cas)) if cas != vm.remote.cas => match serde_json::from_slice::<RemoteView>(&bytes) {
+            Ok(view) => vm.remote = vm::RemoteCache { cas, view: Rc::new(view) },
+            Err(e) => log::warn!("shared control view unreadable, keeping the last one: {e}"),
+        },
+        Ok(_) => {}
+        Err(e) => log::debug!("shared control view not read: {e:?}"),
+    }
+}
+
+/// A 304 confirms the view the poll asked about.
+fn confirm(view: &RemoteView, asked: Option<u64>, now: u64) -> Result<RemoteView, Option<SnapshotError>> {
+    if asked.is_some_and(|v| v == view.version) {
+        Ok(RemoteView { confirmed_ms: now, ..view.clone() })
+    } else {
+        // Another poller moved the view meanwhile: nothing to confirm.
+        Err(None)
+    }
+}
+
+enum WriteError {
+    Host(HostError),
+    Contended,
+    Refused(SnapshotError),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Host(e) => write!(f, "cannot store the view: {e:?}"),
+            WriteError::Contended => write!(f, "cannot store the view: other workers kept writing"),
+            WriteError::Refused(e) => write!(f, "snapshot ignored: {e:?}"),
+        }
+    }
+}
+
+/// Read-modify-write of the shared view with compare-and-swap. `step` returning `Err(None)`
+/// leaves the view as it is.
+fn write_view(
+    mut step: impl FnMut(&RemoteView) -> Result<RemoteView, Option<SnapshotError>>,
+) -> Result<RemoteView, WriteError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = host::shared_get(VIEW_KEY).map_err(WriteError::Host)?;
+        let current: RemoteView = bytes.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        let next = match step(&current) {
+            Ok(next) => next,
+            Err(None) => return Ok(current),
+            Err(Some(e)) => return Err(WriteError::Refused(e)),
+        };
+        let encoded = serde_json::to_vec(&next).map_err(|_| WriteError::Contended)?;
+        match host::shared_set(VIEW_KEY, &encoded, cas) {
+            Ok(()) => return Ok(next),
+            Err(HostError::CasMismatch) => continue,
+            Err(e) => return Err(WriteError::Host(e)),
+        }
+    }
+    Err(WriteError::Contended)
+}
+
+/// Takes the lease if it is free or expired, renews it when half spent. True while held.
+fn holds_lease(worker: u32, now: u64) -> bool {
+    let (bytes, cas) = match host::shared_get(LEASE_KEY) {
+        Ok(v) => v,
+        Err(_) => return false,
+    };
+    let (holder, expires) = bytes.as_deref().and_then(parse_lease).unwrap_or((0, 0));
+    if holder == worker && expires > now.saturating_add(LEASE_MS / 2) {
+        return true;
+    }
+    if holder != worker && expires > now {
+        return false;
+    }
+    let value = format!("{worker}:{}", now.saturating_add(LEASE_MS));
+    match host::shared_set(LEASE_KEY, value.as_bytes(), cas) {
+        Ok(()) => {
+            if holder != worker {
+                log::info!("worker {worker} now polls the control plane");
+            }
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn parse_lease(b: &[u8]) -> Option<(u32, u64)> {
+    let s = std::str::from_utf8(b).ok()?;
+    let (w, e) = s.split_once(':')?;
+    Some((w.parse().ok()?, e.parse().ok()?))
+}
+
+fn next_worker_number() -> Result<u32, HostError> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = host::shared_get(WORKERS_KEY)?;
+        if cas == 0 {
+            host::shared_set(WORKERS_KEY, b"0", 0)?;
+            continue;
+        }
+        let n: u32 = bytes.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()).unwrap_or(0);
+        let next = n.wrapping_add(1).max(1);
+        match host::shared_set(WORKERS_KEY, next.to_string().as_bytes(), cas) {
+            Ok(()) => return Ok(next),
+            Err(HostError::CasMismatch) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(HostError::CasMismatch)
+}
+
+/// `key=state,...` of this Envoy's breakers (keys percent-encoded), for `GET /api/v1/fleet`.
+fn local_states() -> String {
+    let Ok((Some(list), _)) = host::shared_get(REGISTRY_KEY) else { return String::new() };
+    let mut out = String::new();
+    for key in list.split(|&b| b == b'\n').filter(|k| !k.is_empty()) {
+        let Ok(key) = std::str::from_utf8(key) else { continue };
+        let phase = match host::shared_get(&store::state_key(key)) {
+            Ok((Some(b), _)) => BreakerState::decode(&b).map(|s| s.phase.name()),
+            _ => None,
+        };
+        let Some(phase) = phase else { continue };
+        let entry = format!("{}={phase}", percent_encode(key));
+        if out.len() + entry.len() + 1 > MAX_STATES_HEADER {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&entry);
+    }
+    out
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'/' | b'*') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoding_keeps_the_header_parseable() {
+        assert_eq!(percent_encode("outbound|80||collab.default.svc"), "outbound%7C80%7C%7Ccollab.default.svc");
+        assert_eq!(percent_encode("a=b,c"), "a%3Db%2Cc");
+        assert_eq!(percent_encode("*"), "*");
+    }
+
+    #[test]
+    fn leases_parse_or_are_treated_as_free() {
+        assert_eq!(parse_lease(b"3:1000"), Some((3, 1000)));
+        assert_eq!(parse_lease(b"garbage"), None);
+        assert_eq!(parse_lease(b"3:"), None);
+    }
+}
