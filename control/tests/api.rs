@@ -187,3 +187,20 @@ async fn settings_refuse_to_start_without_a_token_unless_auth_is_disabled() {
     let bad = |k: &str| (k == "FLOODGATE_COOLDOWN_S").then(|| "soon".to_string());
     assert!(load(None, &bad, true).unwrap_err().contains("FLOODGATE_COOLDOWN_S"));
 }
+
+/// The OpenAPI document lists every route the router serves, with its method.
+#[test]
+fn the_openapi_document_covers_every_route() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    let app = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/app.rs")).unwrap();
+    let mut routes = 0;
+    for line in app.lines().map(str::trim).filter(|l| l.starts_with(".route(\"")) {
+        let path = line.trim_start_matches(".route(\"").split('"').next().unwrap();
+        let method = if line.contains("post(") { "post" } else { "get" };
+        let section = doc.split(&format!("\n  {path}:\n")).nth(1).unwrap_or_else(|| panic!("{path} missing"));
+        let section = format!("\n{}", section.split("\n  /").next().unwrap());
+        assert!(section.contains(&format!("\n    {method}:")), "{method} {path} missing");
+        routes += 1;
+    }
+    assert!(routes >= 14, "found {routes} routes");
+}
