@@ -91,8 +91,8 @@ pub async fn http_request(
     req.push_str("\r\n");
     req.push_str(body);
     stream.write_all(req.as_bytes()).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.context("read timed out")??;
+    let raw =
+        tokio::time::timeout(Duration::from_secs(10), read_response(&mut stream)).await.context("read timed out")??;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("no header end in {text:?}"))?;
     let mut lines = head.lines();
@@ -111,6 +111,33 @@ pub async fn http_request(
         body.to_string()
     };
     Ok((status, headers, body))
+}
+
+/// Reads one response: up to its `content-length` when it has one (some servers keep the
+/// connection open whatever the request asked), else to the end of the stream.
+async fn read_response(stream: &mut TcpStream) -> anyhow::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+        let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+        let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+        let length = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim() == "content-length")
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+        let status_without_body = head.split_whitespace().nth(1).is_some_and(|s| s == "304" || s == "204");
+        match length {
+            Some(len) if raw.len() >= end + 4 + len => return Ok(raw),
+            None if status_without_body => return Ok(raw),
+            _ => {}
+        }
+    }
 }
 
 fn dechunk(mut s: &str) -> String {
