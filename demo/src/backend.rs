@@ -84,7 +84,12 @@ impl Drop for Backend {
 impl Backend {
     /// Starts on `127.0.0.1:port` (0 = a free port).
     pub async fn start(port: u16) -> anyhow::Result<Backend> {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
+        Self::start_on("127.0.0.1", port).await
+    }
+
+    /// Starts on `host:port` (a container binds 0.0.0.0).
+    pub async fn start_on(host: &str, port: u16) -> anyhow::Result<Backend> {
+        let listener = TcpListener::bind((host, port)).await?;
         let addr = listener.local_addr()?;
         let control = Arc::new(Control {
             mode: Mutex::new(Mode::Healthy),
@@ -94,8 +99,12 @@ impl Backend {
             sessions: AtomicI64::new(0),
             backpressure_milli: AtomicU64::new(0),
         });
-        let app =
-            Router::new().route("/metrics", axum::routing::get(metrics)).fallback(handle).with_state(control.clone());
+        let app = Router::new()
+            .route("/metrics", axum::routing::get(metrics))
+            .route("/admin/backpressure", axum::routing::post(set_backpressure))
+            .route("/admin/fail", axum::routing::post(set_failing))
+            .fallback(handle)
+            .with_state(control.clone());
         let ctl = control.clone();
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -143,6 +152,33 @@ async fn handle(State(c): State<Arc<Control>>, ws: Result<WebSocketUpgrade, WebS
     c.accepted.fetch_add(1, Ordering::SeqCst);
     let c2 = c.clone();
     ws.on_upgrade(move |socket| echo(socket, c2))
+}
+
+/// `POST /admin/backpressure?level=0.97`: what the backend reports to Prometheus.
+async fn set_backpressure(
+    State(c): State<Arc<Control>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    match q.get("level").and_then(|l| l.parse::<f64>().ok()) {
+        Some(level) if (0.0..=1.0).contains(&level) => {
+            c.set_backpressure(level);
+            (StatusCode::OK, format!("backpressure {level}\n")).into_response()
+        }
+        _ => (StatusCode::BAD_REQUEST, "level: a number in [0, 1]\n").into_response(),
+    }
+}
+
+/// `POST /admin/fail?status=503` fails new handshakes; `status=0` heals.
+async fn set_failing(
+    State(c): State<Arc<Control>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    match q.get("status").and_then(|l| l.parse::<u16>().ok()) {
+        Some(0) => c.set_mode(Mode::Healthy),
+        Some(status) if (400..600).contains(&status) => c.set_mode(Mode::FailHandshakes(status)),
+        _ => return (StatusCode::BAD_REQUEST, "status: 0 or an HTTP error status\n").into_response(),
+    }
+    (StatusCode::OK, format!("{:?}\n", c.mode())).into_response()
 }
 
 async fn echo(mut socket: WebSocket, c: Arc<Control>) {
