@@ -1,0 +1,523 @@
+//! The compiled floodgate.wasm in the harness: interleaved workers, clock jumps, every host-call
+//! failure, CAS contention, configuration errors, exact metrics, and the control-plane poller.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use floodgate_harness::{status, Host, Worker, CONTINUE, PAUSE};
+
+const BREAKER: &str = "collab_ws";
+const CONFIG: &str = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 10000, "jitter": 0.0},
+    "half_open": {"permits": 2, "successes": 2}}}"#;
+
+fn wasm() -> PathBuf {
+    std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
+    })
+}
+
+fn host() -> Host {
+    Host::new(&wasm()).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn worker(host: &mut Host, config: &str) -> Worker {
+    let mut w = host.worker().unwrap();
+    w.set_property(&["xds", "node", "id"], b"harness-node");
+    w.add_cluster("floodgate_control");
+    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
+    w
+}
+
+/// The name Envoy sees for a metric with labels (Istio tag form).
+fn tagged(name: &str, labels: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    for (k, v) in labels {
+        s.push_str(&format!("{k}=.={v};.;"));
+    }
+    s + name
+}
+
+fn metric(host: &Host, name: &str, labels: &[(&str, &str)]) -> i64 {
+    host.metric(&tagged(name, labels)).unwrap_or(0)
+}
+
+/// Starts an upgrade to `cluster`; returns its context and the filter's action.
+fn upgrade(w: &mut Worker, cluster: &str) -> (u32, u32) {
+    let ctx = w.new_context().unwrap();
+    w.set_context_property(ctx, &["xds", "cluster_name"], cluster.as_bytes());
+    let headers = [
+        (":method", "GET"),
+        (":path", "/ws"),
+        (":authority", "collab"),
+        ("upgrade", "websocket"),
+        ("connection", "upgrade"),
+    ];
+    let action = w.request_headers(ctx, &headers, false).unwrap();
+    (ctx, action)
+}
+
+/// The upstream answers `status`, and the stream ends.
+fn answer(w: &mut Worker, ctx: u32, status: u16) {
+    w.response_headers(ctx, &[(":status", &status.to_string())], false).unwrap();
+    w.end(ctx).unwrap();
+}
+
+/// An upgrade that reaches the upstream and gets `status`.
+fn call(w: &mut Worker, status: u16) {
+    let (ctx, action) = upgrade(w, BREAKER);
+    assert_eq!(action, CONTINUE, "expected admission, got a refusal: {:?}", w.local_response(ctx));
+    answer(w, ctx, status);
+}
+
+/// An upgrade the filter refuses; its local reply.
+fn refused(w: &mut Worker) -> floodgate_harness::LocalResponse {
+    let (ctx, action) = upgrade(w, BREAKER);
+    assert_eq!(action, PAUSE, "expected a refusal");
+    let reply = w.local_response(ctx).expect("a refusal sends a local reply");
+    w.end(ctx).unwrap();
+    reply
+}
+
+fn transitions(host: &Host, from: &str, to: &str) -> i64 {
+    metric(host, "floodgate_transitions_total", &[("breaker", BREAKER), ("from", from), ("to", to)])
+}
+
+#[test]
+fn two_interleaved_workers_trip_the_breaker_exactly_once_and_both_refuse() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONFIG);
+    let mut b = worker(&mut host, CONFIG);
+    call(&mut a, 503);
+    call(&mut b, 503);
+    // Both start their third call before either sees its answer: two admissions, one trip.
+    let (ca, _) = upgrade(&mut a, BREAKER);
+    let (cb, _) = upgrade(&mut b, BREAKER);
+    answer(&mut b, cb, 503);
+    answer(&mut a, ca, 503);
+    assert_eq!(transitions(&host, "closed", "open"), 1);
+    for w in [&mut a, &mut b] {
+        let r = refused(w);
+        assert_eq!(r.status, 503);
+        assert_eq!(r.header("x-floodgate"), Some("open"));
+        assert_eq!(r.header("retry-after"), Some("10"));
+    }
+    assert_eq!(metric(&host, "floodgate_state", &[("breaker", BREAKER)]), 2);
+}
+
+#[test]
+fn half_open_admits_exactly_permits_probes_across_workers() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONFIG);
+    let mut b = worker(&mut host, CONFIG);
+    for _ in 0..3 {
+        call(&mut a, 503);
+    }
+    host.advance(Duration::from_millis(10_001));
+    let (p1, act1) = upgrade(&mut a, BREAKER);
+    let (p2, act2) = upgrade(&mut b, BREAKER);
+    assert_eq!((act1, act2), (CONTINUE, CONTINUE), "two permits, two probes");
+    for w in [&mut a, &mut b] {
+        let r = refused(w);
+        assert_eq!(r.header("x-floodgate"), Some("half_open"));
+    }
+    answer(&mut a, p1, 101);
+    answer(&mut b, p2, 101);
+    assert_eq!(transitions(&host, "open", "half_open"), 1);
+    assert_eq!(transitions(&host, "half_open", "closed"), 1);
+    call(&mut b, 101);
+}
+
+#[test]
+fn a_probe_failure_reopens_for_longer() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONFIG);
+    for _ in 0..3 {
+        call(&mut a, 503);
+    }
+    host.advance(Duration::from_millis(10_001));
+    call(&mut a, 503);
+    assert_eq!(transitions(&host, "half_open", "open"), 1);
+    // Doubled: still open after the first open time.
+    host.advance(Duration::from_millis(10_001));
+    assert_eq!(refused(&mut a).header("x-floodgate"), Some("open"));
+    host.advance(Duration::from_millis(10_000));
+    call(&mut a, 101);
+}
+
+#[test]
+fn clock_jumps_of_zero_past_the_open_time_and_of_hours_are_handled() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONFIG);
+    for _ in 0..3 {
+        call(&mut a, 503);
+    }
+    host.advance(Duration::ZERO);
+    refused(&mut a);
+    host.advance(Duration::from_millis(9_999));
+    refused(&mut a);
+    host.advance(Duration::from_millis(2));
+    // The next request after the open time is a probe.
+    let (ctx, action) = upgrade(&mut a, BREAKER);
+    assert_eq!(action, CONTINUE);
+    assert_eq!(metric(&host, "floodgate_state", &[("breaker", BREAKER)]), 1);
+    // Hours pass before its answer: its probe slot expired long ago, so it decides nothing...
+    host.advance(Duration::from_secs(5 * 3600));
+    answer(&mut a, ctx, 101);
+    assert_eq!(metric(&host, "floodgate_state", &[("breaker", BREAKER)]), 1);
+    assert_eq!(transitions(&host, "half_open", "closed"), 0);
+    // ...and fresh probes close the breaker.
+    call(&mut a, 101);
+    call(&mut a, 101);
+    assert_eq!(transitions(&host, "half_open", "closed"), 1);
+
+    // A time window forgets failures an hour old.
+    let mut host = host_with_rate_window();
+    let mut w = worker(&mut host, RATE_CONFIG);
+    for _ in 0..3 {
+        call(&mut w, 503);
+    }
+    host.advance(Duration::from_secs(3600));
+    call(&mut w, 503);
+    call(&mut w, 101);
+    assert_eq!(transitions(&host, "closed", "open"), 0);
+}
+
+const RATE_CONFIG: &str = r#"{"defaults": {"consecutive_failures": 0, "failure_rate": 0.5, "minimum_calls": 4,
+    "window": {"kind": "time", "seconds": 10}}}"#;
+
+fn host_with_rate_window() -> Host {
+    host()
+}
+
+/// Every host call the request path makes, failing with every status the host can return.
+#[test]
+fn every_host_call_failing_with_every_status_never_traps_and_fails_open() {
+    let calls = [
+        "proxy_get_shared_data",
+        "proxy_set_shared_data",
+        "proxy_get_property",
+        "proxy_get_header_map_value",
+        "proxy_get_current_time_nanoseconds",
+        "proxy_define_metric",
+        "proxy_increment_metric",
+        "proxy_record_metric",
+        "proxy_log",
+    ];
+    let statuses = [
+        status::NOT_FOUND,
+        status::BAD_ARGUMENT,
+        status::SERIALIZATION_FAILURE,
+        status::PARSE_FAILURE,
+        status::EMPTY,
+        status::CAS_MISMATCH,
+        status::INTERNAL_FAILURE,
+        status::UNIMPLEMENTED,
+    ];
+    for call_name in calls {
+        for st in statuses {
+            let mut host = host();
+            let mut w = worker(&mut host, CONFIG);
+            host.inject_fault(call_name, st, 1000);
+            // Closed: admitted whatever fails, and the stream completes.
+            let (ctx, action) = upgrade(&mut w, BREAKER);
+            assert_eq!(action, CONTINUE, "{call_name} -> {st}: refused");
+            answer(&mut w, ctx, 101);
+        }
+    }
+    // Open: failures the decision does not depend on (metrics, logging) still refuse; failing
+    // to read the state admits.
+    for (call_name, refuses) in [
+        ("proxy_increment_metric", true),
+        ("proxy_record_metric", true),
+        ("proxy_log", true),
+        ("proxy_get_shared_data", false),
+        ("proxy_get_current_time_nanoseconds", false),
+    ] {
+        let mut host = host();
+        let mut w = worker(&mut host, CONFIG);
+        for _ in 0..3 {
+            call(&mut w, 503);
+        }
+        host.inject_fault(call_name, status::INTERNAL_FAILURE, 1000);
+        let (ctx, action) = upgrade(&mut w, BREAKER);
+        assert_eq!(action == PAUSE, refuses, "{call_name}");
+        w.end(ctx).unwrap();
+    }
+    // A refusal whose local reply fails is let through rather than left hanging.
+    let mut host = host();
+    let mut w = worker(&mut host, CONFIG);
+    for _ in 0..3 {
+        call(&mut w, 503);
+    }
+    host.inject_fault("proxy_send_local_response", status::INTERNAL_FAILURE, 1);
+    let (_, action) = upgrade(&mut w, BREAKER);
+    assert_eq!(action, CONTINUE);
+}
+
+#[test]
+fn sustained_cas_contention_is_bounded_and_the_loss_is_counted() {
+    let mut host = host();
+    let mut w = worker(&mut host, CONFIG);
+    call(&mut w, 101);
+    host.inject_fault("proxy_set_shared_data", status::CAS_MISMATCH, 10);
+    let (ctx, _) = upgrade(&mut w, BREAKER);
+    w.response_headers(ctx, &[(":status", "503")], false).unwrap();
+    let sets = w.last.host_calls.get("proxy_set_shared_data").copied().unwrap_or(0);
+    assert_eq!(sets, 8, "bounded retries: {:?}", w.last.host_calls);
+    w.end(ctx).unwrap();
+    assert_eq!(metric(&host, "floodgate_updates_lost_total", &[("breaker", BREAKER)]), 1);
+    assert_eq!(metric(&host, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "failure")]), 1);
+    // The contention ends: updates land again.
+    host.clear_faults();
+    call(&mut w, 503);
+    call(&mut w, 503);
+    call(&mut w, 503);
+    assert_eq!(transitions(&host, "closed", "open"), 1);
+}
+
+#[test]
+fn configuration_errors_fail_on_configure_naming_the_field() {
+    for (config, field) in [
+        (r#"{"defaults": {"failure_rate": 1.5}}"#, "defaults.failure_rate"),
+        (r#"{"defaults": {"consecutive_failurez": 3}}"#, "consecutive_failurez"),
+        (r#"{"breakers": {"x": {"half_open": {"permits": "three"}}}}"#, "breakers.x.half_open.permits"),
+        (r#"{"shed": "some"}"#, "shed"),
+        (r#"{"control": {"cluster": "c", "wait_s": 30, "timeout_ms": 1000}}"#, "control.timeout_ms"),
+        ("not json", "invalid configuration"),
+    ] {
+        let mut host = host();
+        let mut w = host.worker().unwrap();
+        assert!(!w.configure("floodgate", config).unwrap(), "{config} accepted");
+        let logs = host.logs();
+        let line = logs.iter().find(|l| l.message.starts_with("invalid configuration")).expect("a log line");
+        assert!(line.message.contains(field), "{config}: {}", line.message);
+        assert_eq!(line.level, 4, "logged at error");
+    }
+}
+
+#[test]
+fn metrics_after_a_scripted_scenario_are_exact() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONFIG);
+    let mut b = worker(&mut host, CONFIG);
+    call(&mut a, 101);
+    call(&mut b, 101);
+    call(&mut a, 503);
+    call(&mut b, 503);
+    call(&mut a, 503);
+    refused(&mut a);
+    refused(&mut b);
+    // A plain request is not guarded under `shed: websocket`.
+    let ctx = a.new_context().unwrap();
+    a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+    assert_eq!(a.request_headers(ctx, &[(":method", "GET"), (":path", "/")], true).unwrap(), CONTINUE);
+    answer(&mut a, ctx, 500);
+    host.advance(Duration::from_millis(10_001));
+    call(&mut a, 101);
+    call(&mut b, 101);
+    let b_ = ("breaker", BREAKER);
+    assert_eq!(metric(&host, "floodgate_calls_total", &[b_, ("outcome", "success")]), 4);
+    assert_eq!(metric(&host, "floodgate_calls_total", &[b_, ("outcome", "failure")]), 3);
+    assert_eq!(metric(&host, "floodgate_calls_total", &[b_, ("outcome", "slow")]), 0);
+    assert_eq!(metric(&host, "floodgate_rejected_total", &[b_, ("kind", "websocket")]), 2);
+    assert_eq!(metric(&host, "floodgate_rejected_total", &[b_, ("kind", "http")]), 0);
+    assert_eq!(transitions(&host, "closed", "open"), 1);
+    assert_eq!(transitions(&host, "open", "half_open"), 1);
+    assert_eq!(transitions(&host, "half_open", "closed"), 1);
+    assert_eq!(transitions(&host, "half_open", "open"), 0);
+    assert_eq!(metric(&host, "floodgate_state", &[b_]), 0);
+    assert_eq!(metric(&host, "floodgate_updates_lost_total", &[b_]), 0);
+}
+
+#[test]
+fn the_tcp_filter_closes_new_connections_while_open() {
+    let mut host = host();
+    let config = r#"{"breaker": "backend_tcp", "defaults": {"consecutive_failures": 2, "open": {"base_ms": 5000}}}"#;
+    let mut w = host.worker().unwrap();
+    assert!(w.configure("floodgate_tcp", config).unwrap(), "{:?}", host.logs());
+    for _ in 0..2 {
+        let ctx = w.new_context().unwrap();
+        assert_eq!(w.new_connection(ctx).unwrap(), CONTINUE);
+        // UpstreamConnectionFailure.
+        w.set_context_property(ctx, &["response", "flags"], &0x20u64.to_le_bytes());
+        w.downstream_close(ctx, 1).unwrap();
+        w.end(ctx).unwrap();
+    }
+    let ctx = w.new_context().unwrap();
+    assert_eq!(w.new_connection(ctx).unwrap(), PAUSE);
+    assert!(w.closed_downstream(ctx));
+    assert_eq!(metric(&host, "floodgate_rejected_total", &[("breaker", "backend_tcp"), ("kind", "tcp")]), 1);
+}
+
+// ---- the control-plane poller ----
+
+const CONTROL: &str = r#"{"defaults": {"consecutive_failures": 3},
+    "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                "retry_ms": 200, "stale_after_s": 30}}"#;
+
+fn snapshot(version: u64, key: &str) -> String {
+    format!(
+        r#"{{"version": {version}, "generated_at": "2026-11-22T10:00:00Z", "breakers": [{{"key": "{key}",
+            "state": "forced_open", "reason": "backpressure_critical", "since": "2026-11-22T09:58:00Z",
+            "until": null, "event_id": "e{version}"}}]}}"#
+    )
+}
+
+fn tick_all(workers: &mut [&mut Worker]) {
+    for w in workers.iter_mut() {
+        w.tick().unwrap();
+    }
+}
+
+fn polls(host: &Host, result: &str) -> i64 {
+    metric(host, "floodgate_control_polls_total", &[("result", result)])
+}
+
+#[test]
+fn exactly_one_worker_polls_and_another_takes_over_when_it_stops() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONTROL);
+    let mut b = worker(&mut host, CONTROL);
+    let mut c = worker(&mut host, CONTROL);
+    assert_eq!(a.tick_period_ms(), 100);
+    for _ in 0..5 {
+        tick_all(&mut [&mut a, &mut b, &mut c]);
+        host.advance(Duration::from_millis(100));
+    }
+    let calls: Vec<_> = [&a, &b, &c].iter().flat_map(|w| w.http_calls()).collect();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let poll = &calls[0];
+    assert_eq!(poll.cluster, "floodgate_control");
+    assert_eq!(poll.header(":path"), Some("/v1/snapshot"));
+    assert_eq!(poll.header("authorization"), Some("Bearer t0ken"));
+    assert_eq!(poll.header("x-floodgate-proxy"), Some("harness-node"));
+    assert_eq!(poll.timeout_ms, 7000);
+    let holder = if !a.http_calls().is_empty() {
+        0
+    } else if !b.http_calls().is_empty() {
+        1
+    } else {
+        2
+    };
+
+    // The holder answers, then stops ticking (its thread is stuck): another takes the lease.
+    let mut ws = [a, b, c];
+    ws[holder].answer_http_call(poll.token, 200, &[], snapshot(1, "other").as_bytes()).unwrap();
+    ws[holder].tick().unwrap();
+    let second = ws[holder].http_calls();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].header(":path"), Some("/v1/snapshot?version=1&wait=5"));
+    host.advance(Duration::from_millis(3_100));
+    let others: Vec<usize> = (0..3).filter(|&i| i != holder).collect();
+    for &i in &others {
+        ws[i].tick().unwrap();
+    }
+    let taken: Vec<usize> = others.iter().copied().filter(|&i| !ws[i].http_calls().is_empty()).collect();
+    assert_eq!(taken.len(), 1, "exactly one worker takes over");
+}
+
+/// The worker that holds the lease after a few ticks, and its first poll's token.
+fn poller(host: &Host, ws: &mut [Worker]) -> (usize, u32) {
+    for _ in 0..3 {
+        for w in ws.iter_mut() {
+            w.tick().unwrap();
+        }
+        host.advance(Duration::from_millis(100));
+    }
+    let i = ws.iter().position(|w| !w.http_calls().is_empty()).expect("a poll");
+    (i, ws[i].http_calls()[0].token)
+}
+
+/// Lets the poller's backoff pass and returns its next poll's token.
+fn next_poll(host: &Host, w: &mut Worker) -> u32 {
+    for _ in 0..100 {
+        if let Some(c) = w.http_calls().first() {
+            return c.token;
+        }
+        host.advance(Duration::from_millis(100));
+        w.tick().unwrap();
+    }
+    panic!("no new poll");
+}
+
+#[test]
+fn a_snapshot_refuses_on_every_worker_and_bad_snapshots_are_ignored_and_counted() {
+    let mut host = host();
+    let mut ws = [worker(&mut host, CONTROL), worker(&mut host, CONTROL)];
+    let (p, token) = poller(&host, &mut ws);
+    ws[p].answer_http_call(token, 200, &[], snapshot(3, BREAKER).as_bytes()).unwrap();
+    assert_eq!(polls(&host, "ok"), 1);
+    // Every worker applies it at its next tick.
+    for w in ws.iter_mut() {
+        w.tick().unwrap();
+        let r = refused(w);
+        assert_eq!(r.header("x-floodgate"), Some("forced_open"));
+        assert!(String::from_utf8_lossy(&r.body).contains(r#""reason":"backpressure_critical""#));
+    }
+    assert_eq!(host.metric("floodgate_control_version"), Some(3));
+    assert_eq!(metric(&host, "floodgate_forced", &[("breaker", BREAKER)]), 1);
+
+    let good = snapshot(4, "*");
+    let mut oversized = snapshot(4, "*").into_bytes();
+    oversized.truncate(oversized.len() - 1);
+    oversized.extend(std::iter::repeat_n(b' ', 300 * 1024));
+    oversized.push(b'}');
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed", b"{not json".to_vec()),
+        ("truncated", good.as_bytes()[..good.len() / 2].to_vec()),
+        ("oversized", oversized),
+        ("backwards", snapshot(2, "*").into_bytes()),
+    ];
+    let mut errors = 0;
+    for (what, body) in bad {
+        let token = next_poll(&host, &mut ws[p]);
+        ws[p].answer_http_call(token, 200, &[], &body).unwrap();
+        errors += 1;
+        assert_eq!(polls(&host, "error"), errors, "{what} not counted");
+        assert_eq!(host.metric("floodgate_control_version"), Some(3), "{what} applied");
+        for w in ws.iter_mut() {
+            w.tick().unwrap();
+            refused(w);
+        }
+    }
+    // Errors from the control plane itself: a 500, and no answer at all.
+    let token = next_poll(&host, &mut ws[p]);
+    ws[p].answer_http_call(token, 500, &[], b"oops").unwrap();
+    let token = next_poll(&host, &mut ws[p]);
+    ws[p].fail_http_call(token).unwrap();
+    assert_eq!(polls(&host, "error"), errors + 2);
+    // Still the last good snapshot.
+    refused(&mut ws[0]);
+    let token = next_poll(&host, &mut ws[p]);
+    ws[p].answer_http_call(token, 304, &[], b"").unwrap();
+    assert_eq!(polls(&host, "not_modified"), 1);
+}
+
+#[test]
+fn an_unreachable_control_plane_lapses_overrides_after_stale_after_s() {
+    let mut host = host();
+    let mut ws = [worker(&mut host, CONTROL)];
+    let (p, token) = poller(&host, &mut ws);
+    ws[p].answer_http_call(token, 200, &[], snapshot(1, "*").as_bytes()).unwrap();
+    ws[p].tick().unwrap();
+    refused(&mut ws[p]);
+    // From now on every poll fails; the view holds for stale_after_s (30 s), then lapses.
+    let start = host.now_ms();
+    while host.now_ms() - start < 29_000 {
+        if let Some(c) = ws[p].http_calls().first() {
+            let t = c.token;
+            ws[p].fail_http_call(t).unwrap();
+        }
+        host.advance(Duration::from_millis(500));
+        ws[p].tick().unwrap();
+    }
+    refused(&mut ws[p]);
+    assert_eq!(host.metric("floodgate_control_stale"), Some(0));
+    host.advance(Duration::from_millis(1_500));
+    ws[p].tick().unwrap();
+    call(&mut ws[p], 101);
+    assert_eq!(host.metric("floodgate_control_stale"), Some(1));
+    assert_eq!(metric(&host, "floodgate_forced", &[("breaker", "*")]), 0);
+}
