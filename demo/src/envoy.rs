@@ -193,4 +193,8 @@ impl Envoy {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }

@@ -40,6 +40,10 @@ impl Proc {
         &self.dir
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// Kills the process and waits for it to exit.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
@@ -178,6 +182,10 @@ impl ControlPlane {
 
     pub fn log(&self) -> String {
         self.proc.log()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
     }
 
     /// A request with the bearer token.

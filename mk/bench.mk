@@ -1,0 +1,22 @@
+# Benchmarks: Floodgate against no filter, admission_control and Lua, side by side in one run.
+# `make bench` writes BENCHMARKS.md (about 10 minutes); `make bench-quick` is a smoke run that
+# reports and never fails on speed. Both raise the open-file limit for the long-poll waiters.
+TEST_TARGETS += test-bench
+.PHONY: bench bench-quick test-bench
+BENCH_ENV = FLOODGATE_CONTROL_BIN=$(CURDIR)/target/release/floodgate-control
+
+bench: wasm bench-filter
+	scripts/deps.sh envoy redis
+	cargo build -q --release -p floodgate-control -p floodgate-bench
+	ulimit -n 65536 2>/dev/null || ulimit -n 8192; $(BENCH_ENV) target/release/floodgate-bench
+
+bench-quick: wasm
+	scripts/deps.sh envoy redis
+	cargo build -q --release -p floodgate-control -p floodgate-bench
+	ulimit -n 8192 2>/dev/null || true; $(BENCH_ENV) target/release/floodgate-bench --quick
+
+# The generator's own tests (open-loop schedule, latency from the scheduled time) and the bench
+# configurations validating in Envoy.
+test-bench: wasm
+	scripts/deps.sh envoy
+	cargo test -p floodgate-bench
