@@ -5,6 +5,7 @@
 //! announces the new version on a changes channel that wakes the long-polls of every replica.
 //! Pub/sub may drop messages, so each replica also re-reads the version every second.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,8 +53,89 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Where the store's Redis is: a `redis://` (or `rediss://`) URL, or Sentinel:
+/// `redis+sentinel://[:password@]host:port[,host:port...]/<master name>[/<db>]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Direct(String),
+    Sentinel { sentinels: Vec<String>, master: String, db: u32, password: Option<String> },
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, StoreError> {
+        let Some(rest) = url.strip_prefix("redis+sentinel://") else { return Ok(Target::Direct(url.to_string())) };
+        let bad = |why: &str| StoreError::Unavailable(format!("redis+sentinel URL {url:?}: {why}"));
+        let (auth, rest) = match rest.rsplit_once('@') {
+            Some((a, r)) => (Some(a.trim_start_matches(':').to_string()), r),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').ok_or_else(|| bad("missing /<master name>"))?;
+        let mut parts = path.split('/');
+        let master = parts.next().filter(|m| !m.is_empty()).ok_or_else(|| bad("missing master name"))?.to_string();
+        let db = match parts.next() {
+            None | Some("") => 0,
+            Some(d) => d.parse().map_err(|_| bad("db must be a number"))?,
+        };
+        let sentinels: Vec<String> = hosts.split(',').filter(|h| !h.is_empty()).map(String::from).collect();
+        if sentinels.is_empty() {
+            return Err(bad("no sentinel address"));
+        }
+        Ok(Target::Sentinel { sentinels, master, db, password: auth.filter(|a| !a.is_empty()) })
+    }
+
+    /// The master's URL now: asks the sentinels in turn.
+    pub async fn resolve(&self) -> Result<String, StoreError> {
+        let (sentinels, master, db, password) = match self {
+            Target::Direct(url) => return Ok(url.clone()),
+            Target::Sentinel { sentinels, master, db, password } => (sentinels, master, db, password),
+        };
+        let mut last = String::from("no sentinel answered");
+        for s in sentinels {
+            let asked = async {
+                let client = redis::Client::open(format!("redis://{s}/"))?;
+                let mut con = client.get_multiplexed_async_connection().await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(master)
+                    .query_async::<Option<(String, u16)>>(&mut con)
+                    .await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), asked).await {
+                Ok(Ok(Some((host, port)))) => {
+                    let auth = password.as_ref().map(|p| format!(":{p}@")).unwrap_or_default();
+                    return Ok(format!("redis://{auth}{host}:{port}/{db}"));
+                }
+                Ok(Ok(None)) => last = format!("sentinel {s} does not know master {master:?}"),
+                Ok(Err(e)) => last = format!("sentinel {s}: {e}"),
+                Err(_) => last = format!("sentinel {s}: timed out"),
+            }
+        }
+        Err(StoreError::Unavailable(last))
+    }
+}
+
+async fn manager(url: &str) -> Result<ConnectionManager, StoreError> {
+    let client = redis::Client::open(url).map_err(unavailable)?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(2))
+        .set_number_of_retries(2)
+        .set_max_delay(2_000);
+    ConnectionManager::new_with_config(client, config).await.map_err(unavailable)
+}
+
+/// The connection in use; replaced when Sentinel names a new master.
+type Shared = Arc<RwLock<(String, ConnectionManager)>>;
+
+fn current(shared: &Shared) -> ConnectionManager {
+    match shared.read() {
+        Ok(g) => g.1.clone(),
+        Err(e) => e.into_inner().1.clone(),
+    }
+}
+
 pub struct RedisStore {
-    con: ConnectionManager,
+    con: Shared,
     script: redis::Script,
     version: watch::Sender<u64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -80,34 +162,77 @@ pub fn event_json(e: &Event) -> String {
 }
 
 impl RedisStore {
+    /// Connects to `url` (see [`Target`]); with Sentinel, follows the master as it moves.
     pub async fn connect(url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(2)
-            .set_max_delay(2_000);
-        let con = ConnectionManager::new_with_config(client.clone(), config).await.map_err(unavailable)?;
+        let target = Target::parse(url)?;
+        let master = target.resolve().await?;
+        let con: Shared = Arc::new(RwLock::new((master.clone(), manager(&master).await?)));
         let (tx, _) = watch::channel(0u64);
         let mut store = RedisStore { con, script: redis::Script::new(COMMIT), version: tx, tasks: vec![] };
         if let Ok(v) = store.read_version().await {
             store.version.send_replace(v);
         }
-        store.tasks.push(tokio::spawn(listen_for_changes(client, store.version.clone())));
+        store.tasks.push(tokio::spawn(listen_for_changes(target.clone(), store.version.clone())));
         store.tasks.push(tokio::spawn(reconcile(store.con.clone(), store.version.clone())));
+        if matches!(target, Target::Sentinel { .. }) {
+            store.tasks.push(tokio::spawn(follow_master(target, store.con.clone())));
+        }
         Ok(store)
     }
 
+    fn con(&self) -> ConnectionManager {
+        current(&self.con)
+    }
+
     async fn read_version(&self) -> Result<u64, StoreError> {
-        let v: Option<u64> = self.con.clone().get(key("version")).await.map_err(unavailable)?;
+        let v: Option<u64> = self.con().get(key("version")).await.map_err(unavailable)?;
         Ok(v.unwrap_or(0))
     }
 }
 
-async fn listen_for_changes(client: redis::Client, version: watch::Sender<u64>) {
+/// Asks the sentinels every second which node is master, and switches when it changes.
+async fn follow_master(target: Target, shared: Shared) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(master) = target.resolve().await else { continue };
+        let known = match shared.read() {
+            Ok(g) => g.0.clone(),
+            Err(e) => e.into_inner().0.clone(),
+        };
+        if master == known {
+            continue;
+        }
+        match manager(&master).await {
+            Ok(con) => {
+                tracing::warn!(master = %redact(&master), "Redis master changed (Sentinel); switching");
+                match shared.write() {
+                    Ok(mut g) => *g = (master, con),
+                    Err(e) => *e.into_inner() = (master, con),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "new Redis master not reachable yet"),
+        }
+    }
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, host)) => format!("redis://***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+async fn listen_for_changes(target: Target, version: watch::Sender<u64>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        if let Ok(mut pubsub) = client.get_async_pubsub().await {
+        let client = match target.resolve().await {
+            Ok(url) => redis::Client::open(url).ok(),
+            Err(_) => None,
+        };
+        if let Some(mut pubsub) = match client {
+            Some(c) => c.get_async_pubsub().await.ok(),
+            None => None,
+        } {
             if pubsub.subscribe(CHANGES_CHANNEL).await.is_ok() {
                 backoff = Duration::from_millis(100);
                 let mut messages = pubsub.on_message();
@@ -123,10 +248,10 @@ async fn listen_for_changes(client: redis::Client, version: watch::Sender<u64>) 
     }
 }
 
-async fn reconcile(mut con: ConnectionManager, version: watch::Sender<u64>) {
+async fn reconcile(shared: Shared, version: watch::Sender<u64>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if let Ok(Some(v)) = con.get::<_, Option<u64>>(key("version")).await {
+        if let Ok(Some(v)) = current(&shared).get::<_, Option<u64>>(key("version")).await {
             version.send_if_modified(|cur| std::mem::replace(cur, v.max(*cur)) != v.max(*cur));
         }
     }
@@ -135,7 +260,7 @@ async fn reconcile(mut con: ConnectionManager, version: watch::Sender<u64>) {
 #[async_trait]
 impl Store for RedisStore {
     async fn apply(&self, cmd: Command, rules: &Rules, now_ms: u64) -> Result<(Outcome, Vec<Event>), StoreError> {
-        let mut con = self.con.clone();
+        let mut con = self.con();
         for _ in 0..MAX_ATTEMPTS {
             let (raw, rev): (Option<String>, Option<String>) =
                 redis::pipe().get(key("state")).get(key("rev")).query_async(&mut con).await.map_err(unavailable)?;
@@ -172,7 +297,7 @@ impl Store for RedisStore {
     }
 
     async fn state(&self) -> Result<State, StoreError> {
-        let raw: Option<String> = self.con.clone().get(key("state")).await.map_err(unavailable)?;
+        let raw: Option<String> = self.con().get(key("state")).await.map_err(unavailable)?;
         match raw {
             Some(j) => serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string())),
             None => Ok(State::default()),
@@ -181,19 +306,42 @@ impl Store for RedisStore {
 
     async fn record_poll(&self, entry: FleetEntry) -> Result<(), StoreError> {
         let json = serde_json::to_string(&entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.con.clone().hset::<_, _, _, ()>(key("fleet"), &entry.proxy, json).await.map_err(unavailable)
+        self.con().hset::<_, _, _, ()>(key("fleet"), &entry.proxy, json).await.map_err(unavailable)
     }
 
     async fn fleet(&self) -> Result<Vec<FleetEntry>, StoreError> {
-        let all: Vec<(String, String)> = self.con.clone().hgetall(key("fleet")).await.map_err(unavailable)?;
+        let all: Vec<(String, String)> = self.con().hgetall(key("fleet")).await.map_err(unavailable)?;
         Ok(all.into_iter().filter_map(|(_, j)| serde_json::from_str(&j).ok()).collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        redis::cmd("PING").query_async::<String>(&mut self.con.clone()).await.map(|_| ()).map_err(unavailable)
+        redis::cmd("PING").query_async::<String>(&mut self.con()).await.map(|_| ()).map_err(unavailable)
     }
 
     fn versions(&self) -> watch::Receiver<u64> {
         self.version.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sentinel_urls_parse() {
+        assert_eq!(Target::parse("redis://h:6379/").unwrap(), Target::Direct("redis://h:6379/".into()));
+        assert_eq!(
+            Target::parse("redis+sentinel://:pw@s1:26379,s2:26379/mymaster/2").unwrap(),
+            Target::Sentinel {
+                sentinels: vec!["s1:26379".into(), "s2:26379".into()],
+                master: "mymaster".into(),
+                db: 2,
+                password: Some("pw".into())
+            }
+        );
+        assert!(Target::parse("redis+sentinel://s1:26379").is_err());
+        assert!(Target::parse("redis+sentinel://s1:26379/").is_err());
+        assert!(Target::parse("redis+sentinel:///m").is_err());
     }
 }

@@ -166,3 +166,42 @@ async fn a_redis_outage_answers_503_and_the_service_recovers_by_itself() {
     .await;
     assert_eq!(call(&r, "GET", "/ready", None, "").await.0, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn with_sentinel_the_service_follows_a_failover() {
+    let master = RedisServer::start();
+    let replica_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let replica_of = master.port.to_string();
+    let replica_node = RedisServer::start_with(replica_port, &["--replicaof", "127.0.0.1", &replica_of]);
+    let sentinel = Sentinel::start(master.port);
+    let url = format!("redis+sentinel://127.0.0.1:{}/mymaster", sentinel.port);
+    let store: Arc<dyn Store> = Arc::new(RedisStore::connect(&url).await.unwrap());
+    let router = app_for(state(store.clone(), Rules { cooldown_ms: 0, ..Rules::default() }));
+    let (s, _, _) = call(&router, "POST", "/api/v1/breakers/collab_ws/activate", bearer(), "{}").await;
+    assert_eq!(s, StatusCode::OK);
+    // Wait until the replica has the activation and Sentinel knows it, then fail over.
+    eventually(20, "the sentinel to see the replica", async || {
+        matches!(sentinel.command(&["SENTINEL", "replicas", "mymaster"]).await, redis::Value::Array(ref v) if !v.is_empty())
+    })
+    .await;
+    eventually(20, "a failover to be accepted", async || {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{}/", sentinel.port)).unwrap();
+        let mut con = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("SENTINEL").arg("failover").arg("mymaster").query_async::<redis::Value>(&mut con).await.is_ok()
+    })
+    .await;
+    eventually(30, "the replica to become master", async || {
+        let addr = sentinel.command(&["SENTINEL", "get-master-addr-by-name", "mymaster"]).await;
+        format!("{addr:?}").contains(&replica_port.to_string())
+    })
+    .await;
+    // The service writes to the new master: the old activation is there, and a new one lands.
+    eventually(30, "a write through the new master", async || {
+        let (s, _, _) = call(&router, "POST", "/api/v1/breakers/chat_ws/activate", bearer(), "{}").await;
+        s == StatusCode::OK
+    })
+    .await;
+    let st = store.state().await.unwrap();
+    assert!(st.activations.contains_key("collab_ws") && st.activations.contains_key("chat_ws"), "{st:?}");
+    drop(replica_node);
+}
