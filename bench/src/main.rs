@@ -231,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
             rates: vec![1000],
             rounds: 1,
             run: Duration::from_secs(2),
-            saturation_steps: vec![2000, 4000],
+            saturation_steps: vec![1000, 2000],
             saturation_p99_us: 10_000,
             upgrade_rate: 200,
             waiters: 1000,
@@ -242,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
             rates: vec![1000, 5000],
             rounds: 3,
             run: Duration::from_secs(5),
-            saturation_steps: vec![2000, 4000, 6000, 8000, 10000, 12000, 15000, 20000],
+            saturation_steps: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000],
             saturation_p99_us: 10_000,
             upgrade_rate: 300,
             waiters: 10_000,
@@ -370,9 +370,19 @@ async fn main() -> anyhow::Result<()> {
             if !alive[i] {
                 continue;
             }
-            let m = measure(&proxies[p], Load { kind: Kind::Http, rate, duration: step_run, connections: 64 }).await;
-            let delivered = m.outcome.completed() as f64 >= 0.95 * m.outcome.scheduled as f64;
-            if delivered && m.outcome.p(0.99) <= plan.saturation_p99_us && m.outcome.errors == 0 {
+            // A step passes if either of two tries passes: one noisy second on a shared machine
+            // must not end a configuration's search.
+            let mut passed = false;
+            for _ in 0..2 {
+                let m =
+                    measure(&proxies[p], Load { kind: Kind::Http, rate, duration: step_run, connections: 64 }).await;
+                let delivered = m.outcome.completed() as f64 >= 0.95 * m.outcome.scheduled as f64;
+                if delivered && m.outcome.p(0.99) <= plan.saturation_p99_us && m.outcome.errors == 0 {
+                    passed = true;
+                    break;
+                }
+            }
+            if passed {
                 best[i] = Some(rate);
             } else {
                 alive[i] = false;
@@ -533,7 +543,10 @@ fn machine() -> String {
         })
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    // Not available_parallelism: this process pins itself to one CPU.
+    let cores = std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| s.lines().filter(|l| l.starts_with("processor")).count())
+        .unwrap_or(0);
     format!("{cores} × {cpu}, Linux {}", kernel.trim())
 }
 
