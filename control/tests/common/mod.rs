@@ -99,11 +99,7 @@ impl RedisServer {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run scripts/deps.sh redis");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_port(port, "redis-server");
         RedisServer { port, child, dir }
     }
 
@@ -152,11 +148,7 @@ impl Sentinel {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is not installed: run scripts/deps.sh redis");
-        let start = std::time::Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "sentinel did not start");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_for_port(port, "sentinel");
         Sentinel { port, child }
     }
 
@@ -175,6 +167,15 @@ impl Drop for Sentinel {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits (10 s at most) until something listens on `port`.
+fn wait_for_port(port: u16, what: &str) {
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "{what} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
