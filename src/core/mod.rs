@@ -1,4 +1,4 @@
-//! The pure circuit breaker: no `proxy_wasm`, no clock, no host calls. Time and randomness are
+//! The pure circuit breaker: no proxy-wasm SDK, no clock, no host calls. Time and randomness are
 //! inputs; decisions, transitions and the new state are outputs. Tested natively.
 
 pub mod breaker;
