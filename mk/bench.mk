@@ -8,12 +8,12 @@ BENCH_ENV = FLOODGATE_CONTROL_BIN=$(CURDIR)/target/release/floodgate-control
 bench: wasm bench-filter
 	scripts/deps.sh envoy redis
 	cargo build -q --release -p floodgate-control -p floodgate-bench
-	ulimit -n 65536 2>/dev/null || ulimit -n 8192; $(BENCH_ENV) target/release/floodgate-bench
+	ulimit -n $$(ulimit -Hn); $(BENCH_ENV) target/release/floodgate-bench
 
 bench-quick: wasm
 	scripts/deps.sh envoy redis
 	cargo build -q --release -p floodgate-control -p floodgate-bench
-	ulimit -n 8192 2>/dev/null || true; $(BENCH_ENV) target/release/floodgate-bench --quick
+	ulimit -n $$(ulimit -Hn); $(BENCH_ENV) target/release/floodgate-bench --quick
 
 # The generator's own tests (open-loop schedule, latency from the scheduled time) and the bench
 # configurations validating in Envoy.
