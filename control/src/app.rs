@@ -34,6 +34,26 @@ pub struct AppState {
     pub key_label: String,
     pub metrics: Metrics,
     pub waiters: AtomicI64,
+    pub snapshots: SnapshotCache,
+}
+
+/// The last snapshot body served, with its version: a change wakes every waiter at once, and
+/// they all answer with the same bytes instead of each reading the store and serializing.
+#[derive(Default)]
+pub struct SnapshotCache(std::sync::Mutex<Option<(u64, Bytes)>>);
+
+impl SnapshotCache {
+    fn get(&self, version: u64) -> Option<Bytes> {
+        let guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        guard.as_ref().filter(|(v, _)| *v == version).map(|(_, b)| b.clone())
+    }
+
+    fn put(&self, version: u64, body: Bytes) {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|(v, _)| *v < version) {
+            *guard = Some((version, body));
+        }
+    }
 }
 
 /// The one error type: a status and a message, answered as `{"error": message}`.
@@ -252,6 +272,21 @@ async fn snapshot_body(s: &AppState) -> Result<serde_json::Value, AppError> {
     Ok(json!({"version": st.version, "generated_at": rfc3339(now), "breakers": breakers}))
 }
 
+/// The snapshot at `version`, from the cache when it holds that version.
+async fn snapshot_response(s: &AppState, version: u64) -> Result<Response, AppError> {
+    let body = match s.snapshots.get(version) {
+        Some(body) => body,
+        None => {
+            let json = snapshot_body(s).await?;
+            let v = json["version"].as_u64().unwrap_or(0);
+            let body = Bytes::from(json.to_string());
+            s.snapshots.put(v, body.clone());
+            body
+        }
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
 async fn snapshot(
     AxState(s): AxState<Arc<AppState>>,
     headers: HeaderMap,
@@ -276,7 +311,10 @@ async fn snapshot(
         }
     }
     let mut versions = s.store.versions();
-    let Some(known) = known else { return Ok(Json(snapshot_body(&s).await?).into_response()) };
+    let Some(known) = known else {
+        let current = *versions.borrow();
+        return snapshot_response(&s, current).await;
+    };
     // Any other version answers at once: newer, or older after the store lost its state (the
     // proxy decides what to make of that).
     if *versions.borrow_and_update() == known && wait > 0 {
@@ -287,8 +325,9 @@ async fn snapshot(
         s.waiters.fetch_sub(1, Ordering::SeqCst);
         s.metrics.poll_waiters.set(s.waiters.load(Ordering::SeqCst));
     }
-    if *versions.borrow() != known {
-        Ok(Json(snapshot_body(&s).await?).into_response())
+    let current = *versions.borrow();
+    if current != known {
+        snapshot_response(&s, current).await
     } else {
         Ok(StatusCode::NOT_MODIFIED.into_response())
     }

@@ -89,6 +89,7 @@ async fn serve(config: Option<PathBuf>, no_auth: bool) -> anyhow::Result<()> {
         key_label: s.key_label.clone(),
         metrics: Metrics::default(),
         waiters: AtomicI64::new(0),
+        snapshots: Default::default(),
     });
     tokio::spawn(expiry_loop(state.clone()));
     let listener = tokio::net::TcpListener::bind(s.listen).await.with_context(|| format!("binding {}", s.listen))?;

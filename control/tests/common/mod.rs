@@ -25,6 +25,7 @@ pub fn state(store: Arc<dyn Store>, rules: Rules) -> Arc<AppState> {
         key_label: "breaker".into(),
         metrics: Metrics::default(),
         waiters: AtomicI64::new(0),
+        snapshots: Default::default(),
     })
 }
 
