@@ -133,6 +133,8 @@ fn render(setup: &Setup, ports: Ports) -> anyhow::Result<String> {
 struct Proxy {
     name: &'static str,
     envoy: Envoy,
+    /// CPU the idle Envoy burns per second (timers, stats): subtracted from every run.
+    idle_ns_per_s: f64,
 }
 
 /// Total CPU time of a process (all threads), from the scheduler's per-thread counters (ns).
@@ -170,7 +172,9 @@ async fn measure(p: &Proxy, load: Load) -> Measured {
     let pid = p.envoy.pid().unwrap_or(0);
     let before = cpu_ns(pid);
     let outcome = load::run(p.envoy.listen, load).await;
-    Measured { outcome, cpu_ns: cpu_ns(pid).saturating_sub(before) }
+    let used = cpu_ns(pid).saturating_sub(before);
+    let idle = (p.idle_ns_per_s * outcome.elapsed.as_secs_f64()) as u64;
+    Measured { outcome, cpu_ns: used.saturating_sub(idle) }
 }
 
 /// Sums the measurements of one configuration over rounds.
@@ -264,11 +268,21 @@ async fn main() -> anyhow::Result<()> {
         if !pinned {
             eprintln!("bench: could not pin {} to CPU 0 (taskset missing?)", setup.name);
         }
-        proxies.push(Proxy { name: setup.name, envoy });
+        proxies.push(Proxy { name: setup.name, envoy, idle_ns_per_s: 0.0 });
     }
     eprintln!("bench: {} Envoys up in {:?}", proxies.len(), started.elapsed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Idle CPU of each Envoy (all idle at once, once they have settled).
+    let idle_over = if plan.quick { Duration::from_secs(1) } else { Duration::from_secs(3) };
+    let rates = futures_idle(&proxies, idle_over).await;
+    for (p, r) in proxies.iter_mut().zip(rates) {
+        p.idle_ns_per_s = r;
+    }
+
     let by = |name: &str| proxies.iter().position(|p| p.name == name).unwrap_or(0);
-    let http_set = ["none", "floodgate", "admission_control", "lua"].map(by);
+    // floodgate_ws on plain requests: the filter's fixed cost (a wasm context per stream) without
+    // the breaker, which `shed: websocket` only consults for upgrades.
+    let http_set = ["none", "floodgate", "admission_control", "lua", "floodgate_ws"].map(by);
     let upgrade_set = ["none", "floodgate_ws", "floodgate_open", "lua_open"].map(by);
 
     // Warm-up: every proxy, both kinds.
@@ -291,7 +305,10 @@ async fn main() -> anyhow::Result<()> {
         md,
         "Measured by `make bench{}` on {}. Every configuration runs in its own Envoy ({}, `--concurrency 1`, pinned to CPU 0{}); \
          the load generator and the backend share CPU 1. Runs are interleaved (A B C D A B C D ...) so drift on this shared \
-         machine hits all alike. Latency is open-loop: measured from each request's scheduled send time (HdrHistogram).\n",
+         machine hits all alike. Latency is open-loop: measured from each request's scheduled send time (HdrHistogram); \
+         the generator's timer works in milliseconds, so absolute latencies carry up to ~1 ms of scheduling delay and \
+         differences under ~100 µs are within run-to-run noise here. Envoy CPU per request (all Envoy threads, from \
+         /proc schedstat, minus the CPU the same Envoy uses idle) is the steadier figure.\n",
         if plan.quick { "-quick" } else { "" },
         machine(),
         envoy_version(),
@@ -338,12 +355,14 @@ async fn main() -> anyhow::Result<()> {
         let _ = writeln!(
             md,
             "\nEnvoy CPU added per request versus no filter: Floodgate {:+.1} µs, admission_control {:+.1} µs, Lua {:+.1} µs; \
-             Floodgate / Lua = {:.2}, Floodgate / admission_control = {:.2}.\n",
+             Floodgate / Lua = {:.2}, Floodgate / admission_control = {:.2}. Of Floodgate's, {:+.1} µs is there without the \
+             breaker (`floodgate_ws`: the wasm stream context alone).\n",
             cpu(1),
             cpu(2),
             cpu(3),
             ratio(cpu(1), cpu(3)),
             ratio(cpu(1), cpu(2)),
+            cpu(4),
         );
         if rate == 1000 {
             floodgate_at_1000 = Some((
@@ -523,6 +542,16 @@ async fn main() -> anyhow::Result<()> {
     std::fs::write(&dest, &md)?;
     println!("{md}\nwritten to {}", dest.display());
     Ok(())
+}
+
+async fn futures_idle(proxies: &[Proxy], over: Duration) -> Vec<f64> {
+    let before: Vec<u64> = proxies.iter().map(|p| cpu_ns(p.envoy.pid().unwrap_or(0))).collect();
+    tokio::time::sleep(over).await;
+    proxies
+        .iter()
+        .zip(before)
+        .map(|(p, b)| cpu_ns(p.envoy.pid().unwrap_or(0)).saturating_sub(b) as f64 / over.as_secs_f64())
+        .collect()
 }
 
 fn ratio(a: f64, b: f64) -> f64 {
