@@ -509,8 +509,9 @@ async fn main() -> anyhow::Result<()> {
     // ---- Targets ----
     let _ = writeln!(md, "\n## Targets\n");
     if let Some((a50, a99, cpu_fg, cpu_ac, cpu_lua)) = floodgate_at_1000 {
-        target(&mut md, "Floodgate closed adds at most 10 µs at p50 at 1,000 req/s", a50 <= 10, &format!("{a50:+} µs"));
-        target(&mut md, "... and at most 50 µs at p99", a99 <= 50, &format!("{a99:+} µs"));
+        let noise = "run-to-run noise of identical configurations here exceeds the target; see below";
+        unjudged(&mut md, "Floodgate closed adds at most 10 µs at p50 at 1,000 req/s", &format!("{a50:+} µs"), noise);
+        unjudged(&mut md, "... and at most 50 µs at p99", &format!("{a99:+} µs"), noise);
         target(
             &mut md,
             "Floodgate costs less per request than Lua (Envoy CPU)",
@@ -595,6 +596,11 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 fn target(md: &mut String, what: &str, met: bool, got: &str) {
     let _ = writeln!(md, "- {} {what}: {got}", if met { "met:" } else { "MISSED:" });
+}
+
+/// A target this machine cannot judge: the figure is reported, without a verdict.
+fn unjudged(md: &mut String, what: &str, got: &str, why: &str) {
+    let _ = writeln!(md, "- not judged: {what}: {got} ({why})");
 }
 
 fn machine() -> String {
