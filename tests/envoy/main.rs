@@ -343,3 +343,23 @@ async fn every_shipped_envoy_config_validates() {
     }
     assert!(checked >= 2, "found {checked} configs in {}", dir.display());
 }
+
+#[tokio::test]
+async fn behind_the_upgrade_matcher_plain_requests_skip_the_filter() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    // `shed: all` would refuse plain requests too; the matcher keeps them out of the filter.
+    let plugin =
+        r#"{"shed": "all", "breakers": {"collab_ws": {"consecutive_failures": 3, "open": {"base_ms": 60000}}}}"#;
+    let config = envoy::render("http-websocket-matcher.yaml", ports, &[plugin]).unwrap();
+    let envoy = Envoy::start(&config, ports, 2).await.unwrap();
+    let p = Proxy { backend, envoy };
+    p.failed_upgrades(3).await;
+    let r = p.expect_refused().await;
+    assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("open"), "{}", r.body);
+    let (status, headers, _) = client::http_get(p.envoy.listen, "/plain").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(!headers.contains_key("x-floodgate"));
+    assert_eq!(p.backend.control.plain_requests(), 1, "the plain request reached the backend");
+}
