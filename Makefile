@@ -14,7 +14,9 @@ help:
 	@echo "make test   - run every test (installs what it needs)"
 	@echo "make build  - build floodgate.wasm and floodgate-control"
 	@echo "make lint   - rustfmt check and clippy (no unwrap/expect/panic outside tests)"
-	@echo "make bench  - benchmarks, written to BENCHMARKS.md"
+	@echo "make bench  - benchmarks, written to BENCHMARKS.md (bench-quick: a short smoke run)"
+	@echo "make bench-filter - exact wasm instructions and host calls per request (harness)"
+	@echo "make oci    - floodgate.wasm as an OCI image layout for Istio (prints the digest)"
 
 deps:
 	scripts/deps.sh
