@@ -255,6 +255,7 @@ fn confirm(view: &RemoteView, asked: Option<u64>, now: u64) -> Result<RemoteView
 enum WriteError {
     Host(HostError),
     Contended,
+    Encode,
     Refused(SnapshotError),
 }
 
@@ -263,6 +264,7 @@ impl std::fmt::Display for WriteError {
         match self {
             WriteError::Host(e) => write!(f, "cannot store the view: {e:?}"),
             WriteError::Contended => write!(f, "cannot store the view: other workers kept writing"),
+            WriteError::Encode => write!(f, "cannot encode the view"),
             WriteError::Refused(e) => write!(f, "snapshot ignored: {e:?}"),
         }
     }
@@ -281,7 +283,7 @@ fn write_view(
             Err(None) => return Ok(current),
             Err(Some(e)) => return Err(WriteError::Refused(e)),
         };
-        let encoded = serde_json::to_vec(&next).map_err(|_| WriteError::Contended)?;
+        let encoded = serde_json::to_vec(&next).map_err(|_| WriteError::Encode)?;
         match host::shared_set(VIEW_KEY, &encoded, cas) {
             Ok(()) => return Ok(next),
             Err(HostError::CasMismatch) => continue,

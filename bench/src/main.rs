@@ -318,7 +318,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Idle CPU of each Envoy (all idle at once, once they have settled).
     let idle_over = if plan.quick { Duration::from_secs(1) } else { Duration::from_secs(3) };
-    let rates = futures_idle(&proxies, idle_over).await;
+    let rates = idle_rates(&proxies, idle_over).await;
     for (p, r) in proxies.iter_mut().zip(rates) {
         p.idle_ns_per_s = r;
     }
@@ -622,7 +622,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn futures_idle(proxies: &[Proxy], over: Duration) -> Vec<f64> {
+async fn idle_rates(proxies: &[Proxy], over: Duration) -> Vec<f64> {
     let before: Vec<u64> = proxies.iter().map(|p| cpu_ns(p.envoy.pid().unwrap_or(0))).collect();
     tokio::time::sleep(over).await;
     proxies

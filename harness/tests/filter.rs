@@ -173,23 +173,19 @@ fn clock_jumps_of_zero_past_the_open_time_and_of_hours_are_handled() {
     assert_eq!(transitions(&host, "half_open", "closed"), 1);
 
     // A time window forgets failures an hour old.
-    let mut host = host_with_rate_window();
-    let mut w = worker(&mut host, RATE_CONFIG);
+    let mut rate_host = crate::host();
+    let mut w = worker(&mut rate_host, RATE_CONFIG);
     for _ in 0..3 {
         call(&mut w, 503);
     }
-    host.advance(Duration::from_secs(3600));
+    rate_host.advance(Duration::from_secs(3600));
     call(&mut w, 503);
     call(&mut w, 101);
-    assert_eq!(transitions(&host, "closed", "open"), 0);
+    assert_eq!(transitions(&rate_host, "closed", "open"), 0);
 }
 
 const RATE_CONFIG: &str = r#"{"defaults": {"consecutive_failures": 0, "failure_rate": 0.5, "minimum_calls": 4,
     "window": {"kind": "time", "seconds": 10}}}"#;
-
-fn host_with_rate_window() -> Host {
-    host()
-}
 
 /// Every host call the request path makes, failing with every status the host can return.
 #[test]
