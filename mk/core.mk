@@ -2,4 +2,4 @@
 TEST_TARGETS += test-core
 .PHONY: test-core
 test-core: wasm
-	cargo test -p floodgate --lib
+	cargo test -p floodgate-core -p floodgate --lib

@@ -8,9 +8,9 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 use serde::Deserialize;
 
-use crate::core::classify::{FailurePolicy, StatusPattern};
-use crate::core::state::MAX_PERMITS;
-use crate::core::{Mode, Policy, WindowSpec};
+use floodgate_core::classify::{FailurePolicy, StatusPattern};
+use floodgate_core::state::MAX_PERMITS;
+use floodgate_core::{Mode, Policy, WindowSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -487,7 +487,6 @@ fn resolve(raw: &RawPolicy, at: &str) -> Result<BreakerPolicy, ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     fn http(json: &str) -> Result<Config, ConfigError> {

@@ -5,13 +5,13 @@ use std::borrow::Cow;
 use std::rc::Rc;
 
 use crate::config::{BreakerPolicy, Config, ControlConfig};
-use crate::core::breaker::SHORT_RETRY_MS;
-use crate::core::remote::{self, DecideParams, RemoteDecision};
-use crate::core::{self, Call, Decision, Effect, Mode, Policy, ProbeTicket, Reason, Refusal, RefusedAs};
 use crate::host;
 use crate::metrics::{Outcome, RejectKind};
 use crate::store::{self, StoreError};
 use crate::vm::{self, Vm};
+use floodgate_core::breaker::SHORT_RETRY_MS;
+use floodgate_core::remote::{self, DecideParams, RemoteDecision};
+use floodgate_core::{Call, Decision, Effect, Mode, Policy, ProbeTicket, Reason, Refusal, RefusedAs};
 
 /// A call the breaker admitted; hand it back with [`finish`] or [`abandon`].
 pub struct Admitted {
@@ -75,7 +75,7 @@ pub fn check(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
         }
         let unit = vm.unit(now);
         let p = &policy.policy;
-        let (decision, effect, state) = match store::update(breaker, p, |s| core::admit(s, p, now, unit)) {
+        let (decision, effect, state) = match store::update(breaker, p, |s| floodgate_core::admit(s, p, now, unit)) {
             Ok(r) => r,
             Err(e) => return lost(vm, breaker, e),
         };
@@ -156,7 +156,7 @@ pub fn finish(a: Admitted, failure: bool) {
         vm.metrics.call(&a.breaker, outcome);
         let unit = vm.unit(now);
         let call = Call { failure, slow };
-        match store::update(&a.breaker, p, |s| ((), core::record(s, p, now, call, a.probe, unit))) {
+        match store::update(&a.breaker, p, |s| ((), floodgate_core::record(s, p, now, call, a.probe, unit))) {
             Ok((_, effect, _)) => report(vm, &a.breaker, effect),
             Err(e) => {
                 lost(vm, &a.breaker, e);
@@ -173,7 +173,7 @@ pub fn abandon(a: Admitted) {
     let p = &a.policy.policy;
     let now = host::now_ms().unwrap_or(a.start_ms);
     vm::with(|vm| {
-        if let Err(e) = store::update(&a.breaker, p, |s| ((), core::release(s, a.probe, now))) {
+        if let Err(e) = store::update(&a.breaker, p, |s| ((), floodgate_core::release(s, a.probe, now))) {
             lost(vm, &a.breaker, e);
         }
     })

@@ -144,7 +144,7 @@ impl HttpContext for HttpFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::{Reason, Refusal, RefusedAs};
+    use floodgate_core::{Reason, Refusal, RefusedAs};
 
     #[test]
     fn detects_upgrades_in_both_forms() {

@@ -1,14 +1,14 @@
 //! Floodgate: a proxy-wasm circuit breaker for Envoy that refuses new WebSocket upgrades while
 //! a backend is failing and leaves existing connections alone.
 //!
-//! - [`core`]: the pure breaker (no host calls; time is an input).
+//! - `floodgate_core` (crate `core/`): the pure breaker, override and poller decisions, and the
+//!   control contract's wire types (no host calls; time is an input).
 //! - [`config`]: plugin configuration, parsed and validated into typed policies.
 //! - [`host`]: the one adapter that makes host calls; [`store`]: breaker state in shared data.
 //! - [`guard`], [`http`], [`tcp`], [`root`]: the filters; [`metrics`]: Envoy stats.
 //! - [`poller`]: one poller per Envoy brings the control plane's overrides into shared data.
 
 pub mod config;
-pub mod core;
 pub mod guard;
 pub mod host;
 pub mod http;

@@ -4,8 +4,8 @@
 
 use hashbrown::HashMap;
 
-use crate::core::Phase;
 use crate::host::{self, MetricKind};
+use floodgate_core::Phase;
 
 pub const STATE: &str = "floodgate_state";
 pub const FORCED: &str = "floodgate_forced";

@@ -7,12 +7,13 @@
 use std::rc::Rc;
 
 use crate::config::ControlConfig;
-use crate::core::remote::{self, RemoteView, SnapshotError};
-use crate::core::BreakerState;
 use crate::host::{self, Buffer, HeaderMap, HostError};
 use crate::metrics::PollResult;
-use crate::store::{self, MAX_CAS_ATTEMPTS, REGISTRY_KEY};
+use crate::store::{self, Step, StoreError, REGISTRY_KEY};
 use crate::vm::{self, Vm};
+use floodgate_core::poll::{self, Lease, LeaseStep};
+use floodgate_core::remote::{self, RemoteView, SnapshotError};
+use floodgate_core::{wire, BreakerState};
 
 /// The view every worker reads (JSON of [`RemoteView`]).
 pub const VIEW_KEY: &str = "floodgate/control";
@@ -22,12 +23,6 @@ pub const LEASE_KEY: &str = "floodgate/poller";
 pub const WORKERS_KEY: &str = "floodgate/workers";
 /// How often each root context ticks: the delay between a new snapshot and every worker using it.
 pub const TICK_MS: u32 = 100;
-/// A lease not renewed for this long passes to another worker.
-pub const LEASE_MS: u64 = 3_000;
-/// The longest wait between failed polls.
-pub const MAX_BACKOFF_MS: u64 = 30_000;
-/// The `x-floodgate-breakers` header is cut at this size.
-const MAX_STATES_HEADER: usize = 8 * 1024;
 
 struct InFlight {
     token: u32,
@@ -86,7 +81,7 @@ impl Poller {
         if let Some(f) = &self.in_flight {
             // Envoy always answers a dispatched call (at the latest at its timeout); this only
             // guards against a callback that never comes.
-            if now < f.sent_ms.saturating_add(self.config.timeout_ms).saturating_add(5_000) {
+            if !poll::callback_overdue(f.sent_ms, self.config.timeout_ms, now) {
                 return;
             }
             log::warn!("control poll {} got no callback; polling again", f.token);
@@ -109,12 +104,8 @@ impl Poller {
 
     fn dispatch(&mut self, now: u64, dispatch: Dispatch) {
         let view = vm::with(|vm| vm.remote.view.clone());
-        // A live view long-polls for a newer version; without one, ask for the snapshot at once.
-        let asked = view.live(now, self.stale_after_ms()).then_some(view.version);
-        let path = match asked {
-            Some(v) => format!("{}?version={v}&wait={}", self.config.path, self.config.wait_s),
-            None => self.config.path.clone(),
-        };
+        let poll::PollRequest { asked, path } =
+            poll::poll_request(&view, now, self.stale_after_ms(), &self.config.path, u64::from(self.config.wait_s));
         let proxy = self.proxy_id().to_string();
         let states = local_states();
         let auth = format!("Bearer {}", self.config.token);
@@ -122,8 +113,8 @@ impl Poller {
             (":method", "GET"),
             (":path", path.as_str()),
             (":authority", self.config.authority.as_str()),
-            ("x-floodgate-proxy", proxy.as_str()),
-            ("x-floodgate-breakers", states.as_str()),
+            (wire::PROXY_HEADER, proxy.as_str()),
+            (wire::FLEET_HEADER, states.as_str()),
         ];
         if !self.config.token.is_empty() {
             headers.push(("authorization", auth.as_str()));
@@ -143,7 +134,7 @@ impl Poller {
         }
         let status = host::header(HeaderMap::HttpCallResponseHeaders, ":status").ok().flatten();
         match status.as_deref() {
-            Some(b"304") => match write_view(|v| confirm(v, f.asked, now)) {
+            Some(b"304") => match write_view(|v| poll::confirm(v, f.asked, now).ok_or(None)) {
                 Ok(_) => self.succeeded(PollResult::NotModified),
                 Err(e) => self.failed(now, &e.to_string()),
             },
@@ -189,21 +180,17 @@ impl Poller {
 
     fn failed(&mut self, now: u64, why: &str) {
         self.failures = self.failures.saturating_add(1);
-        let base = self.config.retry_ms.saturating_mul(1 << self.failures.min(16).saturating_sub(1));
-        let backoff = base.min(MAX_BACKOFF_MS.max(self.config.retry_ms));
-        // Up to +50 %: pollers of many proxies do not return to a recovering control plane at once.
-        let jitter = vm::with(|vm| (backoff as f64 * 0.5 * vm.unit(now)) as u64);
-        self.next_poll_ms = now.saturating_add(backoff + jitter);
+        let delay = poll::retry_delay_ms(self.config.retry_ms, self.failures, vm::with(|vm| vm.unit(now)));
+        self.next_poll_ms = now.saturating_add(delay);
         vm::with(|vm| vm.metrics.poll(PollResult::Error));
-        log::warn!("control poll failed ({} in a row): {why}; next in {} ms", self.failures, backoff + jitter);
+        log::warn!("control poll failed ({} in a row): {why}; next in {delay} ms", self.failures);
     }
 
     fn report_gauges(&mut self, now: u64) {
         let stale_after = self.stale_after_ms();
         vm::with(|vm: &mut Vm| {
             let view = vm.remote.view.clone();
-            let since = view.confirmed_ms.max(self.started_ms);
-            let stale = now >= since.saturating_add(stale_after);
+            let stale = poll::is_stale(view.confirmed_ms, self.started_ms, now, stale_after);
             if self.reported != Some((view.version, stale)) {
                 vm.metrics.control(view.version, stale);
                 self.reported = Some((view.version, stale));
@@ -242,21 +229,20 @@ fn refresh_view(vm: &mut Vm) {
     }
 }
 
-/// A 304 confirms the view the poll asked about.
-fn confirm(view: &RemoteView, asked: Option<u64>, now: u64) -> Result<RemoteView, Option<SnapshotError>> {
-    if asked.is_some_and(|v| v == view.version) {
-        Ok(RemoteView { confirmed_ms: now, ..view.clone() })
-    } else {
-        // Another poller moved the view meanwhile: nothing to confirm.
-        Err(None)
-    }
-}
-
 enum WriteError {
     Host(HostError),
     Contended,
     Encode,
     Refused(SnapshotError),
+}
+
+impl From<StoreError> for WriteError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Host(e) => WriteError::Host(e),
+            StoreError::Contended => WriteError::Contended,
+        }
+    }
 }
 
 impl std::fmt::Display for WriteError {
@@ -270,128 +256,55 @@ impl std::fmt::Display for WriteError {
     }
 }
 
-/// Read-modify-write of the shared view with compare-and-swap. `step` returning `Err(None)`
-/// leaves the view as it is.
+/// Read-modify-write of the shared view. `step` returning `Err(None)` leaves the view as it is.
 fn write_view(
     mut step: impl FnMut(&RemoteView) -> Result<RemoteView, Option<SnapshotError>>,
 ) -> Result<RemoteView, WriteError> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, cas) = host::shared_get(VIEW_KEY).map_err(WriteError::Host)?;
-        let current: RemoteView = bytes.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        let next = match step(&current) {
-            Ok(next) => next,
-            Err(None) => return Ok(current),
-            Err(Some(e)) => return Err(WriteError::Refused(e)),
-        };
-        let encoded = serde_json::to_vec(&next).map_err(|_| WriteError::Encode)?;
-        match host::shared_set(VIEW_KEY, &encoded, cas) {
-            Ok(()) => return Ok(next),
-            Err(HostError::CasMismatch) => continue,
-            Err(e) => return Err(WriteError::Host(e)),
+    store::cas_update(VIEW_KEY, None, |bytes| {
+        let current: RemoteView = bytes.and_then(|b| serde_json::from_slice(b).ok()).unwrap_or_default();
+        match step(&current) {
+            Ok(next) => {
+                let encoded = serde_json::to_vec(&next).map_err(|_| WriteError::Encode)?;
+                Ok(Step::Write(encoded, next))
+            }
+            Err(None) => Ok(Step::Keep(current)),
+            Err(Some(e)) => Err(WriteError::Refused(e)),
         }
-    }
-    Err(WriteError::Contended)
+    })
 }
 
 /// Takes the lease if it is free or expired, renews it when half spent. True while held.
 fn holds_lease(worker: u32, now: u64) -> bool {
-    let (bytes, cas) = match host::shared_get(LEASE_KEY) {
-        Ok(v) => v,
-        Err(_) => return false,
-    };
-    let (holder, expires) = bytes.as_deref().and_then(parse_lease).unwrap_or((0, 0));
-    if holder == worker && expires > now.saturating_add(LEASE_MS / 2) {
-        return true;
-    }
-    if holder != worker && expires > now {
-        return false;
-    }
-    let value = format!("{worker}:{}", now.saturating_add(LEASE_MS));
-    match host::shared_set(LEASE_KEY, value.as_bytes(), cas) {
-        Ok(()) => {
-            if holder != worker {
+    let Ok((bytes, cas)) = host::shared_get(LEASE_KEY) else { return false };
+    let current = bytes.as_deref().and_then(Lease::parse);
+    match poll::lease_step(current, worker, now) {
+        LeaseStep::Hold => true,
+        LeaseStep::Wait => false,
+        LeaseStep::Take(lease) => {
+            let taken = host::shared_set(LEASE_KEY, lease.encode().as_bytes(), cas).is_ok();
+            if taken && current.is_none_or(|l| l.holder != worker) {
                 log::info!("worker {worker} now polls the control plane");
             }
-            true
+            taken
         }
-        Err(_) => false,
     }
 }
 
-fn parse_lease(b: &[u8]) -> Option<(u32, u64)> {
-    let s = std::str::from_utf8(b).ok()?;
-    let (w, e) = s.split_once(':')?;
-    Some((w.parse().ok()?, e.parse().ok()?))
-}
-
-fn next_worker_number() -> Result<u32, HostError> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, cas) = host::shared_get(WORKERS_KEY)?;
-        if cas == 0 {
-            host::shared_set(WORKERS_KEY, b"0", 0)?;
-            continue;
-        }
-        let n: u32 = bytes.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()).unwrap_or(0);
+fn next_worker_number() -> Result<u32, StoreError> {
+    store::cas_update(WORKERS_KEY, Some(b"0"), |bytes| {
+        let n: u32 = bytes.and_then(|b| std::str::from_utf8(b).ok()?.parse().ok()).unwrap_or(0);
         let next = n.wrapping_add(1).max(1);
-        match host::shared_set(WORKERS_KEY, next.to_string().as_bytes(), cas) {
-            Ok(()) => return Ok(next),
-            Err(HostError::CasMismatch) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(HostError::CasMismatch)
+        Ok(Step::Write(next.to_string().into_bytes(), next))
+    })
 }
 
-/// `key=state,...` of this Envoy's breakers (keys percent-encoded), for `GET /api/v1/fleet`.
+/// The fleet header: this Envoy's breakers and their phases, for `GET /api/v1/fleet`.
 fn local_states() -> String {
     let Ok((Some(list), _)) = host::shared_get(REGISTRY_KEY) else { return String::new() };
-    let mut out = String::new();
-    for key in list.split(|&b| b == b'\n').filter(|k| !k.is_empty()) {
-        let Ok(key) = std::str::from_utf8(key) else { continue };
-        let phase = match host::shared_get(&store::state_key(key)) {
-            Ok((Some(b), _)) => BreakerState::decode(&b).map(|s| s.phase.name()),
-            _ => None,
-        };
-        let Some(phase) = phase else { continue };
-        let entry = format!("{}={phase}", percent_encode(key));
-        if out.len() + entry.len() + 1 > MAX_STATES_HEADER {
-            break;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(&entry);
-    }
-    out
-}
-
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'/' | b'*') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percent_encoding_keeps_the_header_parseable() {
-        assert_eq!(percent_encode("outbound|80||collab.default.svc"), "outbound%7C80%7C%7Ccollab.default.svc");
-        assert_eq!(percent_encode("a=b,c"), "a%3Db%2Cc");
-        assert_eq!(percent_encode("*"), "*");
-    }
-
-    #[test]
-    fn leases_parse_or_are_treated_as_free() {
-        assert_eq!(parse_lease(b"3:1000"), Some((3, 1000)));
-        assert_eq!(parse_lease(b"garbage"), None);
-        assert_eq!(parse_lease(b"3:"), None);
-    }
+    let states = list.split(|&b| b == b'\n').filter_map(|key| {
+        let key = std::str::from_utf8(key).ok().filter(|k| !k.is_empty())?;
+        let (bytes, _) = host::shared_get(&store::state_key(key)).ok()?;
+        Some((key, BreakerState::decode(&bytes?)?.phase.name()))
+    });
+    wire::encode_fleet_header(states)
 }

@@ -8,11 +8,11 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 
 use crate::config::{self, Config, FilterKind};
-use crate::core::{Mode, Policy};
 use crate::host::{self, Buffer};
 use crate::http::HttpFilter;
 use crate::poller::{self, Poller};
 use crate::tcp::TcpFilter;
+use floodgate_core::{Mode, Policy};
 
 pub const HTTP_ROOT_ID: &str = "floodgate";
 pub const TCP_ROOT_ID: &str = "floodgate_tcp";

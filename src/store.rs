@@ -6,8 +6,8 @@
 
 use hashbrown::HashMap;
 
-use crate::core::{BreakerState, Effect, Policy};
 use crate::host::{self, HostError};
+use floodgate_core::{BreakerState, Effect, Policy};
 
 pub const KEY_PREFIX: &str = "floodgate/b/";
 pub const REGISTRY_KEY: &str = "floodgate/registry";
@@ -34,35 +34,60 @@ pub fn state_key(breaker: &str) -> String {
     k
 }
 
-/// Reads the breaker's state, lets `step` change it, writes it back if changed; retries on
-/// CAS mismatch. A missing or unreadable value starts from a fresh state.
+/// What a compare-and-swap update does with the value it read.
+pub enum Step<T> {
+    /// Write these bytes if nobody wrote since the read (else read again), then return `T`.
+    Write(Vec<u8>, T),
+    /// Leave the key as it is and return `T`.
+    Keep(T),
+}
+
+/// Read-modify-write of one shared-data key: `step` sees the current value and says what to do;
+/// a compare-and-swap mismatch reads again, up to [`MAX_CAS_ATTEMPTS`] times. With `initial`, a
+/// missing key is first created with it (Envoy's cas 0 writes unconditionally), so that every
+/// later write is a real compare-and-swap; without, `step` sees `None`.
+pub fn cas_update<T, E: From<StoreError>>(
+    key: &str,
+    initial: Option<&[u8]>,
+    mut step: impl FnMut(Option<&[u8]>) -> Result<Step<T>, E>,
+) -> Result<T, E> {
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let (bytes, cas) = host::shared_get(key).map_err(StoreError::from)?;
+        if let (0, Some(initial)) = (cas, initial) {
+            host::shared_set(key, initial, 0).map_err(StoreError::from)?;
+            continue;
+        }
+        match step(bytes.as_deref())? {
+            Step::Keep(value) => return Ok(value),
+            Step::Write(next, value) => match host::shared_set(key, &next, cas) {
+                Ok(()) => return Ok(value),
+                Err(HostError::CasMismatch) => continue,
+                Err(e) => return Err(StoreError::from(e).into()),
+            },
+        }
+    }
+    Err(StoreError::Contended.into())
+}
+
+/// Reads the breaker's state, lets `step` change it, writes it back if changed. A missing or
+/// unreadable value starts from a fresh state (two workers creating it both write a fresh state,
+/// so nothing is lost).
 pub fn update<T>(
     breaker: &str,
     policy: &Policy,
     mut step: impl FnMut(&mut BreakerState) -> (T, Effect),
 ) -> Result<(T, Effect, BreakerState), StoreError> {
-    let key = state_key(breaker);
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, cas) = host::shared_get(&key)?;
-        let mut state = bytes.as_deref().and_then(BreakerState::decode).unwrap_or_else(|| BreakerState::new(policy));
+    let fresh = BreakerState::new(policy).encode();
+    cas_update(&state_key(breaker), Some(&fresh), |bytes| {
+        let mut state = bytes.and_then(BreakerState::decode).unwrap_or_else(|| BreakerState::new(policy));
         state.conform(policy);
-        if cas == 0 {
-            // Create the key first so every later write is a real compare-and-swap. Two workers
-            // racing here both write a fresh state, so nothing is lost.
-            host::shared_set(&key, &BreakerState::new(policy).encode(), 0)?;
-            continue;
-        }
         let (value, effect) = step(&mut state);
-        if !effect.changed {
-            return Ok((value, effect, state));
-        }
-        match host::shared_set(&key, &state.encode(), cas) {
-            Ok(()) => return Ok((value, effect, state)),
-            Err(HostError::CasMismatch) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(StoreError::Contended)
+        Ok(if effect.changed {
+            Step::Write(state.encode(), (value, effect, state))
+        } else {
+            Step::Keep((value, effect, state))
+        })
+    })
 }
 
 /// Whether a breaker key is tracked, remembered per VM so the registry is read once per key.
@@ -84,33 +109,21 @@ impl Registry {
 }
 
 fn register(breaker: &str, max_breakers: u32) -> Result<bool, StoreError> {
-    for _ in 0..MAX_CAS_ATTEMPTS {
-        // Keys are separated by '\n'; a key containing '\n' is never tracked.
-        if breaker.contains('\n') {
-            return Ok(false);
-        }
-        let (bytes, cas) = host::shared_get(REGISTRY_KEY)?;
-        if cas == 0 {
-            // As for breaker keys: create it first so that appends are real compare-and-swaps.
-            host::shared_set(REGISTRY_KEY, b"\n", 0)?;
-            continue;
-        }
-        let list = bytes.unwrap_or_default();
-        let count = list.split(|&b| b == b'\n').filter(|k| !k.is_empty()).count();
+    // Keys are separated by '\n'; a key containing '\n' is never tracked.
+    if breaker.contains('\n') {
+        return Ok(false);
+    }
+    cas_update(REGISTRY_KEY, Some(b"\n"), |list| {
+        let list = list.unwrap_or_default();
         if list.split(|&b| b == b'\n').any(|k| k == breaker.as_bytes()) {
-            return Ok(true);
+            return Ok(Step::Keep(true));
         }
-        if count >= max_breakers as usize {
-            return Ok(false);
+        if list.split(|&b| b == b'\n').filter(|k| !k.is_empty()).count() >= max_breakers as usize {
+            return Ok(Step::Keep(false));
         }
-        let mut next = list;
+        let mut next = list.to_vec();
         next.extend_from_slice(breaker.as_bytes());
         next.push(b'\n');
-        match host::shared_set(REGISTRY_KEY, &next, cas) {
-            Ok(()) => return Ok(true),
-            Err(HostError::CasMismatch) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(StoreError::Contended)
+        Ok(Step::Write(next, true))
+    })
 }

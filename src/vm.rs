@@ -4,9 +4,9 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::core::remote::RemoteView;
 use crate::metrics::Metrics;
 use crate::store::Registry;
+use floodgate_core::remote::RemoteView;
 
 #[derive(Default)]
 pub struct Vm {

@@ -19,6 +19,7 @@ use crate::engine::{Command, Forced, Outcome, Rules};
 use crate::metrics::Metrics;
 use crate::store::{FleetEntry, Store, StoreError};
 use crate::{now_ms, rfc3339};
+use floodgate_core::wire::{self, EntryState, SnapshotBody, SnapshotEntry};
 
 pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_WAIT_S: u64 = 60;
@@ -75,6 +76,10 @@ impl From<StoreError> for AppError {
 
 fn bad_request(msg: impl Into<String>) -> AppError {
     AppError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn internal(msg: String) -> AppError {
+    AppError(StatusCode::INTERNAL_SERVER_ERROR, msg)
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
@@ -224,52 +229,23 @@ struct SnapshotQuery {
     wait: Option<String>,
 }
 
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// `x-floodgate-breakers: key=state,key=state` (keys percent-encoded).
-pub fn parse_breakers(header: &str) -> BTreeMap<String, String> {
-    header
-        .split(',')
-        .filter_map(|kv| kv.trim().split_once('='))
-        .map(|(k, v)| (percent_decode(k), v.to_string()))
-        .collect()
-}
-
-async fn snapshot_body(s: &AppState) -> Result<serde_json::Value, AppError> {
+async fn snapshot_body(s: &AppState) -> Result<SnapshotBody, AppError> {
     let st = s.store.state().await?;
     let now = now_ms();
-    let breakers: Vec<_> = st
+    let breakers = st
         .activations
         .values()
         .filter(|a| a.ends_ms().is_none_or(|t| t > now))
-        .map(|a| {
-            json!({
-                "key": a.key,
-                "state": a.state,
-                "reason": a.reason,
-                "since": rfc3339(a.since_ms),
-                "until": a.ends_ms().map(rfc3339),
-                "event_id": a.event_id,
-            })
+        .map(|a| SnapshotEntry {
+            key: a.key.clone(),
+            state: EntryState::Forced(a.state),
+            reason: Some(a.reason.clone()),
+            since: Some(rfc3339(a.since_ms)),
+            until: a.ends_ms().map(rfc3339),
+            event_id: Some(a.event_id.clone()),
         })
         .collect();
-    Ok(json!({"version": st.version, "generated_at": rfc3339(now), "breakers": breakers}))
+    Ok(SnapshotBody { version: st.version, generated_at: Some(rfc3339(now)), breakers })
 }
 
 /// The snapshot at `version`, from the cache when it holds that version.
@@ -277,9 +253,9 @@ async fn snapshot_response(s: &AppState, version: u64) -> Result<Response, AppEr
     let body = match s.snapshots.get(version) {
         Some(body) => body,
         None => {
-            let json = snapshot_body(s).await?;
-            let v = json["version"].as_u64().unwrap_or(0);
-            let body = Bytes::from(json.to_string());
+            let snapshot = snapshot_body(s).await?;
+            let body = Bytes::from(serde_json::to_vec(&snapshot).map_err(|e| internal(e.to_string()))?);
+            let v = snapshot.version;
             s.snapshots.put(v, body.clone());
             body
         }
@@ -301,9 +277,12 @@ async fn snapshot(
         None | Some("") => 0,
         Some(v) => v.parse().map_err(|_| bad_request(format!("wait: not a number: {v:?}")))?,
     };
-    if let Some(proxy) = headers.get("x-floodgate-proxy").and_then(|v| v.to_str().ok()) {
-        let breakers =
-            headers.get("x-floodgate-breakers").and_then(|v| v.to_str().ok()).map(parse_breakers).unwrap_or_default();
+    if let Some(proxy) = headers.get(wire::PROXY_HEADER).and_then(|v| v.to_str().ok()) {
+        let breakers = headers
+            .get(wire::FLEET_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(wire::decode_fleet_header)
+            .unwrap_or_default();
         let entry =
             FleetEntry { proxy: proxy.to_string(), last_poll_ms: now_ms(), version: known.unwrap_or(0), breakers };
         if let Err(e) = s.store.record_poll(entry).await {

@@ -43,13 +43,7 @@ pub enum Source {
     Manual,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum Forced {
-    #[default]
-    ForcedOpen,
-    ForcedClosed,
-}
+pub use floodgate_core::wire::Forced;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Activation {
@@ -309,7 +303,6 @@ fn activate(s: &mut State, mut a: Activation, rules: &Rules, now: u64, events: &
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
 
     fn firing(key: &str, fp: &str, starts: u64, level: Option<f64>) -> Command {

@@ -15,9 +15,8 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-pub fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
+/// RFC 3339 (whole seconds) of `ms` since the epoch, as on the wire (never panics).
+pub use floodgate_core::time::format_rfc3339_ms as rfc3339;
 
 /// Ends activations whose time has come, twice a second. With Redis, every replica runs it and
 /// the store's compare-and-set lets exactly one of them end each activation.

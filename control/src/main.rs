@@ -14,6 +14,7 @@ use floodgate_control::metrics::Metrics;
 use floodgate_control::redis_store::RedisStore;
 use floodgate_control::store::{MemoryStore, Store};
 use floodgate_control::{expiry_loop, settings};
+use floodgate_core::wire::percent_encode;
 
 #[derive(Parser)]
 #[command(name = "floodgate-control", version, about = "Alertmanager-driven breaker activations for Floodgate")]
@@ -117,11 +118,11 @@ async fn ctl(url: &str, token: &str, action: Ctl) -> anyhow::Result<()> {
         Ctl::Fleet => ("GET", "/api/v1/fleet".to_string(), String::new()),
         Ctl::Activate { key, reason, ttl_s } => (
             "POST",
-            format!("/api/v1/breakers/{}/activate", encode_path(&key)),
+            format!("/api/v1/breakers/{}/activate", percent_encode(&key)),
             serde_json::json!({"reason": reason, "ttl_s": ttl_s}).to_string(),
         ),
         Ctl::Deactivate { key } => {
-            ("POST", format!("/api/v1/breakers/{}/deactivate", encode_path(&key)), String::new())
+            ("POST", format!("/api/v1/breakers/{}/deactivate", percent_encode(&key)), String::new())
         }
     };
     let authority =
@@ -147,16 +148,4 @@ async fn ctl(url: &str, token: &str, action: Ctl) -> anyhow::Result<()> {
         bail!("HTTP {status}");
     }
     Ok(())
-}
-
-fn encode_path(key: &str) -> String {
-    key.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

@@ -2,8 +2,8 @@
 //! Istio API's fields and by loading their Envoy pieces into the real Envoy with the real module;
 //! docker-compose by parsing (no Docker engine here); the OCI layout `make oci` writes; every
 //! Grafana query against a real Prometheus scraping a real Envoy and floodgate-control.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;

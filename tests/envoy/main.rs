@@ -1,7 +1,7 @@
 //! Floodgate in the real Envoy (`--concurrency 2`) in front of a real WebSocket backend.
 //! Each test starts its own backend and Envoy on free ports.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
 
 use std::time::Duration;
 

@@ -1,8 +1,8 @@
 //! The whole loop with real processes: Envoy (`--concurrency 2`) with Floodgate polling a real
 //! floodgate-control (on a real Redis where the test needs durability), and a real Alertmanager
 //! delivering alerts to its webhook. Each test starts its own processes on free ports.
-
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
 
 use std::time::{Duration, Instant};
 

@@ -1,8 +1,6 @@
 //! The state machine against a reference model, over random event sequences on a manual clock,
 //! plus unit tests of the paths the model leaves out (jitter, ramp, modes, time windows).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::collections::VecDeque;
 
 use proptest::prelude::*;

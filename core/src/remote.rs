@@ -4,17 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A snapshot larger than this is refused unread: the control plane never sends one this big.
-pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024;
+use crate::time::parse_rfc3339_ms;
+use crate::wire::{EntryState, SnapshotBody};
+pub use crate::wire::{Forced, MAX_SNAPSHOT_BYTES};
+
 /// How long an ended override is remembered for its recovery ramp (the longest ramp allowed).
 pub const MAX_RAMP_MS: u64 = 3_600_000;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Forced {
-    ForcedOpen,
-    ForcedClosed,
-}
 
 /// One override as the proxy keeps it; `until_ms == 0` means until the control plane ends it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,23 +44,6 @@ pub struct RemoteView {
     pub ended: Vec<Ended>,
 }
 
-/// A snapshot as the control plane sends it (DESIGN, "Snapshot body"); unknown fields ignored.
-#[derive(Deserialize, Debug)]
-struct RawSnapshot {
-    version: u64,
-    breakers: Vec<RawEntry>,
-}
-
-#[derive(Deserialize, Debug)]
-struct RawEntry {
-    key: String,
-    state: Forced,
-    #[serde(default)]
-    reason: Option<String>,
-    #[serde(default)]
-    until: Option<String>,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     pub version: u64,
@@ -83,16 +61,19 @@ pub enum SnapshotError {
     },
 }
 
+/// Parses a snapshot body into the overrides this proxy applies. Entries in states it does not
+/// act on (added by a newer control plane) are skipped, not refused.
 pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, SnapshotError> {
     if body.len() > MAX_SNAPSHOT_BYTES {
         return Err(SnapshotError::TooLarge(body.len()));
     }
-    let raw: RawSnapshot = serde_json::from_slice(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
+    let raw: SnapshotBody = serde_json::from_slice(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     let mut overrides = Vec::with_capacity(raw.breakers.len());
     for (i, e) in raw.breakers.into_iter().enumerate() {
         if e.key.is_empty() {
             return Err(SnapshotError::Malformed(format!("breakers[{i}].key: empty")));
         }
+        let EntryState::Forced(state) = e.state else { continue };
         let until_ms = match e.until.as_deref() {
             None => 0,
             Some(t) => parse_rfc3339_ms(t)
@@ -100,7 +81,7 @@ pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, SnapshotError> {
                 .max(1),
         };
         let reason = e.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| "forced".to_string());
-        overrides.push(Override { key: e.key, state: e.state, reason, until_ms });
+        overrides.push(Override { key: e.key, state, reason, until_ms });
     }
     Ok(Snapshot { version: raw.version, overrides })
 }
@@ -211,73 +192,8 @@ fn spread(ms: u64, jitter: f64, unit: f64) -> u64 {
     ms + (ms as f64 * jitter * unit) as u64
 }
 
-/// Milliseconds since the epoch of an RFC 3339 timestamp (`2026-11-22T10:00:00Z`, optional
-/// fraction, `Z` or a numeric offset).
-pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' {
-        return None;
-    }
-    if b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = s.get(r)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return None;
-        }
-        part.parse().ok()
-    };
-    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let ms_digits: String = frac[..digits].chars().chain("000".chars()).take(3).collect();
-        millis = ms_digits.parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset_s = match rest {
-        "Z" | "z" => 0,
-        _ => {
-            let sign = match rest.as_bytes().first()? {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
-                return None;
-            }
-            let (h, m) = (rest[1..3].parse::<i64>().ok()?, rest[4..6].parse::<i64>().ok()?);
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let days = days_from_civil(year, month, day);
-    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
-    u64::try_from(secs * 1000 + millis).ok()
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
 
     const STALE: u64 = 120_000;
@@ -311,13 +227,21 @@ mod tests {
     }
 
     #[test]
+    fn skips_entries_in_states_it_does_not_act_on() {
+        let body = br#"{"version":2,"breakers":[{"key":"a","state":"reset","event_id":"e1"},
+                                                {"key":"b","state":"forced_open"}]}"#;
+        let s = parse_snapshot(body).unwrap();
+        assert_eq!(s.overrides.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["b"]);
+    }
+
+    #[test]
     fn refuses_malformed_truncated_and_oversized_snapshots() {
         let good = br#"{"version":1,"breakers":[{"key":"a","state":"forced_open"}]}"#;
         assert!(parse_snapshot(good).is_ok());
         for bad in [
             &good[..good.len() - 3],
             br#"{"version":-1,"breakers":[]}"#.as_slice(),
-            br#"{"version":1,"breakers":[{"key":"a","state":"half_open"}]}"#,
+            br#"{"version":1,"breakers":[{"key":"a","state":7}]}"#,
             br#"{"version":1,"breakers":[{"key":"","state":"forced_open"}]}"#,
             br#"{"version":1,"breakers":[{"key":"a","state":"forced_open","until":"tomorrow"}]}"#,
             br#"{"breakers":[]}"#,
@@ -332,17 +256,6 @@ mod tests {
         let mut big = br#"{"version":1,"breakers":[],"pad":""#.to_vec();
         big.resize(MAX_SNAPSHOT_BYTES + 1, b'x');
         assert!(matches!(parse_snapshot(&big), Err(SnapshotError::TooLarge(_))));
-    }
-
-    #[test]
-    fn parses_rfc3339_forms() {
-        assert_eq!(parse_rfc3339_ms("2026-11-22T10:00:00Z"), Some(T0));
-        assert_eq!(parse_rfc3339_ms("2026-11-22T12:00:00+02:00"), Some(T0));
-        assert_eq!(parse_rfc3339_ms("2000-02-29T23:59:59.123Z"), Some(951_868_799_123));
-        assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T10:00:00", "2026-11-22T10:00:00.Z"] {
-            assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
-        }
     }
 
     #[test]

@@ -1,0 +1,85 @@
+//! The control contract, end to end across the two sides: every snapshot floodgate-control
+//! serves parses in the filter's parser (floodgate-core, the code floodgate.wasm runs), and every
+//! fleet header the filter sends decodes in floodgate-control's fleet table.
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
+
+mod common;
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use common::*;
+use floodgate_control::engine::Rules;
+use floodgate_control::store::MemoryStore;
+use floodgate_core::remote::{parse_snapshot, Forced};
+use floodgate_core::wire::{encode_fleet_header, percent_encode};
+use proptest::prelude::*;
+
+fn unlimited() -> Rules {
+    Rules { cooldown_ms: 0, max_activations_per_hour: u32::MAX, ..Rules::default() }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Keys as operators and Envoy name breakers: cluster names with dots and pipes, `*`, odd bytes.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof!["[a-z_]{1,12}", "outbound\\|[0-9]{2,4}\\|\\|[a-z.]{1,20}", Just("*".to_string()), "[!-~]{1,30}"]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_snapshot_the_control_plane_serves_parses_in_the_filter(
+        activations in proptest::collection::btree_map(key(), ("[ -~]{0,40}", proptest::option::of(1u64..100_000)), 0..12)
+    ) {
+        runtime().block_on(async {
+            let r = app_for(state(Arc::new(MemoryStore::default()), unlimited()));
+            for (key, (reason, ttl_s)) in &activations {
+                let body = serde_json::json!({"reason": reason, "ttl_s": ttl_s}).to_string();
+                let uri = format!("/api/v1/breakers/{}/activate", percent_encode(key));
+                let (status, json, _) = call(&r, "POST", &uri, bearer(), &body).await;
+                prop_assert!(status.is_success(), "{uri}: {status} {json}");
+            }
+            let (status, _, text) = call(&r, "GET", "/v1/snapshot", bearer(), "").await;
+            prop_assert_eq!(status, StatusCode::OK);
+            let snapshot = parse_snapshot(text.as_bytes());
+            prop_assert!(snapshot.is_ok(), "the filter refused {text}: {snapshot:?}");
+            let snapshot = snapshot.unwrap();
+            prop_assert_eq!(snapshot.overrides.len(), activations.len());
+            for o in &snapshot.overrides {
+                let (reason, ttl_s) = &activations[&o.key];
+                prop_assert_eq!(o.state, Forced::ForcedOpen);
+                prop_assert_eq!(&o.reason, if reason.is_empty() { "forced" } else { reason.as_str() });
+                prop_assert_eq!(o.until_ms == 0, ttl_s.is_none());
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
+    fn every_fleet_header_the_filter_sends_shows_in_the_fleet_table(
+        states in proptest::collection::btree_map(key(), prop_oneof!["closed", "open", "half_open"], 0..20)
+    ) {
+        runtime().block_on(async {
+            let r = app_for(state(Arc::new(MemoryStore::default()), unlimited()));
+            let header = encode_fleet_header(states.iter().map(|(k, s)| (k.as_str(), s.as_str())));
+            let req = axum::http::Request::get("/v1/snapshot")
+                .header("authorization", "Bearer s3cret")
+                .header("x-floodgate-proxy", "envoy-1")
+                .header("x-floodgate-breakers", header)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let resp = tower::ServiceExt::oneshot(r.clone(), req).await.unwrap();
+            prop_assert_eq!(resp.status(), StatusCode::OK);
+            let (_, fleet, _) = call(&r, "GET", "/api/v1/fleet", bearer(), "").await;
+            let shown: std::collections::BTreeMap<String, String> =
+                serde_json::from_value(fleet["proxies"][0]["breakers"].clone()).unwrap();
+            prop_assert_eq!(shown, states);
+            Ok(())
+        })?;
+    }
+}
