@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::filter_costs::{FilterCosts, SHED_ALL_ADMITTED, UPGRADE_REFUSED};
-use crate::results::{Control, FixedRate, Results, Sustained, UpgradeRow};
+use crate::results::{Control, FixedRate, Results, Sustained};
 use crate::setups::name;
 
 /// The whole report.
@@ -56,7 +56,7 @@ fn cpu_added(f: &FixedRate, name: &str) -> f64 {
     cpu(name) - cpu(name::NONE)
 }
 
-/// Latency of `name` at quantile p50 and p99 minus no filter's, in µs.
+/// Latency added by `name` over no filter at p50 and p99, in µs.
 fn latency_added(f: &FixedRate, name: &str) -> (i64, i64) {
     let get = |n: &str| f.row(n).map_or((0, 0), |r| (r.p50 as i64, r.p99 as i64));
     let ((a50, a99), (b50, b99)) = (get(name), get(name::NONE));
@@ -129,7 +129,7 @@ fn saturation(md: &mut String, r: &Results) {
 }
 
 fn upgrade_cpu(r: &Results, name: &str) -> f64 {
-    r.upgrades.iter().find(|u| u.name == name).map_or(0.0, |u: &UpgradeRow| u.cpu_us)
+    r.upgrades.iter().find(|u| u.name == name).map_or(0.0, |u| u.cpu_us)
 }
 
 /// (CPU to admit an upgrade through Floodgate, to refuse one, how many times cheaper refusing is).
@@ -360,7 +360,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::results::{LatencyRow, Memory, Plan, Webhook};
+    use crate::results::{LatencyRow, Memory, Plan, UpgradeRow, Webhook};
 
     fn latency(name: &'static str, p50: u64, cpu_us: f64) -> LatencyRow {
         LatencyRow { name, p50, p90: p50 + 500, p99: p50 + 1000, cpu_us, errors: 0 }
