@@ -18,4 +18,5 @@ test-envoy-all: wasm
 	  echo "== Envoy $$v"; \
 	  FLOODGATE_ENVOY=$(call envoy_of,$$v) FLOODGATE_ENVOY_VERSION=$$v $(ENVOY_SUITE); \
 	done
+	@echo "== Envoy 1.40"
 	FLOODGATE_ENVOY=$(FLOODGATE_ENVOY) FLOODGATE_ENVOY_VERSION=1.40 $(ENVOY_SUITE)
