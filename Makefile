@@ -12,6 +12,7 @@ TEST_TARGETS :=
 help:
 	@echo "make demo   - run the whole loop locally and print a timeline"
 	@echo "make test   - run every test (installs what it needs)"
+	@echo "make test-envoy-all - the real-Envoy suite on every supported Envoy (1.36.4, 1.37.0, 1.39.3, 1.40)"
 	@echo "make build  - build floodgate.wasm and floodgate-control"
 	@echo "make lint   - rustfmt check and clippy (no unwrap/expect/panic outside tests)"
 	@echo "make bench  - benchmarks, written to BENCHMARKS.md (bench-quick: a short smoke run)"

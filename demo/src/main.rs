@@ -7,9 +7,14 @@
 //! closes. Act 2: the backend reports backpressure, Prometheus alerts, and every new upgrade is
 //! refused until the alert resolves; then the ramp lets clients back in. Every process started
 //! here is killed when the demo ends, also on Ctrl-C.
+//!
+//! `--short` (or `FLOODGATE_DEMO_SHORT=1`) runs the same scenario with shortened acts (about
+//! 35 seconds), for `make test`. Either way the last line is `demo-summary: {json}`, the numbers
+//! the summary prints, for a test to check.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -33,6 +38,40 @@ struct Counters {
     sessions_alive: AtomicI64,
     echoes: AtomicU64,
     echo_failures: AtomicU64,
+    /// Refusals by the `reason` in Floodgate's JSON body.
+    refused_by_reason: Mutex<BTreeMap<String, u64>>,
+}
+
+/// When each act starts and ends (seconds from the start of the load). Act 2's relief waits until
+/// the forced-open has been seen for `hold` seconds, and the run until the release has been seen
+/// for `hold` seconds, each at most `slack` seconds past its planned time, so a slow machine
+/// still shows the whole act.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    fail: u64,
+    heal: u64,
+    pressure: u64,
+    relief: u64,
+    end: u64,
+    hold: u64,
+    slack: u64,
+}
+
+impl Timing {
+    const FULL: Timing = Timing { fail: 6, heal: 14, pressure: 30, relief: 60, end: 80, hold: 3, slack: 30 };
+    /// Act 1: the breaker opens within a second of the failures and its 3 s open time ends after
+    /// the backend healed, so the first probes close it. Act 2: as long as the alert path needs.
+    const SHORT: Timing = Timing { fail: 3, heal: 6, pressure: 12, relief: 18, end: 26, hold: 3, slack: 25 };
+
+    fn from_args() -> Timing {
+        let short_flag = std::env::args().skip(1).any(|a| a == "--short");
+        let short_env = std::env::var("FLOODGATE_DEMO_SHORT").is_ok_and(|v| !v.is_empty() && v != "0");
+        if short_flag || short_env {
+            Timing::SHORT
+        } else {
+            Timing::FULL
+        }
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
@@ -47,7 +86,8 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    println!("Floodgate demo: the whole loop on this machine (about 90 seconds)\n");
+    let timing = Timing::from_args();
+    println!("Floodgate demo: the whole loop on this machine (about {} seconds)\n", timing.end + 10);
     let redis = Redis::start().await?;
     step(&format!("redis-server on :{}", redis.port));
     let url = redis.url();
@@ -92,23 +132,38 @@ async fn run() -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last = Snapshot::default();
     let mut summary = Summary::default();
-    let script: &[(u64, &str)] = &[
-        (6, "backend starts failing handshakes (503)"),
-        (14, "backend healthy again"),
-        (30, "backend backpressure rises to 0.97"),
-        (60, "backend backpressure falls to 0.30"),
-    ];
-    for second in 1..=80u64 {
+    let (mut healed, mut pressured, mut relieved) = (false, false, false);
+    let mut failing = false;
+    let mut second = 0u64;
+    loop {
+        second += 1;
         tokio::time::sleep_until((start + Duration::from_secs(second)).into()).await;
         let mut events = Vec::new();
-        for (at, what) in script.iter().filter(|(at, _)| *at == second) {
-            match at {
-                6 => backend.control.set_mode(Mode::FailHandshakes(503)),
-                14 => backend.control.set_mode(Mode::Healthy),
-                30 => backend.control.set_backpressure(0.97),
-                _ => backend.control.set_backpressure(0.30),
-            }
-            events.push(what.to_string());
+        if second == timing.fail {
+            backend.control.set_mode(Mode::FailHandshakes(503));
+            failing = true;
+            summary.alive_at_incident = Some(counters.sessions_alive.load(Ordering::SeqCst));
+            events.push("backend starts failing handshakes (503)".to_string());
+        }
+        if failing && !healed && second >= timing.heal {
+            backend.control.set_mode(Mode::Healthy);
+            healed = true;
+            events.push("backend healthy again".to_string());
+        }
+        if !pressured && second >= timing.pressure {
+            backend.control.set_backpressure(0.97);
+            pressured = true;
+            events.push("backend backpressure rises to 0.97".to_string());
+        }
+        let forced_long_enough = summary.forced_at.is_some_and(|f| second >= f + timing.hold);
+        if pressured
+            && !relieved
+            && second >= timing.relief
+            && (forced_long_enough || second >= timing.relief + timing.slack)
+        {
+            backend.control.set_backpressure(0.30);
+            relieved = true;
+            events.push("backend backpressure falls to 0.30".to_string());
         }
         let now = Snapshot::read(&envoy, &counters).await;
         let state = now.state_name();
@@ -128,7 +183,15 @@ async fn run() -> anyhow::Result<()> {
         if d.ramp > 0 {
             events.push(format!("recovery ramp held back {}", d.ramp));
         }
-        summary.add(&d);
+        let act = if second < timing.fail {
+            Act::Before
+        } else if second <= timing.pressure {
+            Act::One
+        } else {
+            Act::Two
+        };
+        let forced_throughout = now.forced >= 1.0 && last.forced >= 1.0;
+        summary.add(&d, act, forced_throughout);
         println!(
             "{:>4}s  {:<26} {:>9} {:>8} {:>8}  {:>8}  {}",
             second,
@@ -140,6 +203,10 @@ async fn run() -> anyhow::Result<()> {
             events.join("; ")
         );
         last = now;
+        let released_long_enough = summary.released_at.is_some_and(|r| second >= r + timing.hold);
+        if relieved && second >= timing.end && (released_long_enough || second >= timing.end + timing.slack) {
+            break;
+        }
     }
     summary.print(&counters);
     // Dropping these kills the processes; listed so the order is explicit.
@@ -211,8 +278,12 @@ async fn new_connections(listen: std::net::SocketAddr, c: Arc<Counters>) {
             match client::upgrade(listen, "/ws").await {
                 Ok(Upgrade::Open(_)) => c.admitted.fetch_add(1, Ordering::SeqCst),
                 Ok(Upgrade::Refused(r)) if r.headers.contains_key("x-floodgate") => {
-                    if r.json()["reason"] == "recovery_ramp" {
+                    let reason = r.json()["reason"].as_str().unwrap_or("unknown").to_string();
+                    if reason == "recovery_ramp" {
                         c.refused_ramp.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if let Ok(mut by) = c.refused_by_reason.lock() {
+                        *by.entry(reason).or_default() += 1;
                     }
                     c.refused.fetch_add(1, Ordering::SeqCst)
                 }
@@ -282,11 +353,44 @@ impl Snapshot {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Act {
+    Before,
+    One,
+    Two,
+}
+
+/// New upgrades in one part of the run.
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    admitted: u64,
+    refused: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, d: &Snapshot) {
+        self.admitted += d.admitted;
+        self.refused += d.refused;
+        self.failed += d.failed;
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({"admitted": self.admitted, "refused": self.refused, "failed": self.failed})
+    }
+}
+
 #[derive(Default)]
 struct Summary {
     admitted: u64,
     refused: u64,
     failed: u64,
+    act1: Tally,
+    act2: Tally,
+    /// Seconds during which the control plane's forced-open held from start to end.
+    forced: Tally,
+    forced_seconds: u64,
+    alive_at_incident: Option<i64>,
     opened_at: Option<u64>,
     closed_at: Option<u64>,
     forced_at: Option<u64>,
@@ -296,10 +400,19 @@ struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, d: &Snapshot) {
+    fn add(&mut self, d: &Snapshot, act: Act, forced_throughout: bool) {
         self.admitted += d.admitted;
         self.refused += d.refused;
         self.failed += d.failed;
+        match act {
+            Act::Before => {}
+            Act::One => self.act1.add(d),
+            Act::Two => self.act2.add(d),
+        }
+        if forced_throughout {
+            self.forced.add(d);
+            self.forced_seconds += 1;
+        }
     }
 
     fn note_state(&mut self, state: &str, second: u64) {
@@ -331,6 +444,26 @@ impl Summary {
             let from = self.activated_at.map(|a| format!(" (activation recorded at {a}s)")).unwrap_or_default();
             println!("  act 2: alert -> forced_open at {f}s{from}; released at {}", fmt_opt(self.released_at));
         }
+        let by_reason = c.refused_by_reason.lock().map(|m| m.clone()).unwrap_or_default();
+        let json = serde_json::json!({
+            "steady_sessions": STEADY_SESSIONS,
+            "alive_at_incident": self.alive_at_incident,
+            "alive_at_end": alive,
+            "echoes": c.echoes.load(Ordering::SeqCst),
+            "echo_failures": c.echo_failures.load(Ordering::SeqCst),
+            "total": {"admitted": self.admitted, "refused": self.refused, "failed": self.failed},
+            "act1": self.act1.json(),
+            "act2": self.act2.json(),
+            "forced_open": {"seconds": self.forced_seconds, "admitted": self.forced.admitted,
+                            "refused": self.forced.refused, "failed": self.forced.failed},
+            "refused_by_reason": by_reason,
+            "opened_at": self.opened_at,
+            "closed_at": self.closed_at,
+            "forced_at": self.forced_at,
+            "activated_at": self.activated_at,
+            "released_at": self.released_at,
+        });
+        println!("\ndemo-summary: {json}");
     }
 }
 

@@ -39,6 +39,7 @@ fn yaml_docs(path: &Path) -> Vec<Value> {
 enum S {
     Str,
     Int,
+    Bool,
     /// Free-form (pluginConfig, patch values: checked by Envoy instead).
     Any,
     Enum(&'static [&'static str]),
@@ -165,7 +166,7 @@ fn envoy_filter_spec() -> S {
 fn check(schema: &S, v: &Value, at: &str, errors: &mut Vec<String>) {
     match (schema, v) {
         (S::Any, _) => {}
-        (S::Str, Value::String(_)) | (S::Int, Value::Number(_)) => {}
+        (S::Str, Value::String(_)) | (S::Int, Value::Number(_)) | (S::Bool, Value::Bool(_)) => {}
         (S::Enum(values), Value::String(s)) if values.contains(&s.as_str()) => {}
         (S::Enum(values), _) => errors.push(format!("{at}: {v} is not one of {values:?}")),
         (S::MapOfStr, Value::Object(m)) => {
@@ -184,7 +185,7 @@ fn check(schema: &S, v: &Value, at: &str, errors: &mut Vec<String>) {
             for (k, x) in m {
                 match fields.iter().find(|(name, _)| name == k) {
                     Some((_, s)) => check(s, x, &format!("{at}.{k}"), errors),
-                    None => errors.push(format!("{at}.{k}: not a field of the Istio API")),
+                    None => errors.push(format!("{at}.{k}: not a field of the API")),
                 }
             }
         }
@@ -211,14 +212,14 @@ fn istio_errors(doc: &Value) -> Vec<String> {
 #[test]
 fn istio_manifests_use_only_fields_and_values_of_the_istio_api() {
     let mut checked = 0;
-    for file in ["wasmplugin.yaml", "envoyfilter.yaml"] {
+    for file in ["wasmplugin.yaml", "wasmplugin-gateway.yaml", "envoyfilter.yaml"] {
         for doc in yaml_docs(&root().join("deploy/istio").join(file)) {
             let errors = istio_errors(&doc);
             assert!(errors.is_empty(), "{file}: {errors:#?}");
             checked += 1;
         }
     }
-    assert_eq!(checked, 2);
+    assert_eq!(checked, 3);
     // The checker itself catches a misspelled field and a wrong enum value.
     let mut bad = yaml_docs(&root().join("deploy/istio/wasmplugin.yaml")).remove(0);
     bad["spec"]["failStrategy"] = "FAIL_SOMETIMES".into();
@@ -278,6 +279,23 @@ async fn the_wasmplugin_plugin_config_is_accepted_by_the_real_filter() {
 }
 
 #[tokio::test]
+async fn the_ingress_gateway_wasmplugin_selects_the_gateway_in_client_mode_and_its_config_loads_into_the_real_filter() {
+    let sidecar = yaml_docs(&root().join("deploy/istio/wasmplugin.yaml")).remove(0);
+    let gateway = yaml_docs(&root().join("deploy/istio/wasmplugin-gateway.yaml")).remove(0);
+    assert_eq!(gateway["spec"]["selector"]["matchLabels"]["istio"], "ingressgateway");
+    // Istio applies CLIENT (not SERVER) to a gateway's listeners.
+    let modes: Vec<&Value> = gateway["spec"]["match"].as_array().unwrap().iter().map(|m| &m["mode"]).collect();
+    assert_eq!(modes, [&Value::from("CLIENT")]);
+    for same in ["url", "sha256", "phase", "type", "failStrategy"] {
+        assert_eq!(gateway["spec"][same], sidecar["spec"][same], "{same} differs from the sidecar plugin");
+    }
+    let config = &gateway["spec"]["pluginConfig"];
+    assert!(config["breakers"].as_object().unwrap().keys().all(|k| k.starts_with("outbound|")), "{config}");
+    let log = envoy_accepts(&config.to_string()).await.unwrap_or_else(|e| panic!("refused:\n{e}"));
+    assert!(log.contains("configured (Http"), "{log}");
+}
+
+#[tokio::test]
 async fn the_envoyfilter_patches_load_into_a_real_envoy() {
     require_wasm();
     let doc = yaml_docs(&root().join("deploy/istio/envoyfilter.yaml")).remove(0);
@@ -307,6 +325,263 @@ async fn the_envoyfilter_patches_load_into_a_real_envoy() {
     assert!(ok, "envoy --mode validate:\n{log}");
     let envoy = Envoy::start(&config, ports, 1).await.unwrap_or_else(|e| panic!("{e}"));
     assert!(envoy.log().contains("configured (Http"), "{}", envoy.log());
+}
+
+// ---- Envoy Gateway ----
+
+/// Fields of the Envoy Gateway API (gateway.envoyproxy.io/v1alpha1, from its Go types in
+/// api/v1alpha1 as of v1.9): EnvoyExtensionPolicy, EnvoyProxy, BackendTrafficPolicy. Every field
+/// of each spec is listed; the subtrees Floodgate's manifests use are spelled out, the others are
+/// `Any`.
+fn eg_target_ref() -> S {
+    obj(vec![("group", S::Str), ("kind", S::Str), ("name", S::Str), ("sectionName", S::Str)])
+}
+
+fn eg_secret_ref() -> S {
+    obj(vec![("group", S::Str), ("kind", S::Str), ("name", S::Str), ("namespace", S::Str)])
+}
+
+fn eg_policy_targets(mut rest: Vec<(&'static str, S)>) -> S {
+    let mut fields =
+        vec![("targetRef", eg_target_ref()), ("targetRefs", list(eg_target_ref())), ("targetSelectors", S::Any)];
+    fields.append(&mut rest);
+    obj(fields)
+}
+
+fn eg_merge_type() -> S {
+    S::Enum(&["StrategicMerge", "JSONMerge", "Replace"])
+}
+
+fn envoy_extension_policy_spec() -> S {
+    let tls = || obj(vec![("caCertificateRef", eg_secret_ref())]);
+    let wasm = obj(vec![
+        ("name", S::Str),
+        ("rootID", S::Str),
+        (
+            "code",
+            obj(vec![
+                ("type", S::Enum(&["HTTP", "Image"])),
+                ("http", obj(vec![("url", S::Str), ("sha256", S::Str), ("tls", tls())])),
+                (
+                    "image",
+                    obj(vec![("url", S::Str), ("sha256", S::Str), ("pullSecretRef", eg_secret_ref()), ("tls", tls())]),
+                ),
+                ("pullPolicy", S::Enum(&["IfNotPresent", "Always"])),
+            ]),
+        ),
+        ("config", S::Any),
+        ("failOpen", S::Bool),
+        ("env", obj(vec![("hostKeys", list(S::Str))])),
+    ]);
+    eg_policy_targets(vec![
+        ("mergeType", eg_merge_type()),
+        ("wasm", list(wasm)),
+        ("extProc", S::Any),
+        ("lua", S::Any),
+        ("dynamicModule", S::Any),
+    ])
+}
+
+fn envoy_proxy_spec() -> S {
+    let mut fields: Vec<(&'static str, S)> = [
+        "provider",
+        "logging",
+        "telemetry",
+        "concurrency",
+        "routingType",
+        "extraArgs",
+        "mergeGateways",
+        "mergeBackends",
+        "shutdown",
+        "filterOrder",
+        "backendTLS",
+        "ipFamily",
+        "preserveRouteOrder",
+        "luaValidation",
+        "lua",
+        "dynamicModules",
+        "geoIP",
+        "mergeType",
+    ]
+    .into_iter()
+    .map(|f| (f, S::Any))
+    .collect();
+    fields.push((
+        "bootstrap",
+        obj(vec![("type", S::Enum(&["Merge", "Replace", "JSONPatch"])), ("value", S::Str), ("jsonPatches", S::Any)]),
+    ));
+    obj(fields)
+}
+
+fn backend_traffic_policy_spec() -> S {
+    let mut fields: Vec<(&'static str, S)> = [
+        // ClusterSettings (inline)
+        "loadBalancer",
+        "retry",
+        "proxyProtocol",
+        "tcpKeepalive",
+        "healthCheck",
+        "timeout",
+        "connection",
+        "dns",
+        "http2",
+        // BackendTrafficPolicySpec
+        "rateLimit",
+        "bandwidthLimit",
+        "faultInjection",
+        "admissionControl",
+        "useClientProtocol",
+        "compression",
+        "compressor",
+        "responseOverride",
+        "httpUpgrade",
+        "requestBuffer",
+        "telemetry",
+        "routingType",
+    ]
+    .into_iter()
+    .map(|f| (f, S::Any))
+    .collect();
+    fields.push(("mergeType", eg_merge_type()));
+    fields.push((
+        "circuitBreaker",
+        obj(vec![
+            ("maxConnections", S::Int),
+            ("maxPendingRequests", S::Int),
+            ("maxParallelRequests", S::Int),
+            ("maxParallelRetries", S::Int),
+            ("maxRequestsPerConnection", S::Int),
+            ("perEndpoint", obj(vec![("maxConnections", S::Int)])),
+            ("retryBudget", S::Any),
+        ]),
+    ));
+    eg_policy_targets(fields)
+}
+
+fn envoy_gateway_errors(doc: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    let spec_schema = match (doc["apiVersion"].as_str(), doc["kind"].as_str()) {
+        (Some("gateway.envoyproxy.io/v1alpha1"), Some("EnvoyExtensionPolicy")) => envoy_extension_policy_spec(),
+        (Some("gateway.envoyproxy.io/v1alpha1"), Some("EnvoyProxy")) => envoy_proxy_spec(),
+        (Some("gateway.envoyproxy.io/v1alpha1"), Some("BackendTrafficPolicy")) => backend_traffic_policy_spec(),
+        (api, kind) => panic!("unexpected resource {api:?} {kind:?}"),
+    };
+    for k in doc.as_object().unwrap().keys() {
+        if !["apiVersion", "kind", "metadata", "spec"].contains(&k.as_str()) {
+            errors.push(format!("{k}: not a resource field"));
+        }
+    }
+    check(&spec_schema, &doc["spec"], "spec", &mut errors);
+    errors
+}
+
+fn envoy_gateway_doc(file: &str) -> Value {
+    yaml_docs(&root().join("deploy/envoy-gateway").join(file)).remove(0)
+}
+
+#[test]
+fn envoy_gateway_manifests_use_only_fields_and_values_of_the_envoy_gateway_api() {
+    let mut checked = 0;
+    for file in ["envoyextensionpolicy.yaml", "envoyproxy.yaml", "backendtrafficpolicy.yaml"] {
+        for doc in yaml_docs(&root().join("deploy/envoy-gateway").join(file)) {
+            let errors = envoy_gateway_errors(&doc);
+            assert!(errors.is_empty(), "{file}: {errors:#?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3);
+    // The wasm comes from an OCI image with its digest, and the checker catches mistakes.
+    let policy = envoy_gateway_doc("envoyextensionpolicy.yaml");
+    let code = &policy["spec"]["wasm"][0]["code"];
+    assert_eq!(code["type"], "Image");
+    assert_eq!(code["image"]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(policy["spec"]["wasm"][0]["rootID"], "floodgate");
+    let mut bad = policy.clone();
+    bad["spec"]["wasm"][0]["code"]["type"] = "Oci".into();
+    bad["spec"]["wasm"][0]["vmID"] = "x".into();
+    assert_eq!(envoy_gateway_errors(&bad).len(), 2, "{:?}", envoy_gateway_errors(&bad));
+    // Enough upstream connections and requests for 10,000 WebSockets.
+    let capacity = envoy_gateway_doc("backendtrafficpolicy.yaml");
+    for field in ["maxConnections", "maxPendingRequests", "maxParallelRequests"] {
+        let v = capacity["spec"]["circuitBreaker"][field].as_u64().unwrap();
+        assert!(v >= 10_000, "circuitBreaker.{field} is {v}");
+    }
+}
+
+/// The bootstrap fragment of envoyproxy.yaml (`bootstrap.value`, merged by Envoy Gateway).
+fn envoy_gateway_bootstrap_patch() -> Value {
+    let proxy = envoy_gateway_doc("envoyproxy.yaml");
+    assert_eq!(proxy["spec"]["bootstrap"]["type"], "Merge");
+    let value = proxy["spec"]["bootstrap"]["value"].as_str().unwrap();
+    serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(value).unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_envoy_gateway_policy_and_bootstrap_patch_run_in_a_real_envoy_as_envoy_gateway_translates_them() {
+    require_wasm();
+    let policy = envoy_gateway_doc("envoyextensionpolicy.yaml");
+    let wasm = &policy["spec"]["wasm"][0];
+    let plugin = &wasm["config"];
+    let patch = envoy_gateway_bootstrap_patch();
+    let token = plugin["control"]["token"].as_str().unwrap();
+    let control = ControlPlane::start(0, token, &[]).await.unwrap();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let rendered = envoy::render("http-websocket.yaml", ports, &[]).unwrap();
+    let mut bootstrap: Value =
+        serde_json::to_value(serde_yaml::from_str::<serde_yaml::Value>(&rendered).unwrap()).unwrap();
+    // The filter as Envoy Gateway writes it (internal/xds/translator/wasm.go): its own vm_id, the
+    // policy's rootID, `config` as a JSON string, failOpen; the code from its cache, a local file here.
+    let filter = serde_json::json!({
+        "name": "floodgate",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": wasm["name"],
+                "root_id": wasm["rootID"],
+                "fail_open": wasm["failOpen"],
+                "vm_config": {
+                    "vm_id": "envoyextensionpolicy/collab/floodgate/wasm/0",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": envoy::wasm_path().display().to_string()}}
+                },
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": plugin.to_string()}
+            }
+        }
+    });
+    let hcm = &mut bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["http_filters"][0] = filter;
+    // The bootstrap patch, merged (repeated fields append): stats tags only from the patch, and
+    // its control-plane cluster, pointed at the control plane started here.
+    bootstrap["stats_config"] = patch["stats_config"].clone();
+    let mut clusters = patch["static_resources"]["clusters"].as_array().unwrap().clone();
+    assert_eq!(clusters[0]["name"], plugin["control"]["cluster"], "the plugin polls the cluster the patch adds");
+    clusters[0]["type"] = "STATIC".into();
+    clusters[0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
+        serde_json::json!({"address": "127.0.0.1", "port_value": control.addr.port()});
+    bootstrap["static_resources"]["clusters"].as_array_mut().unwrap().extend(clusters);
+    let config = serde_json::to_string_pretty(&bootstrap).unwrap();
+    let (ok, log) = envoy::validate(&config).await.unwrap();
+    assert!(ok, "envoy --mode validate:\n{log}");
+    let e = Envoy::start(&config, ports, 2).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(e.log().contains("configured (Http"), "{}", e.log());
+    // The poller reaches floodgate-control through the patch's cluster...
+    eventually(Duration::from_secs(15), "the proxy in floodgate-control's fleet", || async {
+        let fleet = control.json("GET", "/api/v1/fleet", "").await.ok()?;
+        (!fleet["proxies"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    // ...and the patch's stats tags make the breaker a label.
+    backend.control.set_mode(Mode::FailHandshakes(503));
+    for _ in 0..plugin["defaults"]["consecutive_failures"].as_u64().unwrap() {
+        let _ = client::upgrade(e.listen, "/ws").await.unwrap();
+    }
+    match client::upgrade(e.listen, "/ws").await.unwrap() {
+        Upgrade::Refused(r) => assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("open"), "{}", r.body),
+        Upgrade::Open(_) => panic!("the breaker did not open"),
+    }
+    let text = e.prometheus().await.unwrap();
+    assert!(text.contains("floodgate_state{breaker=\"collab_ws\"} 2"), "{text}");
 }
 
 // ---- docker-compose ----

@@ -363,3 +363,213 @@ async fn behind_the_upgrade_matcher_plain_requests_skip_the_filter() {
     assert!(!headers.contains_key("x-floodgate"));
     assert_eq!(p.backend.control.plain_requests(), 1, "the plain request reached the backend");
 }
+
+// ---- The Envoy release under test ----
+
+#[tokio::test]
+async fn the_envoy_under_test_is_the_binary_named_and_reports_the_release_asked_for() {
+    let p = proxy(&cfg(serde_json::json!({}))).await;
+    let (status, _, body) = client::http_get(p.envoy.admin, "/server_info").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // "<commit>/1.40.0/Clean/RELEASE/BoringSSL"
+    let version = info["version"].as_str().unwrap();
+    let release = version.split('/').nth(1).unwrap();
+    let binary = envoy::envoy_binary();
+    let out = std::process::Command::new(&binary).arg("--version").output().unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(version), "{} --version says {printed:?}, the running Envoy {version}", binary.display());
+    match std::env::var("FLOODGATE_ENVOY_VERSION") {
+        Ok(want) => assert!(
+            release == want || release.starts_with(&format!("{want}.")),
+            "asked for Envoy {want} ({}), running {release}",
+            binary.display()
+        ),
+        Err(_) => println!("FLOODGATE_ENVOY_VERSION unset: not checking the release"),
+    }
+    println!("Envoy {release} from {}", binary.display());
+}
+
+// ---- Many WebSockets through a shipped config ----
+
+/// The Envoy configs the project ships (and the templates its demo and bench run).
+fn shipped_envoy_configs() -> Vec<std::path::PathBuf> {
+    let root = floodgate_demo::repo_root();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("envoy"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.push(root.join("deploy/compose/envoy.yaml"));
+    files.push(root.join("bench/envoy/base.yaml"));
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_envoy_config_lets_each_upstream_cluster_hold_at_least_10000_websockets() {
+    let mut checked = 0;
+    for file in shipped_envoy_configs() {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let clusters = doc["static_resources"]["clusters"].as_sequence().unwrap();
+        for c in clusters {
+            let name = c["name"].as_str().unwrap();
+            if name == "floodgate_control" {
+                continue; // one long-poll per Envoy
+            }
+            let thresholds = c["circuit_breakers"]["thresholds"]
+                .as_sequence()
+                .unwrap_or_else(|| panic!("{}: cluster {name} keeps Envoy's default 1,024", file.display()));
+            let default = thresholds
+                .iter()
+                .find(|t| t.get("priority").is_none_or(|p| p.as_str() == Some("DEFAULT")))
+                .unwrap_or_else(|| panic!("{}: {name} has no DEFAULT-priority thresholds", file.display()));
+            for field in ["max_connections", "max_pending_requests", "max_requests"] {
+                let v = default[field].as_u64().unwrap_or(0);
+                assert!(v >= 10_000, "{}: {name}.{field} is {v}, below 10,000", file.display());
+            }
+            checked += 1;
+        }
+        let why = text.contains("1,024") || text.contains("Envoy's own limits never interfere");
+        assert!(why, "{}: say why the thresholds are raised", file.display());
+    }
+    assert!(checked >= 6, "checked {checked} clusters");
+}
+
+// ---- HTTP/2 WebSockets (RFC 8441 extended CONNECT) ----
+
+/// What Envoy answered an HTTP/2 extended CONNECT with `:protocol: websocket`.
+struct H2Upgrade {
+    status: u16,
+    headers: std::collections::BTreeMap<String, String>,
+    send: h2::SendStream<bytes::Bytes>,
+    recv: h2::RecvStream,
+}
+
+/// Opens an HTTP/2 connection (prior knowledge, cleartext) and sends an extended CONNECT for
+/// `path`, once Envoy has advertised SETTINGS_ENABLE_CONNECT_PROTOCOL.
+///
+/// Envoy forwards it to the HTTP/1.1 backend as an HTTP/1.1 upgrade (GET, `upgrade: websocket`)
+/// and copies the other headers; it does not make up a `sec-websocket-key`, which RFC 8441
+/// clients do not send and RFC 6455 servers require, so this client sends one.
+async fn h2_upgrade(addr: std::net::SocketAddr, path: &str) -> H2Upgrade {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    eventually(Duration::from_secs(5), "Envoy to enable extended CONNECT", || {
+        let enabled = client.is_extended_connect_protocol_enabled();
+        async move { enabled.then_some(()) }
+    })
+    .await;
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{addr}{path}"))
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .body(())
+        .unwrap();
+    req.extensions_mut().insert(h2::ext::Protocol::from_static("websocket"));
+    let (response, send) = client.send_request(req, false).unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), response).await.unwrap().unwrap();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    H2Upgrade { status: response.status().as_u16(), headers, send, recv: response.into_body() }
+}
+
+impl H2Upgrade {
+    /// The rest of the response body (a refusal's JSON).
+    async fn body(mut self) -> String {
+        let mut body = Vec::new();
+        while let Some(chunk) = tokio::time::timeout(Duration::from_secs(5), self.recv.data()).await.unwrap() {
+            let chunk = chunk.unwrap();
+            let _ = self.recv.flow_control().release_capacity(chunk.len());
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body).unwrap()
+    }
+
+    /// Sends `text` as a masked WebSocket text frame on the stream and waits for the backend's
+    /// echo (an unmasked text frame).
+    async fn echo(&mut self, text: &str) {
+        assert!(text.len() < 126);
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x81, 0x80 | text.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.send.send_data(frame.into(), false).unwrap();
+        let mut got = Vec::new();
+        let want_len = 2 + text.len();
+        while got.len() < want_len {
+            let chunk = tokio::time::timeout(Duration::from_secs(5), self.recv.data())
+                .await
+                .expect("no echo within 5 s")
+                .expect("stream ended before the echo")
+                .unwrap();
+            let _ = self.recv.flow_control().release_capacity(chunk.len());
+            got.extend_from_slice(&chunk);
+        }
+        assert_eq!(&got[..2], &[0x81, text.len() as u8], "an unmasked text frame of {} bytes", text.len());
+        assert_eq!(&got[2..want_len], text.as_bytes());
+    }
+}
+
+fn assert_design_refusal(status: u16, headers: &std::collections::BTreeMap<String, String>, body: &str, state: &str) {
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("x-floodgate").map(String::as_str), Some(state), "{headers:?}");
+    assert_eq!(headers.get("content-type").map(String::as_str), Some("application/json"));
+    let retry: u64 = headers["retry-after"].parse().unwrap();
+    assert!(retry >= 1, "retry-after {retry}");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"], "circuit_open");
+    assert_eq!(json["breaker"], BREAKER);
+    assert_eq!(json["state"], state);
+    assert_eq!(json["retry_after_s"], retry);
+}
+
+#[tokio::test]
+async fn an_http2_websocket_is_admitted_while_closed_and_its_data_reaches_the_backend() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2}}))).await;
+    let before = p.backend.control.accepted();
+    let mut ws = h2_upgrade(p.envoy.listen, "/ws").await;
+    assert_eq!(ws.status, 200, "an admitted extended CONNECT is answered 200 ({:?})", ws.headers);
+    assert!(!ws.headers.contains_key("x-floodgate"));
+    assert_eq!(p.backend.control.accepted() - before, 1, "the backend accepted one WebSocket");
+    for i in 0..3 {
+        ws.echo(&format!("over http/2 {i}")).await;
+    }
+    assert_eq!(p.backend.control.sessions(), 1);
+    assert_eq!(p.metric("floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "success")]).await, 1.0);
+}
+
+#[tokio::test]
+async fn an_http2_websocket_gets_the_design_refusal_while_the_breaker_is_open_and_never_reaches_the_backend() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}))).await;
+    p.failed_upgrades(2).await;
+    p.backend.control.set_mode(Mode::Healthy);
+    let seen = p.backend.control.handshakes();
+    let ws = h2_upgrade(p.envoy.listen, "/ws").await;
+    let (status, headers) = (ws.status, ws.headers.clone());
+    let body = ws.body().await;
+    assert_design_refusal(status, &headers, &body, "open");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["reason"], "consecutive_failures");
+    assert_eq!(p.backend.control.handshakes(), seen, "the refused upgrade reached the backend");
+    assert_eq!(p.metric("floodgate_rejected_total", &[("breaker", BREAKER), ("kind", "websocket")]).await, 1.0);
+}
+
+#[tokio::test]
+async fn an_http2_websocket_gets_the_design_refusal_while_forced_open() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"mode": "forced_open"}}))).await;
+    let ws = h2_upgrade(p.envoy.listen, "/ws").await;
+    let (status, headers) = (ws.status, ws.headers.clone());
+    let body = ws.body().await;
+    assert_design_refusal(status, &headers, &body, "forced_open");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["reason"], "forced");
+    assert_eq!(p.backend.control.handshakes(), 0, "the refused upgrade reached the backend");
+}
