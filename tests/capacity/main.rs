@@ -1,6 +1,8 @@
 //! Many WebSockets at once through a shipped Envoy config (`envoy/http-websocket.yaml`, its own
 //! plugin configuration). A test binary of its own: its thousands of connections take ephemeral
 //! ports, which would collide with the free ports other tests pick for their Envoys meanwhile.
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! `make demo` end to end in its short form: `cargo run -p floodgate-demo -- --short` (the command
 //! `make demo` runs, without naming the binary, as on a fresh clone) drives the whole loop, and
 //! this test checks the numbers of its machine-readable summary line, not its exit code.
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
 
 use std::io::Read;
 use std::process::{Command, Stdio};
