@@ -62,6 +62,7 @@ struct RawPolicy {
     open: Option<RawOpen>,
     half_open: Option<RawHalfOpen>,
     recovery_ramp_ms: Option<u64>,
+    answer_timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -181,6 +182,7 @@ fn merge(base: &RawPolicy, over: &RawPolicy) -> RawPolicy {
             successes: pick(&b.successes, &o.successes),
         }),
         recovery_ramp_ms: pick(&base.recovery_ramp_ms, &over.recovery_ramp_ms),
+        answer_timeout_ms: pick(&base.answer_timeout_ms, &over.answer_timeout_ms),
     }
 }
 
@@ -242,6 +244,23 @@ pub struct Config {
 impl Config {
     pub fn policy_for(&self, key: &str) -> &Rc<BreakerPolicy> {
         self.overrides.get(key).unwrap_or(&self.defaults)
+    }
+
+    /// Keys the configuration forces open, for `floodgate_forced`: each key in `breakers` with
+    /// `mode: forced_open`, and `*` when `defaults` has it.
+    pub fn forced_keys(&self) -> Vec<String> {
+        let forced = |p: &BreakerPolicy| p.policy.mode == Mode::ForcedOpen;
+        let mut keys: Vec<String> = self.overrides.iter().filter(|(_, p)| forced(p)).map(|(k, _)| k.clone()).collect();
+        if forced(&self.defaults) {
+            keys.push("*".to_string());
+        }
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Whether any breaker has an answer deadline (the worker's tick then closes overdue calls).
+    pub fn answer_timeouts(&self) -> bool {
+        std::iter::once(&self.defaults).chain(self.overrides.values()).any(|p| p.policy.answer_timeout_ms > 0)
     }
 }
 
@@ -463,9 +482,18 @@ fn resolve(raw: &RawPolicy, at: &str) -> Result<BreakerPolicy, ConfigError> {
     if half_open_successes == 0 {
         return err(f("half_open.successes"), "must be at least 1");
     }
+    let consecutive_failures = raw.consecutive_failures.unwrap_or(d.consecutive_failures);
+    if consecutive_failures > u32::from(u16::MAX) {
+        // The shared state counts the streak in 16 bits.
+        return err(f("consecutive_failures"), format!("must be in 0..=65535, got {consecutive_failures}"));
+    }
+    let answer_timeout_ms = raw.answer_timeout_ms.unwrap_or(d.answer_timeout_ms);
+    if answer_timeout_ms != 0 && !(100..=86_400_000).contains(&answer_timeout_ms) {
+        return err(f("answer_timeout_ms"), format!("must be 0 (off) or in 100..=86400000, got {answer_timeout_ms}"));
+    }
     let policy = Policy {
         mode,
-        consecutive_failures: raw.consecutive_failures.unwrap_or(d.consecutive_failures),
+        consecutive_failures,
         failure_rate: rate(raw.failure_rate, d.failure_rate, f("failure_rate"))?,
         slow_call_ms: slow.duration_ms.unwrap_or(0),
         slow_call_rate: rate(slow.rate, d.slow_call_rate, f("slow_call.rate"))?,
@@ -478,6 +506,7 @@ fn resolve(raw: &RawPolicy, at: &str) -> Result<BreakerPolicy, ConfigError> {
         half_open_permits,
         half_open_successes,
         recovery_ramp_ms: raw.recovery_ramp_ms.unwrap_or(0),
+        answer_timeout_ms,
     };
     if policy.recovery_ramp_ms > 3_600_000 {
         return err(f("recovery_ramp_ms"), format!("must be at most 3600000, got {}", policy.recovery_ramp_ms));
@@ -547,6 +576,8 @@ mod tests {
             (r#"{"key":"header:"}"#, "key"),
             (r#"{"breaker":"x"}"#, "breaker"),
             (r#"{"control":{"cluster":"c","wait_s":30,"timeout_ms":1000}}"#, "control.timeout_ms"),
+            (r#"{"defaults":{"consecutive_failures":70000}}"#, "defaults.consecutive_failures"),
+            (r#"{"breakers":{"a":{"answer_timeout_ms":5}}}"#, "breakers.a.answer_timeout_ms"),
         ];
         for (json, field) in cases {
             let e = http(json).unwrap_err();

@@ -8,8 +8,8 @@ use crate::config::{BreakerPolicy, Config, ControlConfig};
 use crate::host;
 use crate::metrics::{Outcome, RejectKind};
 use crate::store::{self, StoreError};
-use crate::vm::{self, Vm};
-use floodgate_core::breaker::SHORT_RETRY_MS;
+use crate::vm::{self, Pending, Vm};
+use floodgate_core::breaker::{whole_seconds, SHORT_RETRY_MS};
 use floodgate_core::remote::{self, DecideParams, RemoteDecision};
 use floodgate_core::{Call, Decision, Effect, Mode, Policy, ProbeTicket, Reason, Refusal, RefusedAs};
 
@@ -19,6 +19,8 @@ pub struct Admitted {
     pub policy: Rc<BreakerPolicy>,
     pub probe: Option<ProbeTicket>,
     pub start_ms: u64,
+    /// Its entry in this worker's calls in flight (with an answer deadline).
+    pub pending: Option<u64>,
 }
 
 /// Why a call is refused, as the client is told: a local breaker's reason, or the control
@@ -60,51 +62,76 @@ pub fn check(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
         return Verdict::Pass;
     };
     vm::with(|vm| {
-        if let Some(control) = &config.control {
-            if let Some(verdict) = remote_verdict(vm, control, &policy.policy, breaker, kind, now) {
-                return verdict;
-            }
-        }
-        match vm.registry.tracked(breaker, config.max_breakers) {
-            Ok(true) => {}
-            Ok(false) => {
+        let reserved = config.overrides.contains_key(breaker);
+        let tracked = match vm.registry.tracked(breaker, config.max_breakers, reserved) {
+            Ok(t) => t,
+            Err(e) => {
+                // No per-key stats for a key that may be untracked: the global counters only.
+                log::warn!("breaker registry not read: {e:?}");
                 vm.metrics.untracked();
                 return Verdict::Pass;
             }
-            Err(e) => return lost(vm, breaker, e),
+        };
+        let p = &policy.policy;
+        if let Some(control) = &config.control {
+            if let Some(verdict) = remote_verdict(vm, control, p, breaker, kind, now, tracked) {
+                return verdict;
+            }
+        }
+        if !tracked {
+            vm.metrics.untracked();
+            // A configured forced-open still refuses keys past max_breakers.
+            return match p.mode {
+                Mode::ForcedOpen => {
+                    let unit = vm.unit(now);
+                    let retry_after_ms = whole_seconds(p.open_base_ms, p.open_jitter, unit);
+                    Verdict::Refuse(Refused {
+                        state: RefusedAs::ForcedOpen,
+                        reason: Cow::Borrowed(Reason::Forced.name()),
+                        retry_after_ms,
+                    })
+                }
+                _ => Verdict::Pass,
+            };
         }
         let unit = vm.unit(now);
-        let p = &policy.policy;
         let (decision, effect, state) = match store::update(breaker, p, |s| floodgate_core::admit(s, p, now, unit)) {
             Ok(r) => r,
             Err(e) => return lost(vm, breaker, e),
         };
         vm.metrics.touch(breaker, state.phase);
         report(vm, breaker, effect);
-        match decision {
-            Decision::Admit { probe } => {
-                Verdict::Admit(Admitted { breaker: breaker.to_string(), policy: policy.clone(), probe, start_ms: now })
-            }
+        let probe = match decision {
+            Decision::Admit { probe } => probe,
             Decision::Refuse(refusal) if p.mode == Mode::DryRun => {
                 vm.metrics.would_reject(breaker, kind);
                 log::debug!("dry_run would refuse {breaker}: {:?}", refusal.reason);
-                Verdict::Admit(Admitted {
-                    breaker: breaker.to_string(),
-                    policy: policy.clone(),
-                    probe: None,
-                    start_ms: now,
-                })
+                None
             }
             Decision::Refuse(refusal) => {
                 vm.metrics.rejected(breaker, kind);
-                Verdict::Refuse(refusal.into())
+                return Verdict::Refuse(refusal.into());
             }
-        }
+        };
+        // TCP's answer is the upstream connection, bounded by the cluster's connect_timeout.
+        let pending = (p.answer_timeout_ms > 0 && kind != RejectKind::Tcp)
+            .then(|| {
+                vm.calls.track(Pending {
+                    breaker: breaker.to_string(),
+                    policy: policy.clone(),
+                    probe,
+                    start_ms: now,
+                    deadline_ms: now.saturating_add(p.answer_timeout_ms),
+                })
+            })
+            .flatten();
+        Verdict::Admit(Admitted { breaker: breaker.to_string(), policy: policy.clone(), probe, start_ms: now, pending })
     })
 }
 
 /// Applies the control plane's view (refreshed into the VM on every tick: no host call here).
-/// `None` leaves the decision to the local breaker.
+/// `None` leaves the decision to the local breaker. An untracked key is refused by a
+/// forced-open like any other, but counted only in `floodgate_untracked_total`.
 fn remote_verdict(
     vm: &mut Vm,
     control: &ControlConfig,
@@ -112,6 +139,7 @@ fn remote_verdict(
     breaker: &str,
     kind: RejectKind,
     now: u64,
+    tracked: bool,
 ) -> Option<Verdict> {
     let view = vm.remote.view.clone();
     let params = DecideParams {
@@ -124,7 +152,12 @@ fn remote_verdict(
     let unit = vm.unit(now);
     let refused = match remote::decide(&view, breaker, now, &params, unit) {
         RemoteDecision::Local => return None,
-        RemoteDecision::Admit => return Some(Verdict::Pass),
+        RemoteDecision::Admit => {
+            if !tracked {
+                vm.metrics.untracked();
+            }
+            return Some(Verdict::Pass);
+        }
         RemoteDecision::Refuse { reason, retry_after_ms } => {
             Refused { state: RefusedAs::ForcedOpen, reason: Cow::Owned(reason.to_string()), retry_after_ms }
         }
@@ -132,6 +165,10 @@ fn remote_verdict(
             Refused { state: RefusedAs::Closed, reason: Cow::Borrowed(Reason::RecoveryRamp.name()), retry_after_ms }
         }
     };
+    if !tracked {
+        vm.metrics.untracked();
+        return Some(if p.mode == Mode::DryRun { Verdict::Pass } else { Verdict::Refuse(refused) });
+    }
     if p.mode == Mode::DryRun {
         vm.metrics.would_reject(breaker, kind);
         return Some(Verdict::Pass);
@@ -140,12 +177,15 @@ fn remote_verdict(
     Some(Verdict::Refuse(refused))
 }
 
-/// Records the outcome of an admitted call.
+/// Records the outcome of an admitted call (nothing if its answer deadline already decided it).
 pub fn finish(a: Admitted, failure: bool) {
     let now = host::now_ms().unwrap_or(a.start_ms);
     let p = &a.policy.policy;
     let slow = p.slow_call_ms > 0 && now.saturating_sub(a.start_ms) >= p.slow_call_ms;
     vm::with(|vm| {
+        if a.pending.is_some_and(|id| !vm.calls.settle(id)) {
+            return;
+        }
         let outcome = if failure {
             Outcome::Failure
         } else if slow {
@@ -165,9 +205,11 @@ pub fn finish(a: Admitted, failure: bool) {
     })
 }
 
-/// Gives back a probe slot for a call that ended with no outcome to record.
+/// Ends a call that decides nothing (the client left, another filter answered): its probe slot,
+/// if any, is given back.
 pub fn abandon(a: Admitted) {
-    if a.probe.is_none() {
+    let settled = vm::with(|vm| a.pending.is_none_or(|id| vm.calls.settle(id)));
+    if a.probe.is_none() || !settled {
         return;
     }
     let p = &a.policy.policy;
@@ -177,6 +219,34 @@ pub fn abandon(a: Admitted) {
             lost(vm, &a.breaker, e);
         }
     })
+}
+
+/// Closes this worker's calls that got no answer within `answer_timeout_ms`: each is a failure
+/// now (a probe re-opens its breaker). Called on every tick; no host call while none is in flight.
+pub fn expire_overdue() {
+    if vm::with(|vm| vm.calls.is_empty()) {
+        return;
+    }
+    let Ok(now) = host::now_ms() else { return };
+    let due = vm::with(|vm| vm.calls.take_overdue(now));
+    for c in due {
+        let p = &c.policy.policy;
+        vm::with(|vm| {
+            vm.metrics.call(&c.breaker, Outcome::Failure);
+            let unit = vm.unit(now);
+            log::info!(
+                "breaker {}: no upstream answer within {} ms, counted as a failure",
+                c.breaker,
+                p.answer_timeout_ms
+            );
+            match store::update(&c.breaker, p, |s| ((), floodgate_core::timeout(s, p, now, c.probe, unit))) {
+                Ok((_, effect, _)) => report(vm, &c.breaker, effect),
+                Err(e) => {
+                    lost(vm, &c.breaker, e);
+                }
+            }
+        });
+    }
 }
 
 fn report(vm: &mut Vm, breaker: &str, effect: Effect) {

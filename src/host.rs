@@ -117,6 +117,27 @@ extern "C" {
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
 }
 
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+extern "C" {
+    fn random_get(buf: *mut u8, len: usize) -> u16;
+}
+
+/// 64 random bits from the host (WASI `random_get`, which Envoy serves from its own random
+/// source): two workers that start in the same instant still draw different values.
+pub fn random_u64() -> HostResult<u64> {
+    let mut b = [0u8; 8];
+    // SAFETY: the host writes at most 8 bytes into a live buffer of 8 bytes.
+    match unsafe { random_get(b.as_mut_ptr(), b.len()) } {
+        0 => Ok(u64::from_le_bytes(b)),
+        e => Err(HostError::Other(u32::from(e))),
+    }
+}
+
+/// A `u64` property (Envoy serializes integers as 8 little-endian bytes); `Ok(None)` when unset.
+pub fn property_u64(path: &[&str]) -> HostResult<Option<u64>> {
+    Ok(property(path)?.and_then(|b| b.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes)))
+}
+
 /// Takes ownership of a buffer the host allocated in our memory (through the SDK's allocator).
 fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
     if data.is_null() {

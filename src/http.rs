@@ -119,10 +119,16 @@ impl HttpContext for HttpFilter {
                 .flatten()
                 .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()));
             match status {
-                Some(status) => {
-                    let failure = a.policy.failure.is_failure(status);
-                    guard::finish(a, failure);
-                }
+                // Only the upstream answers an upgrade with 101: no need to ask who answered.
+                Some(101) => guard::finish(a, false),
+                Some(status) => match answered_by() {
+                    Answer::Upstream => {
+                        let failure = a.policy.failure.is_failure(status);
+                        guard::finish(a, failure);
+                    }
+                    Answer::Envoy => no_answer(a),
+                    Answer::Other => guard::abandon(a),
+                },
                 None => guard::abandon(a),
             }
         }
@@ -130,14 +136,71 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_log(&mut self) {
-        // No upstream answer: reset, connect failure or timeout (or the client went away).
+        // The stream ended with no response through this filter: an upstream that never
+        // answered (reset, connect failure, timeout: Envoy's flags say so), or a client that
+        // went away before the upstream answered, which decides nothing.
         if let Some(a) = self.admitted.take() {
-            if a.policy.failure.resets {
-                guard::finish(a, true);
-            } else {
-                guard::abandon(a);
+            match response_flags() {
+                Some(flags) if flags & DOWNSTREAM_TERMINATION == 0 && flags & NO_UPSTREAM_ANSWER != 0 => no_answer(a),
+                _ => guard::abandon(a),
             }
         }
+    }
+}
+
+/// Envoy `ResponseFlag` bits (`response.flags`, the same in Envoy 1.36 to 1.40) that mean the
+/// upstream gave no answer: UH (no healthy upstream), UT (upstream request timeout), UR
+/// (upstream remote reset), UF (connection failure), UC (connection termination), UO
+/// (overflow), URX (retry limit exceeded), UMSDR (max stream duration), UPE (protocol error).
+pub const NO_UPSTREAM_ANSWER: u64 = 0x2 | 0x4 | 0x10 | 0x20 | 0x40 | 0x80 | 0x8000 | 0x80000 | 0x80_0000;
+/// DC: the downstream connection went away.
+pub const DOWNSTREAM_TERMINATION: u64 = 0x4000;
+/// `response.code_details` of an answer the router passed on from the upstream.
+pub const VIA_UPSTREAM: &[u8] = b"via_upstream";
+
+/// Who made the response a stream is getting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// The upstream: its status is the outcome.
+    Upstream,
+    /// Envoy, because the upstream gave no answer (connect failure, reset, timeout).
+    Envoy,
+    /// Another filter (rate limit, RBAC, ext_authz...) or Envoy for a reason not about the
+    /// upstream: not an outcome.
+    Other,
+}
+
+/// Tells the answer's maker from `response.code_details` (`via_upstream` for the router's
+/// upstream answers) and `response.flags`. A host that reports no details is taken at its
+/// status, as before Envoy had them.
+pub fn classify_answer(details: Option<&[u8]>, flags: Option<u64>) -> Answer {
+    match details {
+        None => Answer::Upstream,
+        Some(VIA_UPSTREAM) => Answer::Upstream,
+        Some(_) if flags.is_some_and(|f| f & NO_UPSTREAM_ANSWER != 0) => Answer::Envoy,
+        Some(_) => Answer::Other,
+    }
+}
+
+fn answered_by() -> Answer {
+    match host::property(&["response", "code_details"]) {
+        Ok(Some(details)) if details.as_slice() == VIA_UPSTREAM => Answer::Upstream,
+        Ok(details) => classify_answer(details.as_deref(), response_flags()),
+        // Cannot tell who answered: decide nothing (fail open).
+        Err(_) => Answer::Other,
+    }
+}
+
+fn response_flags() -> Option<u64> {
+    host::property_u64(&["response", "flags"]).ok().flatten()
+}
+
+/// The upstream gave no answer: a failure under `failure.resets`, else nothing.
+fn no_answer(a: Admitted) {
+    if a.policy.failure.resets {
+        guard::finish(a, true);
+    } else {
+        guard::abandon(a);
     }
 }
 
@@ -154,6 +217,18 @@ mod tests {
         assert!(is_websocket_upgrade(None, Some(b"websocket")));
         assert!(!is_websocket_upgrade(Some(b"h2c"), None));
         assert!(!is_websocket_upgrade(None, None));
+    }
+
+    #[test]
+    fn answers_are_told_apart_by_their_details_and_flags() {
+        assert_eq!(classify_answer(Some(b"via_upstream"), Some(0)), Answer::Upstream);
+        assert_eq!(classify_answer(None, None), Answer::Upstream);
+        let reset = Some(b"upstream_reset_before_response_started{connection_failure}".as_slice());
+        assert_eq!(classify_answer(reset, Some(0x20)), Answer::Envoy);
+        assert_eq!(classify_answer(Some(b"response_timeout"), Some(0x4)), Answer::Envoy);
+        assert_eq!(classify_answer(Some(b"request_rate_limited"), Some(0x800)), Answer::Other);
+        assert_eq!(classify_answer(Some(b"rbac_access_denied_matched_policy[none]"), Some(0)), Answer::Other);
+        assert_eq!(classify_answer(Some(b"local_rate_limited"), None), Answer::Other);
     }
 
     #[test]

@@ -108,6 +108,8 @@ impl BreakerIds {
 #[derive(Default)]
 pub struct Metrics {
     breakers: HashMap<String, BreakerIds>,
+    /// `floodgate_forced` of keys with no other stats here.
+    forced_only: HashMap<String, Option<u32>>,
     untracked: Option<Option<u32>>,
     polls: [Option<u32>; 3],
     control_version: Option<Option<u32>>,
@@ -136,8 +138,22 @@ impl Metrics {
         add(self.breaker(breaker).lost, 1);
     }
 
+    /// `floodgate_forced` for `breaker` (a key of the control plane or the configuration, which
+    /// may not be tracked: only this gauge is defined for it then).
     pub fn forced(&mut self, breaker: &str, on: bool) {
-        set(self.breaker(breaker).forced, u64::from(on));
+        let id = match self.breakers.get(breaker) {
+            Some(ids) => ids.forced,
+            None => *self
+                .forced_only
+                .entry_ref(breaker)
+                .or_insert_with(|| define(MetricKind::Gauge, &tagged(&[("breaker", breaker)], FORCED))),
+        };
+        set(id, u64::from(on));
+    }
+
+    /// Per-breaker stat sets defined in this VM (for tests: bounded by the tracked keys).
+    pub fn breakers_defined(&self) -> usize {
+        self.breakers.len()
     }
 
     pub fn transition(&mut self, breaker: &str, from: Phase, to: Phase) {

@@ -19,8 +19,10 @@ use floodgate_core::{wire, BreakerState};
 pub const VIEW_KEY: &str = "floodgate/control";
 /// `<worker>:<expires_ms>` of the worker that polls.
 pub const LEASE_KEY: &str = "floodgate/poller";
-/// A counter handing out worker numbers, so lease holders can tell themselves apart.
+/// A counter handing out worker numbers, only when the host has no randomness for worker ids.
 pub const WORKERS_KEY: &str = "floodgate/workers";
+/// The keys `floodgate_forced` is 1 for, one a line, kept by whichever worker polls.
+pub const FORCED_KEY: &str = "floodgate/forced";
 /// How often each root context ticks: the delay between a new snapshot and every worker using it.
 pub const TICK_MS: u32 = 100;
 
@@ -37,28 +39,30 @@ pub type Dispatch<'a> = &'a dyn Fn(&str, Vec<(&str, &str)>, u32) -> Result<u32, 
 
 pub struct Poller {
     config: Rc<ControlConfig>,
-    worker: Option<u32>,
+    /// A random 64-bit id: two workers never draw the same one, however they start.
+    worker: Option<u64>,
+    /// Keys a configuration forces open (`*` for `defaults`), reported in `floodgate_forced`.
+    config_forced: Vec<String>,
     started_ms: u64,
     in_flight: Option<InFlight>,
     next_poll_ms: u64,
     failures: u32,
     proxy_id: Option<String>,
     /// Gauges as last set by this poller, to write only changes.
-    forced: Vec<String>,
     reported: Option<(u64, bool)>,
 }
 
 impl Poller {
-    pub fn new(config: Rc<ControlConfig>) -> Self {
+    pub fn new(config: Rc<ControlConfig>, config_forced: Vec<String>) -> Self {
         Poller {
             config,
             worker: None,
+            config_forced,
             started_ms: 0,
             in_flight: None,
             next_poll_ms: 0,
             failures: 0,
             proxy_id: None,
-            forced: Vec::new(),
             reported: None,
         }
     }
@@ -92,11 +96,15 @@ impl Poller {
         }
     }
 
-    fn worker_id(&mut self) -> Option<u32> {
+    fn worker_id(&mut self) -> Option<u64> {
         if self.worker.is_none() {
-            match next_worker_number() {
-                Ok(n) => self.worker = Some(n),
-                Err(e) => log::warn!("control poller: no worker number yet: {e:?}"),
+            let id = host::random_u64().or_else(|e| {
+                log::warn!("control poller: no host randomness ({e:?}); numbering workers instead");
+                next_worker_number().map(u64::from)
+            });
+            match id {
+                Ok(n) => self.worker = Some(n.max(1)),
+                Err(e) => log::warn!("control poller: no worker id yet: {e:?}"),
             }
         }
         self.worker
@@ -195,16 +203,9 @@ impl Poller {
                 vm.metrics.control(view.version, stale);
                 self.reported = Some((view.version, stale));
             }
-            let forced: Vec<&str> = view.forced_open_keys(now, stale_after).collect();
-            for key in self.forced.iter().filter(|k| !forced.contains(&k.as_str())) {
-                vm.metrics.forced(key, false);
-            }
-            for key in forced.iter().filter(|k| !self.forced.iter().any(|f| f == *k)) {
-                vm.metrics.forced(key, true);
-            }
-            if forced.len() != self.forced.len() || forced.iter().zip(&self.forced).any(|(a, b)| a != b) {
-                self.forced = forced.iter().map(|k| k.to_string()).collect();
-            }
+            let mut forced: Vec<String> = view.forced_open_keys(now, stale_after).map(str::to_string).collect();
+            forced.extend(self.config_forced.iter().cloned());
+            reconcile_forced(vm, forced);
         })
     }
 
@@ -274,7 +275,12 @@ fn write_view(
 }
 
 /// Takes the lease if it is free or expired, renews it when half spent. True while held.
-fn holds_lease(worker: u32, now: u64) -> bool {
+///
+/// A lease taken from nobody (or from another worker) is held only once a later tick reads it
+/// back: Envoy creates a missing key unconditionally whatever CAS is given, so two workers that
+/// both found no lease both "succeed", the later write winning. Reading back on the next tick
+/// (each write happens within one callback, long before) leaves exactly one holder.
+fn holds_lease(worker: u64, now: u64) -> bool {
     let Ok((bytes, cas)) = host::shared_get(LEASE_KEY) else { return false };
     let current = bytes.as_deref().and_then(Lease::parse);
     match poll::lease_step(current, worker, now) {
@@ -282,11 +288,36 @@ fn holds_lease(worker: u32, now: u64) -> bool {
         LeaseStep::Wait => false,
         LeaseStep::Take(lease) => {
             let taken = host::shared_set(LEASE_KEY, lease.encode().as_bytes(), cas).is_ok();
-            if taken && current.is_none_or(|l| l.holder != worker) {
-                log::info!("worker {worker} now polls the control plane");
+            let renewed = current.is_some_and(|l| l.holder == worker && l.expires_ms > now);
+            if taken && !renewed {
+                log::info!("worker {worker:016x} takes the control poller lease");
             }
-            taken
+            taken && renewed
         }
+    }
+}
+
+/// Sets `floodgate_forced` to what holds now (`desired`), against the list of keys it was last
+/// set to 1 for, kept in shared data: whichever worker reports clears what another set.
+pub fn reconcile_forced(vm: &mut Vm, mut desired: Vec<String>) {
+    desired.sort_unstable();
+    desired.dedup();
+    let Ok((bytes, cas)) = host::shared_get(FORCED_KEY) else { return };
+    let bytes = bytes.unwrap_or_default();
+    let current: Vec<&str> =
+        bytes.split(|&b| b == b'\n').filter_map(|k| std::str::from_utf8(k).ok()).filter(|k| !k.is_empty()).collect();
+    if current.len() == desired.len() && current.iter().zip(&desired).all(|(a, b)| *a == b.as_str()) {
+        return;
+    }
+    let encoded = desired.join("\n");
+    if host::shared_set(FORCED_KEY, encoded.as_bytes(), cas).is_err() {
+        return; // another worker reported meanwhile; the next tick compares again
+    }
+    for key in current.iter().filter(|k| !desired.iter().any(|d| d == *k)) {
+        vm.metrics.forced(key, false);
+    }
+    for key in desired.iter().filter(|d| !current.contains(&d.as_str())) {
+        vm.metrics.forced(key, true);
     }
 }
 

@@ -70,10 +70,17 @@ impl RootContext for Root {
         match config::parse(&bytes, self.kind) {
             Ok(c) => {
                 log::info!("configured ({:?}, {} breaker override(s))", self.kind, c.overrides.len());
-                self.poller = c.control.clone().map(|control| Poller::new(Rc::new(control)));
-                if self.poller.is_some() {
+                let forced = c.forced_keys();
+                self.poller = c.control.clone().map(|control| Poller::new(Rc::new(control), forced.clone()));
+                if self.poller.is_none() && self.kind == FilterKind::Http {
+                    // No poller to report it: the configuration's forced-opens, set once here.
+                    crate::vm::with(|vm| poller::reconcile_forced(vm, forced));
+                }
+                // The poller, and answer deadlines of calls in flight, run on this worker's tick.
+                let answers = self.kind == FilterKind::Http && c.answer_timeouts();
+                if self.poller.is_some() || answers {
                     if let Err(e) = host::set_tick_period_ms(poller::TICK_MS) {
-                        log::error!("invalid configuration: control: cannot start the poller's timer: {e:?}");
+                        log::error!("invalid configuration: control: cannot start the worker's timer: {e:?}");
                         return false;
                     }
                 }
@@ -88,6 +95,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        crate::guard::expire_overdue();
         // Out of `self` for the tick, so the SDK's dispatch (on `&self`) can be lent to it.
         if let Some(mut p) = self.poller.take() {
             p.on_tick(&|cluster, headers, timeout_ms| {
@@ -124,7 +132,7 @@ fn passthrough() -> Config {
         shed: config::Shed::WebSocket,
         key: config::KeySource::Cluster,
         defaults: Rc::new(config::BreakerPolicy {
-            policy: Policy { mode: Mode::Disabled, ..Policy::default() },
+            policy: Policy { mode: Mode::Disabled, answer_timeout_ms: 0, ..Policy::default() },
             failure: Default::default(),
         }),
         overrides: Default::default(),

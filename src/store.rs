@@ -4,8 +4,6 @@
 //! the pure state machine, write back only if it changed and nobody wrote in between. The set of
 //! tracked keys is bounded by `max_breakers` (shared data has no delete) through a registry key.
 
-use hashbrown::HashMap;
-
 use crate::host::{self, HostError};
 use floodgate_core::{BreakerState, Effect, Policy};
 
@@ -90,40 +88,77 @@ pub fn update<T>(
     })
 }
 
-/// Whether a breaker key is tracked, remembered per VM so the registry is read once per key.
+/// Keys longer than this are never tracked (as the control plane's keys are bounded).
+pub const MAX_KEY_BYTES: usize = 256;
+
+/// Which breaker keys are tracked, as this VM knows it. Memory stays bounded whatever keys
+/// clients send: only tracked keys are remembered (at most `max_breakers` plus the keys named in
+/// `breakers`); once the shared registry is full, its keys are loaded once and every other key
+/// is untracked without a host call.
 #[derive(Default)]
 pub struct Registry {
-    known: HashMap<String, bool>,
+    known: hashbrown::HashSet<String>,
+    /// `max_breakers` at which the shared registry was seen full (its keys are all in `known`).
+    full_at: Option<u32>,
 }
 
 impl Registry {
-    /// `Ok(false)` when `max_breakers` other keys are already tracked.
-    pub fn tracked(&mut self, breaker: &str, max_breakers: u32) -> Result<bool, StoreError> {
-        if let Some(&t) = self.known.get(breaker) {
-            return Ok(t);
+    /// `Ok(false)` when `max_breakers` other keys are already tracked. A `reserved` key (named
+    /// in `breakers`) is always tracked.
+    pub fn tracked(&mut self, breaker: &str, max_breakers: u32, reserved: bool) -> Result<bool, StoreError> {
+        if self.known.contains(breaker) {
+            return Ok(true);
         }
-        let tracked = register(breaker, max_breakers)?;
-        self.known.insert(breaker.to_string(), tracked);
-        Ok(tracked)
+        if breaker.len() > MAX_KEY_BYTES || breaker.contains('\n') {
+            return Ok(false);
+        }
+        if !reserved && self.full_at.is_some_and(|m| max_breakers <= m) {
+            return Ok(false);
+        }
+        match register(breaker, max_breakers, reserved)? {
+            Registered::Tracked => {
+                self.known.insert(breaker.to_string());
+                Ok(true)
+            }
+            Registered::Full(keys) => {
+                self.known.extend(keys);
+                self.full_at = Some(max_breakers);
+                Ok(self.known.contains(breaker))
+            }
+        }
+    }
+
+    /// Keys this VM tracks (for tests and diagnostics).
+    pub fn len(&self) -> usize {
+        self.known.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
     }
 }
 
-fn register(breaker: &str, max_breakers: u32) -> Result<bool, StoreError> {
-    // Keys are separated by '\n'; a key containing '\n' is never tracked.
-    if breaker.contains('\n') {
-        return Ok(false);
-    }
+enum Registered {
+    Tracked,
+    /// The registry is full: these are its keys.
+    Full(Vec<String>),
+}
+
+fn register(breaker: &str, max_breakers: u32, reserved: bool) -> Result<Registered, StoreError> {
+    // Keys are separated by '\n' (a key containing '\n' is never tracked).
     cas_update(REGISTRY_KEY, Some(b"\n"), |list| {
         let list = list.unwrap_or_default();
-        if list.split(|&b| b == b'\n').any(|k| k == breaker.as_bytes()) {
-            return Ok(Step::Keep(true));
+        let keys = || list.split(|&b| b == b'\n').filter(|k| !k.is_empty());
+        if keys().any(|k| k == breaker.as_bytes()) {
+            return Ok(Step::Keep(Registered::Tracked));
         }
-        if list.split(|&b| b == b'\n').filter(|k| !k.is_empty()).count() >= max_breakers as usize {
-            return Ok(Step::Keep(false));
+        if !reserved && keys().count() >= max_breakers as usize {
+            let all = keys().filter_map(|k| std::str::from_utf8(k).ok().map(str::to_string)).collect();
+            return Ok(Step::Keep(Registered::Full(all)));
         }
         let mut next = list.to_vec();
         next.extend_from_slice(breaker.as_bytes());
         next.push(b'\n');
-        Ok(Step::Write(next, true))
+        Ok(Step::Write(next, Registered::Tracked))
     })
 }

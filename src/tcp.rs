@@ -1,6 +1,7 @@
 //! The TCP filter (root_id `floodgate_tcp`): closes a new downstream connection at once while its
 //! breaker does not admit. An upstream connect failure (Envoy's response flags) is a failure; a
-//! connection on which the upstream spoke, or that closed without such a flag, is a success.
+//! connection on which the upstream spoke, or whose upstream connection was made, is a success;
+//! one that ended before either (a health check, a client that gave up) decides nothing.
 
 use std::rc::Rc;
 
@@ -28,18 +29,25 @@ impl TcpFilter {
 
     fn settle(&mut self) {
         if let Some(a) = self.admitted.take() {
-            let flags = match host::property(&["response", "flags"]) {
-                Ok(Some(b)) => b.get(..8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes).unwrap_or(0),
-                _ => 0,
-            };
-            let failed = flags & CONNECT_FAILURE_FLAGS != 0;
-            if failed && !a.policy.failure.resets {
-                guard::abandon(a);
+            let flags = host::property_u64(&["response", "flags"]).ok().flatten().unwrap_or(0);
+            if flags & CONNECT_FAILURE_FLAGS != 0 {
+                if a.policy.failure.resets {
+                    guard::finish(a, true);
+                } else {
+                    guard::abandon(a);
+                }
+            } else if upstream_connected() {
+                guard::finish(a, false);
             } else {
-                guard::finish(a, failed);
+                guard::abandon(a);
             }
         }
     }
+}
+
+/// Whether the upstream connection was made: Envoy sets `upstream.local_address` once it is.
+fn upstream_connected() -> bool {
+    matches!(host::property(&["upstream", "local_address"]), Ok(Some(a)) if !a.is_empty())
 }
 
 impl Context for TcpFilter {}

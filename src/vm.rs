@@ -4,9 +4,14 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use hashbrown::HashMap;
+
+use crate::config::BreakerPolicy;
+use crate::host;
 use crate::metrics::Metrics;
 use crate::store::Registry;
 use floodgate_core::remote::RemoteView;
+use floodgate_core::ProbeTicket;
 
 #[derive(Default)]
 pub struct Vm {
@@ -14,7 +19,74 @@ pub struct Vm {
     pub registry: Registry,
     /// This worker's copy of the control plane's view, refreshed on ticks.
     pub remote: RemoteCache,
+    /// Admitted calls waiting for their upstream answer (for `answer_timeout_ms`).
+    pub calls: Calls,
     rng: u64,
+}
+
+/// Calls in flight on this worker that have an answer deadline, bounded: past
+/// [`MAX_IN_FLIGHT`], a new call is not tracked (its outcome is still recorded when it comes).
+#[derive(Default)]
+pub struct Calls {
+    next: u64,
+    pending: HashMap<u64, Pending>,
+}
+
+/// Calls one worker tracks for their answer deadline at most.
+pub const MAX_IN_FLIGHT: usize = 16_384;
+
+/// An admitted call waiting for its answer.
+#[derive(Clone)]
+pub struct Pending {
+    pub breaker: String,
+    pub policy: Rc<BreakerPolicy>,
+    pub probe: Option<ProbeTicket>,
+    pub start_ms: u64,
+    pub deadline_ms: u64,
+}
+
+impl Calls {
+    /// Tracks a call; `None` when the table is full.
+    pub fn track(&mut self, call: Pending) -> Option<u64> {
+        if self.pending.len() >= MAX_IN_FLIGHT {
+            return None;
+        }
+        self.next = self.next.wrapping_add(1);
+        self.pending.insert(self.next, call);
+        Some(self.next)
+    }
+
+    /// Stops tracking a call: `false` when it is not tracked any more (it timed out).
+    pub fn settle(&mut self, id: u64) -> bool {
+        self.pending.remove(&id).is_some()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Removes and returns the calls whose deadline passed. A call that started after `now_ms`
+    /// (the wall clock stepped backwards) keeps its full timeout from now.
+    pub fn take_overdue(&mut self, now_ms: u64) -> Vec<Pending> {
+        let mut due = Vec::new();
+        self.pending.retain(|_, c| {
+            if c.start_ms > now_ms {
+                c.deadline_ms = now_ms.saturating_add(c.deadline_ms.saturating_sub(c.start_ms));
+                c.start_ms = now_ms;
+            }
+            if c.deadline_ms <= now_ms {
+                due.push(c.clone());
+                false
+            } else {
+                true
+            }
+        });
+        due
+    }
 }
 
 /// The decoded view and the shared-data CAS it was read at (decode again only when it moves).
@@ -28,7 +100,8 @@ impl Vm {
     /// Uniform in [0, 1). xorshift64*: jitter needs spread, not cryptographic randomness.
     pub fn unit(&mut self, now_ms: u64) -> f64 {
         if self.rng == 0 {
-            self.rng = now_ms ^ 0x9E37_79B9_7F4A_7C15;
+            // Seeded from the host's randomness, so workers started together spread differently.
+            self.rng = host::random_u64().unwrap_or(now_ms) | 1;
         }
         let mut x = self.rng;
         x ^= x >> 12;

@@ -11,6 +11,9 @@ pub const PROBE_LEASE_MS: u64 = 30_000;
 /// What a client refused in half-open (all probe slots busy) or during the ramp is told to wait.
 pub const SHORT_RETRY_MS: u64 = 1_000;
 
+/// The longest `retry-after` told to a client.
+pub const MAX_RETRY_MS: u64 = 365 * 86_400_000;
+
 /// What a caller reports about a finished call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call {
@@ -85,6 +88,24 @@ pub fn admit(s: &mut BreakerState, p: &Policy, now_ms: u64, unit: f64) -> (Decis
         }
         Mode::Enforce | Mode::DryRun => {}
     }
+    effect.changed = normalize(s, p, now_ms);
+    if s.phase == Phase::HalfOpen && p.answer_timeout_ms > 0 && s.probe_slots.iter().any(|&d| d != 0 && d <= now_ms) {
+        // A probe held its slot past answer_timeout_ms without an answer: the probe failed,
+        // whichever worker notices first (its own worker may be gone).
+        s.reopens = s.reopens.saturating_add(1);
+        effect.transition = Some(enter_open(s, p, now_ms, Reason::ProbeFailed, unit));
+        effect.changed = true;
+    }
+    admit_normalized(s, p, now_ms, unit, effect)
+}
+
+fn admit_normalized(
+    s: &mut BreakerState,
+    p: &Policy,
+    now_ms: u64,
+    unit: f64,
+    mut effect: Effect,
+) -> (Decision, Effect) {
     if s.phase == Phase::Open {
         if now_ms < s.open_until_ms {
             let retry_after_ms = spread(p, s.open_until_ms - now_ms, unit);
@@ -99,7 +120,7 @@ pub fn admit(s: &mut BreakerState, p: &Policy, now_ms: u64, unit: f64) -> (Decis
             let free = s.probe_slots.iter().position(|&deadline| deadline == 0 || deadline <= now_ms);
             match free {
                 Some(i) => {
-                    let deadline_ms = now_ms.saturating_add(PROBE_LEASE_MS).max(1);
+                    let deadline_ms = now_ms.saturating_add(p.probe_lease_ms()).max(1);
                     s.probe_slots[i] = deadline_ms;
                     effect.changed = true;
                     (Decision::Admit { probe: Some(ProbeTicket { slot: i as u8, deadline_ms }) }, effect)
@@ -135,6 +156,7 @@ pub fn record(
     if p.mode == Mode::Disabled {
         return effect;
     }
+    effect.changed = normalize(s, p, now_ms);
     match s.phase {
         Phase::Closed => {
             s.window.record(now_ms, call.failure, call.slow);
@@ -163,6 +185,48 @@ pub fn record(
         Phase::Open => {}
     }
     effect
+}
+
+/// Records a call that got no upstream answer within `answer_timeout_ms`, at that moment: a
+/// failure while closed; a probe that still holds its slot re-opens the breaker (`probe_failed`).
+pub fn timeout(s: &mut BreakerState, p: &Policy, now_ms: u64, probe: Option<ProbeTicket>, unit: f64) -> Effect {
+    if p.mode == Mode::Disabled {
+        return Effect::default();
+    }
+    if s.phase != Phase::HalfOpen {
+        return record(s, p, now_ms, Call { failure: true, slow: false }, None, unit);
+    }
+    let mut effect = Effect { changed: normalize(s, p, now_ms), transition: None };
+    let Some(t) = probe else { return effect };
+    // The slot's deadline may have passed: a timed-out probe still decides.
+    if s.probe_slots.get(usize::from(t.slot)).is_some_and(|&d| d != 0 && d == t.deadline_ms) {
+        s.reopens = s.reopens.saturating_add(1);
+        effect.transition = Some(enter_open(s, p, now_ms, Reason::ProbeFailed, unit));
+        effect.changed = true;
+    }
+    effect
+}
+
+/// Brings a state written under another clock back to `now_ms` (a wall clock stepped
+/// backwards): an open time never lasts longer than `open.max_ms` spread by the jitter, a ramp
+/// that would start in the future has ended, a phase cannot begin in the future. A step
+/// forwards needs nothing: open times pass, windows age, probe slots expire.
+pub fn normalize(s: &mut BreakerState, p: &Policy, now_ms: u64) -> bool {
+    let mut changed = false;
+    let longest = now_ms.saturating_add(p.longest_open_ms());
+    if s.phase == Phase::Open && s.open_until_ms > longest {
+        s.open_until_ms = longest;
+        changed = true;
+    }
+    if s.closed_at_ms > now_ms {
+        s.closed_at_ms = 0;
+        changed = true;
+    }
+    if s.since_ms > now_ms {
+        s.since_ms = now_ms;
+        changed = true;
+    }
+    changed
 }
 
 /// Frees a probe slot whose call ended without an outcome (refused downstream, cancelled).
@@ -215,8 +279,25 @@ fn ramp_refuses(s: &BreakerState, p: &Policy, now_ms: u64, unit: f64) -> bool {
 }
 
 fn spread(p: &Policy, ms: u64, unit: f64) -> u64 {
-    // Spread clients refused together over [ms, ms * (1 + jitter)] so they do not return at once.
-    ms + (ms as f64 * p.open_jitter * unit) as u64
+    whole_seconds(ms, p.open_jitter, unit)
+}
+
+/// A `retry-after` in whole seconds (returned in ms), spread over the whole seconds between `ms`
+/// and `ms * (1 + jitter)`, rounded up, at least one second, so that clients refused together
+/// still return spread out after `retry-after` is rounded: with any jitter, at least two
+/// different seconds are drawn from (1 or 2 s for a 1 s retry). `unit` is uniform in [0, 1).
+pub fn whole_seconds(ms: u64, jitter: f64, unit: f64) -> u64 {
+    // No retry-after is longer than a year (an absurd `until` from the control plane).
+    let ms = ms.min(MAX_RETRY_MS);
+    let lo = ms.div_ceil(1000).max(1);
+    let top = ms as f64 * (1.0 + jitter.max(0.0)) / 1000.0;
+    let mut hi = if top.is_finite() && top < (u64::MAX / 1000) as f64 { (top.ceil() as u64).max(lo) } else { lo };
+    if jitter > 0.0 && hi == lo {
+        hi = lo.saturating_add(1);
+    }
+    let n = hi - lo;
+    let pick = ((unit.clamp(0.0, 1.0) * (n as f64 + 1.0)) as u64).min(n);
+    lo.saturating_add(pick).saturating_mul(1000)
 }
 
 fn enter_open(s: &mut BreakerState, p: &Policy, now_ms: u64, reason: Reason, unit: f64) -> Transition {

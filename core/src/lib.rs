@@ -17,6 +17,8 @@ pub mod wire;
 #[cfg(test)]
 mod tests;
 
-pub use breaker::{admit, record, release, Call, Decision, Effect, ProbeTicket, Refusal, RefusedAs, Transition};
+pub use breaker::{
+    admit, record, release, timeout, Call, Decision, Effect, ProbeTicket, Refusal, RefusedAs, Transition,
+};
 pub use policy::{Mode, Policy, WindowSpec};
 pub use state::{BreakerState, Phase, Reason};

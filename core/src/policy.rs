@@ -41,6 +41,9 @@ pub struct Policy {
     pub half_open_permits: u8,
     pub half_open_successes: u8,
     pub recovery_ramp_ms: u64,
+    /// An admitted call with no upstream answer after this long is a failure (0 = off). A
+    /// half-open probe holds its slot at most this long.
+    pub answer_timeout_ms: u64,
 }
 
 impl Default for Policy {
@@ -61,6 +64,7 @@ impl Default for Policy {
             half_open_permits: 3,
             half_open_successes: 2,
             recovery_ramp_ms: 0,
+            answer_timeout_ms: 10_000,
         }
     }
 }
@@ -74,6 +78,27 @@ impl Policy {
             self.open_max_ms
         } else {
             ms as u64
+        }
+    }
+
+    /// How long a half-open probe holds its slot: `answer_timeout_ms`, or when that is off, the
+    /// lease that reclaims the slot of a probe whose worker went away.
+    pub fn probe_lease_ms(&self) -> u64 {
+        if self.answer_timeout_ms > 0 {
+            self.answer_timeout_ms
+        } else {
+            crate::breaker::PROBE_LEASE_MS
+        }
+    }
+
+    /// The longest an open time can be: `open_max_ms` spread by the jitter. A state that says
+    /// more (a wall clock stepped backwards) is clamped to this.
+    pub fn longest_open_ms(&self) -> u64 {
+        let ms = self.open_max_ms as f64 * (1.0 + self.open_jitter.max(0.0));
+        if ms.is_finite() && ms < u64::MAX as f64 {
+            ms as u64
+        } else {
+            u64::MAX
         }
     }
 

@@ -15,7 +15,7 @@ pub const CALLBACK_GRACE_MS: u64 = 5_000;
 /// Which worker polls, and until when, as kept in shared data (`<worker>:<expires_ms>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Lease {
-    pub holder: u32,
+    pub holder: u64,
     pub expires_ms: u64,
 }
 
@@ -44,7 +44,7 @@ pub enum LeaseStep {
 
 /// Takes a free or expired lease, renews one's own once half spent, else waits. An unreadable
 /// lease counts as free.
-pub fn lease_step(current: Option<Lease>, worker: u32, now_ms: u64) -> LeaseStep {
+pub fn lease_step(current: Option<Lease>, worker: u64, now_ms: u64) -> LeaseStep {
     let Lease { holder, expires_ms } = current.unwrap_or(Lease { holder: 0, expires_ms: 0 });
     if holder == worker && expires_ms > now_ms.saturating_add(LEASE_MS / 2) {
         return LeaseStep::Hold;
@@ -165,10 +165,10 @@ mod tests {
         /// `lease_step` says so (each write succeeds only on the value it read, as a CAS does):
         /// no two workers ever hold the lease at the same time.
         #[test]
-        fn at_most_one_worker_holds_the_lease(ticks in proptest::collection::vec((1u32..5, 0u64..2_000), 1..200)) {
+        fn at_most_one_worker_holds_the_lease(ticks in proptest::collection::vec((1u64..5, 0u64..2_000), 1..200)) {
             let mut stored: Option<Lease> = None;
             let mut now = 0u64;
-            let mut last_grant: Option<(u32, u64)> = None;
+            let mut last_grant: Option<(u64, u64)> = None;
             for (worker, advance) in ticks {
                 now += advance;
                 let held = match lease_step(stored, worker, now) {

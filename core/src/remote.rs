@@ -92,9 +92,15 @@ impl RemoteView {
         self.confirmed_ms > 0 && now_ms < self.confirmed_ms.saturating_add(stale_after_ms)
     }
 
-    /// The override for `key`, else the one for `*`.
-    pub fn lookup(&self, key: &str) -> Option<&Override> {
-        self.overrides.iter().find(|o| o.key == key).or_else(|| self.overrides.iter().find(|o| o.key == "*"))
+    /// The override that holds for `key` at `now_ms`: a live keyed entry, else a live `*` entry.
+    /// An entry past its `until` (or in a stale view) is not looked up: an expired keyed entry
+    /// falls through to `*`.
+    pub fn lookup(&self, key: &str, now_ms: u64, stale_after_ms: u64) -> Option<&Override> {
+        if !self.live(now_ms, stale_after_ms) {
+            return None;
+        }
+        let holding = |k: &str| self.overrides.iter().find(|o| o.key == k && o.holds(now_ms));
+        holding(key).or_else(|| holding("*"))
     }
 
     /// Keys whose forced-open holds at `now_ms` (for the `floodgate_forced` gauge).
@@ -159,27 +165,27 @@ pub struct DecideParams {
 /// Decides a new call to `key`. `unit` is uniform in [0, 1): it picks the ramp's share and
 /// spreads `retry-after` so refused clients do not return together.
 pub fn decide<'a>(view: &'a RemoteView, key: &str, now_ms: u64, p: &DecideParams, unit: f64) -> RemoteDecision<'a> {
-    let live = view.live(now_ms, p.stale_after_ms);
-    let mut ramp_from = 0u64;
-    if let Some(o) = view.lookup(key) {
-        match o.state {
-            Forced::ForcedOpen if live && o.holds(now_ms) => {
-                let base = if o.until_ms > 0 { o.until_ms - now_ms } else { p.open_retry_ms };
-                return RemoteDecision::Refuse { reason: &o.reason, retry_after_ms: spread(base, p.jitter, unit) };
-            }
+    if let Some(o) = view.lookup(key, now_ms, p.stale_after_ms) {
+        return match o.state {
             Forced::ForcedOpen => {
-                // It lapsed at its end time or when the view went stale, whichever came first.
-                let until = if o.until_ms > 0 { o.until_ms } else { u64::MAX };
-                ramp_from = until.min(view.confirmed_ms.saturating_add(p.stale_after_ms));
+                let base = if o.until_ms > 0 { o.until_ms - now_ms } else { p.open_retry_ms };
+                RemoteDecision::Refuse { reason: &o.reason, retry_after_ms: spread(base, p.jitter, unit) }
             }
-            Forced::ForcedClosed if live && o.holds(now_ms) => return RemoteDecision::Admit,
-            Forced::ForcedClosed => {}
-        }
+            Forced::ForcedClosed => RemoteDecision::Admit,
+        };
+    }
+    // No override holds: a forced-open of this key or of `*` that lapsed (at its end time or
+    // when the view went stale, whichever came first) ramps new calls back in.
+    let stale_at = view.confirmed_ms.saturating_add(p.stale_after_ms);
+    let mut ramp_from = 0u64;
+    for o in view.overrides.iter().filter(|o| o.state == Forced::ForcedOpen && (o.key == key || o.key == "*")) {
+        let until = if o.until_ms > 0 { o.until_ms } else { u64::MAX };
+        ramp_from = ramp_from.max(until.min(stale_at));
     }
     for e in view.ended.iter().filter(|e| e.key == key || e.key == "*") {
         ramp_from = ramp_from.max(e.at_ms);
     }
-    if p.ramp_ms > 0 && ramp_from > 0 && now_ms < ramp_from.saturating_add(p.ramp_ms) {
+    if p.ramp_ms > 0 && ramp_from > 0 && ramp_from <= now_ms && now_ms < ramp_from.saturating_add(p.ramp_ms) {
         let share = now_ms.saturating_sub(ramp_from) as f64 / p.ramp_ms as f64;
         if unit >= share {
             return RemoteDecision::Ramp { retry_after_ms: spread(p.short_retry_ms, p.jitter, unit) };
@@ -189,7 +195,7 @@ pub fn decide<'a>(view: &'a RemoteView, key: &str, now_ms: u64, p: &DecideParams
 }
 
 fn spread(ms: u64, jitter: f64, unit: f64) -> u64 {
-    ms + (ms as f64 * jitter * unit) as u64
+    crate::breaker::whole_seconds(ms, jitter, unit)
 }
 
 #[cfg(test)]
@@ -272,6 +278,33 @@ mod tests {
     }
 
     #[test]
+    fn an_expired_keyed_entry_falls_through_to_the_wildcard() {
+        let v = view(vec![open("a", T0 + 1_000), Override { reason: "global".into(), ..open("*", 0) }]);
+        let p = params(0);
+        assert!(matches!(
+            decide(&v, "a", T0 + 500, &p, 0.5),
+            RemoteDecision::Refuse { reason: "backpressure_critical", .. }
+        ));
+        assert!(matches!(decide(&v, "a", T0 + 2_000, &p, 0.5), RemoteDecision::Refuse { reason: "global", .. }));
+        let mut closed = open("a", T0 + 1_000);
+        closed.state = Forced::ForcedClosed;
+        let v = view(vec![closed, Override { reason: "global".into(), ..open("*", 0) }]);
+        assert_eq!(decide(&v, "a", T0 + 500, &p, 0.5), RemoteDecision::Admit);
+        assert!(matches!(decide(&v, "a", T0 + 2_000, &p, 0.5), RemoteDecision::Refuse { reason: "global", .. }));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_before_a_ramp_start_does_not_refuse() {
+        let v = view(vec![open("a", T0 + 10_000)]);
+        // Lapsed at T0 + 10 s; the clock is then stepped back to before that, past the entry's
+        // confirmation: the entry holds again (live) — but a ramp never starts in the future.
+        let mut ended = view(vec![]);
+        ended.ended.push(Ended { key: "a".into(), at_ms: T0 + 50_000 });
+        assert_eq!(decide(&ended, "a", T0 + 20_000, &params(60_000), 0.99), RemoteDecision::Local);
+        assert!(matches!(decide(&v, "a", T0 + 5_000, &params(0), 0.5), RemoteDecision::Refuse { .. }));
+    }
+
+    #[test]
     fn forced_open_tells_clients_when_it_ends() {
         let v = view(vec![open("a", T0 + 10_000)]);
         let d = decide(&v, "a", T0 + 4_000, &params(0), 0.0);
@@ -279,7 +312,7 @@ mod tests {
         let jittered = DecideParams { jitter: 0.5, ..params(0) };
         assert_eq!(
             decide(&v, "a", T0 + 4_000, &jittered, 0.5),
-            RemoteDecision::Refuse { reason: "backpressure_critical", retry_after_ms: 7_500 }
+            RemoteDecision::Refuse { reason: "backpressure_critical", retry_after_ms: 8_000 }
         );
         assert_eq!(decide(&v, "other", T0 + 4_000, &params(0), 0.0), RemoteDecision::Local);
     }

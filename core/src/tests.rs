@@ -20,6 +20,7 @@ fn policy(consecutive: u32, rate: f64, size: u16, min_calls: u32, permits: u8, s
         open_jitter: 0.0,
         half_open_permits: permits,
         half_open_successes: successes,
+        answer_timeout_ms: 0,
         ..Policy::default()
     }
 }
@@ -285,7 +286,12 @@ fn jitter_spreads_open_time_and_retry_after_within_bounds() {
         record(&mut s, &p, 0, Call { failure: true, slow: false }, None, unit);
         assert_eq!(s.open_until_ms, open_ms, "unit {unit}");
         let Decision::Refuse(r) = admit(&mut s, &p, 0, unit).0 else { panic!() };
-        assert!(r.retry_after_ms >= open_ms && r.retry_after_ms <= open_ms + open_ms / 5, "{r:?}");
+        // Whole seconds between the open time and its jittered top, rounded up.
+        assert_eq!(r.retry_after_ms % 1000, 0, "{r:?}");
+        assert!(
+            r.retry_after_ms >= open_ms && r.retry_after_ms <= (open_ms + open_ms / 5).div_ceil(1000) * 1000 + 1000,
+            "{r:?}"
+        );
     }
 }
 
@@ -390,4 +396,69 @@ fn outcomes_of_calls_admitted_before_the_trip_do_not_decide_half_open() {
     assert_eq!(s.phase, Phase::HalfOpen);
     record(&mut s, &p, 1_000, Call { failure: false, slow: false }, probe, 0.5);
     assert_eq!(s.phase, Phase::HalfOpen, "needs two successes");
+}
+
+#[test]
+fn retry_after_keeps_its_spread_in_whole_seconds() {
+    use super::breaker::whole_seconds;
+    let seen: std::collections::BTreeSet<u64> =
+        (0..100).map(|i| whole_seconds(1_000, 0.1, f64::from(i) / 100.0)).collect();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1_000, 2_000]);
+    let seen: std::collections::BTreeSet<u64> =
+        (0..100).map(|i| whole_seconds(30_000, 0.1, f64::from(i) / 100.0)).collect();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [30_000, 31_000, 32_000, 33_000]);
+    assert_eq!(whole_seconds(2_800, 0.0, 0.9), 3_000);
+    assert_eq!(whole_seconds(0, 0.0, 0.9), 1_000);
+    assert_eq!(whole_seconds(u64::MAX, 0.5, 0.9) % 1000, 0);
+}
+
+#[test]
+fn a_clock_stepped_backwards_ends_the_ramp_and_clamps_the_open_time() {
+    let p = Policy { recovery_ramp_ms: 60_000, open_jitter: 0.1, ..policy(1, 1.0, 10, 1, 1, 1) };
+    let mut s = BreakerState::new(&p);
+    s.closed_at_ms = 10_000_000;
+    // Stepped back by an hour: the ramp would start in the future and refuse everything.
+    for i in 0..20 {
+        let (d, _) = admit(&mut s, &p, 10_000_000 - 3_600_000 / 2, f64::from(i) / 20.0);
+        assert!(matches!(d, Decision::Admit { .. }), "{d:?}");
+    }
+    let mut s = BreakerState::new(&p);
+    trip(&mut s, &p, 10_000_000);
+    let (d, e) = admit(&mut s, &p, 10_000_000 - 3_600_000, 0.5);
+    assert!(e.changed);
+    assert!(s.open_until_ms <= 10_000_000 - 3_600_000 + p.longest_open_ms(), "{s:?}");
+    assert!(matches!(d, Decision::Refuse(_)));
+    assert!(matches!(admit(&mut s, &p, 10_000_000 - 3_600_000 + p.longest_open_ms(), 0.5).0, Decision::Admit { .. }));
+}
+
+#[test]
+fn a_probe_that_times_out_reopens_and_half_open_never_outlives_answer_timeout() {
+    let p = Policy { answer_timeout_ms: 5_000, ..policy(1, 1.0, 10, 1, 2, 2) };
+    let mut s = BreakerState::new(&p);
+    trip(&mut s, &p, 0);
+    let Decision::Admit { probe: Some(t) } = admit(&mut s, &p, 1_000, 0.5).0 else { panic!() };
+    assert_eq!(t.deadline_ms, 6_000);
+    // Its own worker times it out at the deadline: re-open.
+    let mut a = s.clone();
+    let e = timeout(&mut a, &p, 6_000, Some(t), 0.5);
+    assert_eq!(e.transition.map(|t| (t.to, t.reason)), Some((Phase::Open, Reason::ProbeFailed)));
+    // Another worker's admit after the deadline notices first: re-open too.
+    let mut b = s.clone();
+    let (d, e) = admit(&mut b, &p, 6_000, 0.5);
+    assert!(matches!(d, Decision::Refuse(r) if r.reason == Reason::ProbeFailed), "{d:?}");
+    assert_eq!(e.transition.map(|t| t.to), Some(Phase::Open));
+    // A closed breaker counts a timed-out call as a failure.
+    let mut c = BreakerState::new(&p);
+    assert_eq!(timeout(&mut c, &p, 10, None, 0.5).transition.map(|t| t.to), Some(Phase::Open));
+}
+
+#[test]
+fn a_time_window_bucket_that_fills_keeps_its_rate() {
+    let mut w = window::Window::new(WindowSpec::Time { seconds: 10 });
+    for i in 0..200_000u32 {
+        w.record(0, i % 4 == 0, false);
+    }
+    let c = w.counts(0);
+    let rate = f64::from(c.failures) / f64::from(c.calls);
+    assert!((rate - 0.25).abs() < 0.01, "{c:?}");
 }

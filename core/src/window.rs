@@ -90,6 +90,12 @@ impl Window {
                 if b.epoch != epoch {
                     *b = Bucket { epoch, ..Bucket::default() };
                 }
+                if b.calls == u16::MAX {
+                    // Halve the bucket rather than saturate one count: the rates stay right.
+                    b.calls /= 2;
+                    b.failures /= 2;
+                    b.slow /= 2;
+                }
                 b.calls = b.calls.saturating_add(1);
                 b.failures = b.failures.saturating_add(u16::from(failure));
                 b.slow = b.slow.saturating_add(u16::from(slow));
