@@ -177,14 +177,26 @@ fn remote_verdict(
     Some(Verdict::Refuse(refused))
 }
 
+/// What ending a tracked call means: `Some(true)` when its answer deadline passed before this
+/// end (no answer by then: a failure, as the tick would have counted it), `None` when the tick
+/// already counted it.
+fn settle(vm: &mut Vm, a: &Admitted, now: u64) -> Option<bool> {
+    match a.pending {
+        None => Some(false),
+        Some(id) => vm.calls.settle(id).map(|deadline| now >= deadline),
+    }
+}
+
 /// Records the outcome of an admitted call (nothing if its answer deadline already decided it).
 pub fn finish(a: Admitted, failure: bool) {
     let now = host::now_ms().unwrap_or(a.start_ms);
     let p = &a.policy.policy;
     let slow = p.slow_call_ms > 0 && now.saturating_sub(a.start_ms) >= p.slow_call_ms;
     vm::with(|vm| {
-        if a.pending.is_some_and(|id| !vm.calls.settle(id)) {
-            return;
+        match settle(vm, &a, now) {
+            None => return,
+            Some(true) => return timed_out(vm, &a.breaker, p, a.probe, now),
+            Some(false) => {}
         }
         let outcome = if failure {
             Outcome::Failure
@@ -206,19 +218,35 @@ pub fn finish(a: Admitted, failure: bool) {
 }
 
 /// Ends a call that decides nothing (the client left, another filter answered): its probe slot,
-/// if any, is given back.
+/// if any, is given back. Past its answer deadline, it had no answer in time: a failure.
 pub fn abandon(a: Admitted) {
-    let settled = vm::with(|vm| a.pending.is_none_or(|id| vm.calls.settle(id)));
-    if a.probe.is_none() || !settled {
+    if a.pending.is_none() && a.probe.is_none() {
         return;
     }
     let p = &a.policy.policy;
     let now = host::now_ms().unwrap_or(a.start_ms);
-    vm::with(|vm| {
-        if let Err(e) = store::update(&a.breaker, p, |s| ((), floodgate_core::release(s, a.probe, now))) {
-            lost(vm, &a.breaker, e);
+    vm::with(|vm| match settle(vm, &a, now) {
+        Some(true) => timed_out(vm, &a.breaker, p, a.probe, now),
+        Some(false) if a.probe.is_some() => {
+            if let Err(e) = store::update(&a.breaker, p, |s| ((), floodgate_core::release(s, a.probe, now))) {
+                lost(vm, &a.breaker, e);
+            }
         }
+        _ => {}
     })
+}
+
+/// A call with no upstream answer within `answer_timeout_ms`: a failure now; a probe re-opens.
+fn timed_out(vm: &mut Vm, breaker: &str, p: &Policy, probe: Option<ProbeTicket>, now: u64) {
+    vm.metrics.call(breaker, Outcome::Failure);
+    let unit = vm.unit(now);
+    log::info!("breaker {breaker}: no upstream answer within {} ms, counted as a failure", p.answer_timeout_ms);
+    match store::update(breaker, p, |s| ((), floodgate_core::timeout(s, p, now, probe, unit))) {
+        Ok((_, effect, _)) => report(vm, breaker, effect),
+        Err(e) => {
+            lost(vm, breaker, e);
+        }
+    }
 }
 
 /// Closes this worker's calls that got no answer within `answer_timeout_ms`: each is a failure
@@ -230,22 +258,7 @@ pub fn expire_overdue() {
     let Ok(now) = host::now_ms() else { return };
     let due = vm::with(|vm| vm.calls.take_overdue(now));
     for c in due {
-        let p = &c.policy.policy;
-        vm::with(|vm| {
-            vm.metrics.call(&c.breaker, Outcome::Failure);
-            let unit = vm.unit(now);
-            log::info!(
-                "breaker {}: no upstream answer within {} ms, counted as a failure",
-                c.breaker,
-                p.answer_timeout_ms
-            );
-            match store::update(&c.breaker, p, |s| ((), floodgate_core::timeout(s, p, now, c.probe, unit))) {
-                Ok((_, effect, _)) => report(vm, &c.breaker, effect),
-                Err(e) => {
-                    lost(vm, &c.breaker, e);
-                }
-            }
-        });
+        vm::with(|vm| timed_out(vm, &c.breaker, &c.policy.policy, c.probe, now));
     }
 }
 

@@ -56,9 +56,10 @@ impl Calls {
         Some(self.next)
     }
 
-    /// Stops tracking a call: `false` when it is not tracked any more (it timed out).
-    pub fn settle(&mut self, id: u64) -> bool {
-        self.pending.remove(&id).is_some()
+    /// Stops tracking a call: its deadline, or `None` when it is not tracked any more (it
+    /// timed out).
+    pub fn settle(&mut self, id: u64) -> Option<u64> {
+        self.pending.remove(&id).map(|c| c.deadline_ms)
     }
 
     pub fn is_empty(&self) -> bool {

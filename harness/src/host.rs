@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::error::Context as _;
-use wasmtime::{Config, Engine, Module};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module};
 
-use crate::state::{lock, Fault, LogLine, Metric, SharedState};
+use crate::state::{lock, Fault, LogLine, Metric, SharedState, WorkerState};
 use crate::Worker;
 
 /// The module, compiled once, and the process-wide state its workers share.
@@ -16,6 +16,8 @@ pub struct Host {
     pub(crate) engine: Engine,
     pub(crate) module: Module,
     pub(crate) shared: Arc<Mutex<SharedState>>,
+    /// The module linked to the host calls once; each worker only instantiates it.
+    pub(crate) pre: InstancePre<WorkerState>,
     workers: usize,
 }
 
@@ -49,7 +51,26 @@ impl Host {
             std::fs::read(wasm).with_context(|| format!("{} is missing: run `make wasm` first", wasm.display()))?;
         let (engine, module) = compiled(wasm, bytes)?;
         let shared = SharedState { clock_ns: START_NS, ..SharedState::default() };
-        Ok(Host { engine, module, shared: Arc::new(Mutex::new(shared)), workers: 0 })
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut WorkerState| &mut s.wasi)?;
+        crate::hostcalls::link(&mut linker)?;
+        // gRPC, shared queues, foreign functions...: trap with the import's name if ever called.
+        linker.define_unknown_imports_as_traps(&module)?;
+        let pre = linker.instantiate_pre(&module)?;
+        Ok(Host { engine, module, shared: Arc::new(Mutex::new(shared)), pre, workers: 0 })
+    }
+
+    /// Another host for the same module (compiled once) with fresh shared state and clock: cheap,
+    /// for tests that run thousands of independent sequences.
+    pub fn sibling(&self) -> Host {
+        let shared = SharedState { clock_ns: START_NS, ..SharedState::default() };
+        Host {
+            engine: self.engine.clone(),
+            module: self.module.clone(),
+            shared: Arc::new(Mutex::new(shared)),
+            pre: self.pre.clone(),
+            workers: 0,
+        }
     }
 
     /// A new worker (a fresh instance of the module) sharing this host's store, metrics and clock.
@@ -70,6 +91,12 @@ impl Host {
     /// Moves the clock forward (time never moves by itself).
     pub fn advance(&self, by: Duration) {
         lock(&self.shared).clock_ns += by.as_nanos() as u64;
+    }
+
+    /// Steps the wall clock backwards (an NTP step, a VM restored from a snapshot).
+    pub fn rewind(&self, by: Duration) {
+        let mut s = lock(&self.shared);
+        s.clock_ns = s.clock_ns.saturating_sub(by.as_nanos() as u64);
     }
 
     /// Makes the next `times` calls of host function `call` return `status`.
@@ -96,6 +123,11 @@ impl Host {
     pub fn metric(&self, name: &str) -> Option<i64> {
         let s = lock(&self.shared);
         s.metrics.iter().find(|m| m.name == name).map(|m| m.value)
+    }
+
+    /// How many metrics the module defined.
+    pub fn metric_count(&self) -> usize {
+        lock(&self.shared).metrics.len()
     }
 
     pub fn metrics(&self) -> Vec<Metric> {

@@ -4,12 +4,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use wasmtime::error::Context as _;
-use wasmtime::{Extern, Instance, Linker, Store, TypedFunc};
+use wasmtime::{Extern, Instance, Store, TypedFunc};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::abi::{buffer, map};
 use crate::state::{CallStats, HttpCall, LocalResponse, ManualClock, WorkerState};
-use crate::{hostcalls, Host};
+use crate::Host;
 
 /// One instance of the module, like one Envoy worker thread.
 pub struct Worker {
@@ -40,12 +40,7 @@ impl Worker {
         };
         let mut store = Store::new(&host.engine, state);
         store.set_fuel(u64::MAX)?;
-        let mut linker = Linker::new(&host.engine);
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut WorkerState| &mut s.wasi)?;
-        hostcalls::link(&mut linker)?;
-        // gRPC, shared queues, foreign functions...: trap with the import's name if ever called.
-        linker.define_unknown_imports_as_traps(&host.module)?;
-        let instance = linker.instantiate(&mut store, &host.module)?;
+        let instance = host.pre.instantiate(&mut store)?;
         let mut w = Worker { store, instance, root: 1, next_context: 2, last: CallStats::default() };
         if let Ok(init) = w.instance.get_typed_func::<(), ()>(&mut w.store, "_initialize") {
             init.call(&mut w.store, ())?;

@@ -525,3 +525,245 @@ fn an_unreachable_control_plane_lapses_overrides_after_stale_after_s() {
     assert_eq!(host.metric("floodgate_control_stale"), Some(1));
     assert_eq!(metric(&host, "floodgate_forced", &[("breaker", "*")]), 0);
 }
+
+// ---- issue 11: outcomes, answer deadlines, bounded state, overrides, time, the poller ----
+
+/// An upgrade whose stream gets `status` with the given `response.code_details` and flags.
+fn answer_from(w: &mut Worker, ctx: u32, status: u16, details: &str, flags: u64) {
+    w.set_context_property(ctx, &["response", "code_details"], details.as_bytes());
+    w.set_context_property(ctx, &["response", "flags"], &flags.to_le_bytes());
+    w.response_headers(ctx, &[(":status", &status.to_string())], false).unwrap();
+    w.end(ctx).unwrap();
+}
+
+fn state(host: &Host) -> i64 {
+    metric(host, "floodgate_state", &[("breaker", BREAKER)])
+}
+
+#[test]
+fn replies_of_other_filters_and_clients_that_leave_decide_nothing_envoys_own_replies_are_failures() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONFIG);
+    // A rate limiter's 429 and RBAC's 403 after Floodgate, and clients that leave before the
+    // upstream answered (flag DC): many more than the streak of 3, nothing trips.
+    for i in 0..10 {
+        let (ctx, action) = upgrade(&mut a, BREAKER);
+        assert_eq!(action, CONTINUE);
+        match i % 3 {
+            0 => answer_from(&mut a, ctx, 429, "request_rate_limited", 0x800),
+            1 => answer_from(&mut a, ctx, 403, "rbac_access_denied_matched_policy[none]", 0),
+            _ => {
+                a.set_context_property(ctx, &["response", "flags"], &0x4000u64.to_le_bytes());
+                a.end(ctx).unwrap();
+            }
+        }
+    }
+    assert_eq!(transitions(&host, "closed", "open"), 0);
+    assert_eq!(metric(&host, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "failure")]), 0);
+    // Envoy's own 503 (connection failure) and 504 (upstream timeout), whatever their status,
+    // and an upstream reset before any answer: three failures, the breaker opens.
+    let (c1, _) = upgrade(&mut a, BREAKER);
+    answer_from(&mut a, c1, 503, "upstream_reset_before_response_started{connection_failure}", 0x20);
+    let (c2, _) = upgrade(&mut a, BREAKER);
+    answer_from(&mut a, c2, 504, "response_timeout", 0x4);
+    let (c3, _) = upgrade(&mut a, BREAKER);
+    a.set_context_property(c3, &["response", "flags"], &0x10u64.to_le_bytes());
+    a.end(c3).unwrap();
+    assert_eq!(transitions(&host, "closed", "open"), 1);
+}
+
+#[test]
+fn a_client_leaving_a_half_open_probe_gives_its_slot_back_without_reopening() {
+    let mut host = host();
+    let mut a = worker(&mut host, CONFIG);
+    for _ in 0..3 {
+        call(&mut a, 503);
+    }
+    host.advance(Duration::from_millis(10_001));
+    let (p1, _) = upgrade(&mut a, BREAKER);
+    let (p2, _) = upgrade(&mut a, BREAKER);
+    refused(&mut a); // both permits taken
+    a.set_context_property(p1, &["response", "flags"], &0x4000u64.to_le_bytes());
+    a.end(p1).unwrap();
+    assert_eq!(transitions(&host, "half_open", "open"), 0, "a client that left is not a probe failure");
+    // Its slot is free again: a new probe gets it; two successes close the breaker.
+    let (p3, action) = upgrade(&mut a, BREAKER);
+    assert_eq!(action, CONTINUE);
+    answer(&mut a, p2, 101);
+    answer(&mut a, p3, 101);
+    assert_eq!(transitions(&host, "half_open", "closed"), 1);
+}
+
+#[test]
+fn a_backend_that_never_answers_reopens_a_half_open_breaker_within_answer_timeout_ms() {
+    let mut host = host();
+    let config = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 10000, "jitter": 0.0},
+        "half_open": {"permits": 1, "successes": 1}, "answer_timeout_ms": 2000}}"#;
+    let mut a = worker(&mut host, config);
+    assert_eq!(a.tick_period_ms(), 100, "answer deadlines need the tick");
+    // Closed: three calls that hang are three failures once their deadline passes.
+    let hung: Vec<u32> = (0..3).map(|_| upgrade(&mut a, BREAKER).0).collect();
+    host.advance(Duration::from_millis(1_999));
+    a.tick().unwrap();
+    assert_eq!(transitions(&host, "closed", "open"), 0);
+    host.advance(Duration::from_millis(1));
+    a.tick().unwrap();
+    assert_eq!(transitions(&host, "closed", "open"), 1);
+    // Their late ends decide nothing more.
+    for ctx in hung {
+        answer(&mut a, ctx, 101);
+    }
+    assert_eq!(metric(&host, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "failure")]), 3);
+    host.advance(Duration::from_millis(10_001));
+    let (probe, action) = upgrade(&mut a, BREAKER);
+    assert_eq!(action, CONTINUE);
+    assert_eq!(state(&host), 1);
+    host.advance(Duration::from_millis(2_000));
+    a.tick().unwrap();
+    assert_eq!(transitions(&host, "half_open", "open"), 1);
+    let r = refused(&mut a);
+    assert!(String::from_utf8_lossy(&r.body).contains("probe_failed"), "{}", String::from_utf8_lossy(&r.body));
+    answer(&mut a, probe, 101);
+    assert_eq!(state(&host), 2);
+}
+
+#[test]
+fn another_worker_notices_a_probe_whose_worker_is_gone_past_answer_timeout_ms() {
+    let mut host = host();
+    let config = r#"{"defaults": {"consecutive_failures": 1, "open": {"base_ms": 1000, "jitter": 0.0},
+        "half_open": {"permits": 1, "successes": 1}, "answer_timeout_ms": 2000}}"#;
+    let mut a = worker(&mut host, config);
+    let mut b = worker(&mut host, config);
+    call(&mut a, 503);
+    host.advance(Duration::from_millis(1_001));
+    let (_probe, _) = upgrade(&mut a, BREAKER); // a never ticks again
+    host.advance(Duration::from_millis(2_000));
+    let r = refused(&mut b);
+    assert!(String::from_utf8_lossy(&r.body).contains("probe_failed"));
+}
+
+#[test]
+fn fifteen_hundred_client_chosen_keys_leave_stats_and_vm_memory_bounded() {
+    let mut host = host();
+    let config = r#"{"key": "header:x-room", "max_breakers": 16, "defaults": {"consecutive_failures": 2},
+        "breakers": {"collab_ws": {}}}"#;
+    let mut ws = [worker(&mut host, config), worker(&mut host, config)];
+    let base: Vec<usize> = ws.iter_mut().map(|w| w.memory_bytes()).collect();
+    let send = |w: &mut Worker, room: &str, status: u16| {
+        let ctx = w.new_context().unwrap();
+        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("x-room", room)];
+        let action = w.request_headers(ctx, &headers, false).unwrap();
+        answer(w, ctx, status);
+        action
+    };
+    for i in 0..1500 {
+        let room = format!("junk-{i}-{}", "x".repeat(i % 200));
+        assert_eq!(send(&mut ws[i % 2], &room, 101), CONTINUE);
+    }
+    let stats = host.metrics().len();
+    // 16 tracked keys with their series (12 each plus transitions), and a few global ones.
+    assert!(stats <= 8 + 17 * 21, "{stats} stats after 1500 keys");
+    assert_eq!(host.metric("floodgate_untracked_total"), Some(1500 - 16));
+    for (i, w) in ws.iter_mut().enumerate() {
+        let grown = w.memory_bytes() - base[i];
+        assert!(grown <= 256 * 1024, "worker {i} grew by {grown} bytes");
+    }
+    // The key named in `breakers` is tracked although the junk filled max_breakers.
+    assert_eq!(send(&mut ws[0], BREAKER, 503), CONTINUE);
+    assert_eq!(send(&mut ws[1], BREAKER, 503), CONTINUE);
+    assert_eq!(send(&mut ws[0], BREAKER, 101), PAUSE, "collab_ws tripped: it is tracked");
+    println!(
+        "1500 client-chosen keys: {stats} stats, {} untracked",
+        host.metric("floodgate_untracked_total").unwrap_or(0)
+    );
+}
+
+#[test]
+fn a_forced_open_refuses_untracked_keys_too() {
+    let mut host = host();
+    let config = r#"{"key": "header:x-room", "max_breakers": 1, "defaults": {"mode": "forced_open"}}"#;
+    let mut a = worker(&mut host, config);
+    assert_eq!(metric(&host, "floodgate_forced", &[("breaker", "*")]), 1, "config forced_open is reported");
+    for room in ["first", "second", "third"] {
+        let ctx = a.new_context().unwrap();
+        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("x-room", room)];
+        assert_eq!(a.request_headers(ctx, &headers, false).unwrap(), PAUSE, "{room}");
+        a.end(ctx).unwrap();
+    }
+    assert_eq!(host.metric("floodgate_untracked_total"), Some(2));
+}
+
+#[test]
+fn floodgate_forced_is_cleared_by_the_worker_that_polls_after_the_lease_moves() {
+    let mut host = host();
+    let mut ws = [worker(&mut host, CONTROL), worker(&mut host, CONTROL)];
+    let (p, token) = poller(&host, &mut ws);
+    ws[p].answer_http_call(token, 200, &[], snapshot(3, BREAKER).as_bytes()).unwrap();
+    assert_eq!(metric(&host, "floodgate_forced", &[("breaker", BREAKER)]), 1);
+    // The poller's worker stops; the other takes the lease and gets a snapshot without it.
+    let other = 1 - p;
+    let mut token = None;
+    for _ in 0..40 {
+        host.advance(Duration::from_millis(100));
+        ws[other].tick().unwrap();
+        if let Some(c) = ws[other].http_calls().first() {
+            token = Some(c.token);
+            break;
+        }
+    }
+    let token = token.expect("the other worker polls");
+    let empty = r#"{"version": 4, "generated_at": "2026-11-22T10:00:00Z", "breakers": []}"#;
+    ws[other].answer_http_call(token, 200, &[], empty.as_bytes()).unwrap();
+    assert_eq!(metric(&host, "floodgate_forced", &[("breaker", BREAKER)]), 0);
+}
+
+#[test]
+fn workers_that_start_in_the_same_instant_elect_one_poller() {
+    for _ in 0..20 {
+        let mut host = host();
+        let mut ws: Vec<Worker> = (0..4).map(|_| worker(&mut host, CONTROL)).collect();
+        // All find no lease on their first tick, in the same millisecond: each writes its own.
+        for w in ws.iter_mut() {
+            w.tick().unwrap();
+        }
+        for _ in 0..5 {
+            host.advance(Duration::from_millis(100));
+            for w in ws.iter_mut() {
+                w.tick().unwrap();
+            }
+        }
+        let polling = ws.iter().filter(|w| !w.http_calls().is_empty()).count();
+        assert_eq!(polling, 1);
+    }
+}
+
+#[test]
+fn a_clock_stepped_back_never_refuses_a_closed_breaker_with_a_ramp() {
+    let mut host = host();
+    let config = r#"{"defaults": {"consecutive_failures": 1, "open": {"base_ms": 1000, "jitter": 0.0},
+        "half_open": {"permits": 1, "successes": 1}, "recovery_ramp_ms": 600000}}"#;
+    let mut a = worker(&mut host, config);
+    call(&mut a, 503);
+    host.advance(Duration::from_millis(1_001));
+    call(&mut a, 101); // closes; the 10-minute ramp starts now
+    host.advance(Duration::from_millis(600_001));
+    call(&mut a, 101);
+    host.rewind(Duration::from_secs(3_600));
+    for _ in 0..20 {
+        call(&mut a, 101);
+    }
+}
+
+#[test]
+fn retry_after_spreads_over_whole_seconds_for_half_open_refusals() {
+    let mut host = host();
+    let config = r#"{"defaults": {"consecutive_failures": 1, "open": {"base_ms": 1000, "jitter": 0.2},
+        "half_open": {"permits": 1, "successes": 1}}}"#;
+    let mut a = worker(&mut host, config);
+    call(&mut a, 503);
+    host.advance(Duration::from_millis(2_000));
+    let (_probe, _) = upgrade(&mut a, BREAKER);
+    let seen: std::collections::BTreeSet<String> =
+        (0..60).map(|_| refused(&mut a).header("retry-after").unwrap_or_default().to_string()).collect();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["1", "2"]);
+}
