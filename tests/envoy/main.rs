@@ -573,3 +573,182 @@ async fn an_http2_websocket_gets_the_design_refusal_while_forced_open() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["reason"], "forced");
     assert_eq!(p.backend.control.handshakes(), 0, "the refused upgrade reached the backend");
 }
+
+// ---- issue 11: outcomes are the backend's, answer deadlines, bounded client-chosen keys ----
+
+/// Sends an upgrade request on a raw connection and leaves after `wait` without an answer.
+async fn leave_after(addr: std::net::SocketAddr, wait: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = "GET /ws HTTP/1.1\r\nhost: x\r\nupgrade: websocket\r\nconnection: upgrade\r\n\
+               sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    s.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(wait).await;
+    drop(s);
+}
+
+#[tokio::test]
+async fn clients_leaving_a_slow_handshake_do_not_trip_the_breaker() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}))).await;
+    p.backend.control.set_mode(Mode::SlowHandshakes(Duration::from_millis(1_500)));
+    let leaving = (0..6).map(|_| leave_after(p.envoy.listen, Duration::from_millis(200)));
+    futures_util::future::join_all(leaving).await;
+    // Their streams have ended (Envoy logged them) well before the backend would answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(p.metric("floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "failure")]).await, 0.0);
+    assert_eq!(p.metric("floodgate_state", &[("breaker", BREAKER)]).await, 0.0);
+    // The slow but healthy backend still gets new upgrades.
+    let mut s = p.expect_open().await;
+    client::echo(&mut s, "still admitted").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_leaving_a_half_open_probe_gives_the_slot_back_without_reopening() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {
+        "consecutive_failures": 2, "open": {"base_ms": 600, "jitter": 0.0},
+        "half_open": {"permits": 1, "successes": 1}
+    }})))
+    .await;
+    p.failed_upgrades(2).await;
+    p.backend.control.set_mode(Mode::SlowHandshakes(Duration::from_millis(1_500)));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    leave_after(p.envoy.listen, Duration::from_millis(200)).await; // the probe's client leaves
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let reopened =
+        p.metric("floodgate_transitions_total", &[("breaker", BREAKER), ("from", "half_open"), ("to", "open")]).await;
+    assert_eq!(reopened, 0.0, "a client that left re-opened the breaker");
+    // The slot is free: the next upgrade is the probe, and its success closes the breaker.
+    p.backend.control.set_mode(Mode::Healthy);
+    p.expect_open().await;
+    assert_eq!(p.metric("floodgate_state", &[("breaker", BREAKER)]).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_reopens_a_half_open_breaker_within_answer_timeout_ms() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {
+        "consecutive_failures": 2, "open": {"base_ms": 500, "max_ms": 60000, "multiplier": 20.0, "jitter": 0.0},
+        "half_open": {"permits": 1, "successes": 1}, "answer_timeout_ms": 1500
+    }})))
+    .await;
+    p.failed_upgrades(2).await;
+    // The backend accepts and never answers the handshake (the route has `timeout: 0s`).
+    p.backend.control.set_mode(Mode::SlowHandshakes(Duration::from_secs(3_600)));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let addr = p.envoy.listen;
+    let probe = tokio::spawn(async move { client::upgrade(addr, "/ws").await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(p.metric("floodgate_state", &[("breaker", BREAKER)]).await, 1.0, "the probe holds half-open");
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(4), "the half-open breaker to re-open", || async {
+        let n = p
+            .metric("floodgate_transitions_total", &[("breaker", BREAKER), ("from", "half_open"), ("to", "open")])
+            .await;
+        (n == 1.0).then_some(())
+    })
+    .await;
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(1_500), "re-opened {waited:?} after the probe's start + 200 ms");
+    let r = p.expect_refused().await;
+    assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("open"));
+    assert_eq!(r.json()["reason"], "probe_failed");
+    probe.abort();
+}
+
+/// `envoy/http-websocket.yaml` with a local rate limit (1 request per hour) after Floodgate.
+fn with_rate_limit_after_floodgate(config: &str) -> String {
+    let router = "          - name: envoy.filters.http.router";
+    assert!(config.contains(router));
+    let limit = "          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: after_floodgate
+              token_bucket: {max_tokens: 1, tokens_per_fill: 1, fill_interval: 3600s}
+              filter_enabled: {runtime_key: rl_enabled, default_value: {numerator: 100, denominator: HUNDRED}}
+              filter_enforced: {runtime_key: rl_enforced, default_value: {numerator: 100, denominator: HUNDRED}}
+";
+    config.replacen(router, &format!("{limit}{router}"), 1)
+}
+
+#[tokio::test]
+async fn a_429_from_a_filter_after_floodgate_is_not_a_failure() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    // 4xx count as failures here, so a 429 taken for the backend's answer would trip it.
+    let plugin =
+        cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "failure": {"statuses": ["4xx", "5xx"]}}}));
+    let config = with_rate_limit_after_floodgate(&envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap());
+    let e = Envoy::start(&config, ports, 2).await.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        match client::upgrade(e.listen, "/ws").await.unwrap() {
+            Upgrade::Open(_) => statuses.push(101),
+            Upgrade::Refused(r) => {
+                assert!(!r.headers.contains_key("x-floodgate"), "Floodgate refused: {}", r.body);
+                statuses.push(r.status);
+            }
+        }
+    }
+    assert_eq!(statuses, [101, 429, 429, 429, 429, 429], "the rate limiter answers after the first");
+    let text = e.prometheus().await.unwrap();
+    assert_eq!(
+        stats::value_or_zero(&text, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "failure")]),
+        0.0
+    );
+    assert_eq!(
+        stats::value_or_zero(&text, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "success")]),
+        1.0
+    );
+    assert_eq!(stats::value_or_zero(&text, "floodgate_state", &[("breaker", BREAKER)]), 0.0);
+}
+
+#[tokio::test]
+async fn envoys_own_503_for_an_unreachable_backend_is_a_failure() {
+    require_wasm();
+    // Nothing listens on the backend port: Envoy answers 503 itself (connection failure).
+    let ports = Ports::free(envoy::free_port().unwrap()).unwrap();
+    let plugin = cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}));
+    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
+    let e = Envoy::start(&config, ports, 2).await.unwrap();
+    for _ in 0..2 {
+        let Upgrade::Refused(r) = client::upgrade(e.listen, "/ws").await.unwrap() else { panic!("101 from nowhere") };
+        assert_eq!(r.status, 503);
+        assert!(!r.headers.contains_key("x-floodgate"));
+    }
+    let Upgrade::Refused(r) = client::upgrade(e.listen, "/ws").await.unwrap() else { panic!("admitted") };
+    assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("open"));
+}
+
+#[tokio::test]
+async fn fifteen_hundred_client_chosen_keys_leave_stats_bounded() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let plugin = cfg(serde_json::json!({"shed": "all", "key": "header:x-room", "max_breakers": 16,
+        "defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}, "breakers": {BREAKER: {}}}));
+    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
+    let e = Envoy::start(&config, ports, 2).await.unwrap();
+    let count = |text: &str| text.lines().filter(|l| !l.starts_with('#') && l.contains("floodgate_")).count();
+    let before = count(&e.prometheus().await.unwrap());
+    for i in 0..1500 {
+        let room = format!("junk-{i}");
+        let (status, _, _) = client::http_request(e.listen, "GET", "/", &[("x-room", &room)], "").await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let text = e.prometheus().await.unwrap();
+    let after = count(&text);
+    // 16 tracked keys, each with its dozen series, and the global ones.
+    assert!(after <= 16 * 12 + 10, "{after} floodgate series after 1500 keys (before: {before})");
+    assert_eq!(stats::value_or_zero(&text, "floodgate_untracked_total", &[]), 1500.0 - 16.0);
+    assert_eq!(stats::value(&text, "floodgate_state", &[("breaker", BREAKER)]), None);
+    // The key named in `breakers` is still tracked although junk filled max_breakers: its
+    // series appear with its first request.
+    let (status, _, _) = client::http_request(e.listen, "GET", "/", &[("x-room", BREAKER)], "").await.unwrap();
+    assert_eq!(status, 200);
+    let text = e.prometheus().await.unwrap();
+    assert_eq!(
+        stats::value(&text, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "success")]),
+        Some(1.0)
+    );
+    println!("1500 client-chosen keys: {after} floodgate series (before {before})");
+}
