@@ -11,7 +11,13 @@ fuzz_target!(|data: &[u8]| {
     let bytes = serde_json::to_vec(&view).unwrap_or_default();
     let back: RemoteView = serde_json::from_slice(&bytes).unwrap_or_default();
     assert_eq!(back, view, "the shared view round-trips");
-    let p = DecideParams { stale_after_ms: 120_000, ramp_ms: 10_000, open_retry_ms: 30_000, jitter: 0.1, short_retry_ms: 1_000 };
+    let p = DecideParams {
+        stale_after_ms: 120_000,
+        ramp_ms: 10_000,
+        open_retry_ms: 30_000,
+        jitter: 0.1,
+        short_retry_ms: 1_000,
+    };
     for o in &view.overrides {
         for t in [0, now, o.until_ms, o.until_ms.saturating_sub(1), u64::MAX] {
             let _ = decide(&view, &o.key, t, &p, 0.5);
