@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use floodgate_core::classify::{FailurePolicy, StatusPattern};
 use floodgate_core::state::MAX_PERMITS;
+use floodgate_core::window::TIME_BUCKETS;
 use floodgate_core::{Mode, Policy, WindowSpec};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -451,6 +452,16 @@ fn resolve(raw: &RawPolicy, at: &str) -> Result<BreakerPolicy, ConfigError> {
         Some(k) => return err(f("window.kind"), format!("must be \"count\" or \"time\", got {k:?}")),
     };
     let minimum_calls = raw.minimum_calls.unwrap_or(d.minimum_calls);
+    if let WindowSpec::Time { .. } = window {
+        // Each of a time window's buckets counts at most u16::MAX calls.
+        let most = TIME_BUCKETS as u32 * u32::from(u16::MAX);
+        if minimum_calls > most {
+            return err(
+                f("minimum_calls"),
+                format!("must not exceed {most} (what a time window counts), got {minimum_calls}"),
+            );
+        }
+    }
     if let WindowSpec::Count { size } = window {
         if minimum_calls > u32::from(size) {
             return err(f("minimum_calls"), format!("must not exceed window.size ({size}), got {minimum_calls}"));
@@ -577,6 +588,7 @@ mod tests {
             (r#"{"breaker":"x"}"#, "breaker"),
             (r#"{"control":{"cluster":"c","wait_s":30,"timeout_ms":1000}}"#, "control.timeout_ms"),
             (r#"{"defaults":{"consecutive_failures":70000}}"#, "defaults.consecutive_failures"),
+            (r#"{"defaults":{"window":{"kind":"time"},"minimum_calls":700000}}"#, "defaults.minimum_calls"),
             (r#"{"breakers":{"a":{"answer_timeout_ms":5}}}"#, "breakers.a.answer_timeout_ms"),
         ];
         for (json, field) in cases {

@@ -730,6 +730,15 @@ async fn fifteen_hundred_client_chosen_keys_leave_stats_bounded() {
     let e = Envoy::start(&config, ports, 2).await.unwrap();
     let count = |text: &str| text.lines().filter(|l| !l.starts_with('#') && l.contains("floodgate_")).count();
     let before = count(&e.prometheus().await.unwrap());
+    let rss_kib = |pid: Option<u32>| -> u64 {
+        let status = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok()).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let rss_before = rss_kib(e.pid());
     for i in 0..1500 {
         let room = format!("junk-{i}");
         let (status, _, _) = client::http_request(e.listen, "GET", "/", &[("x-room", &room)], "").await.unwrap();
@@ -737,6 +746,11 @@ async fn fifteen_hundred_client_chosen_keys_leave_stats_bounded() {
     }
     let text = e.prometheus().await.unwrap();
     let after = count(&text);
+    let rss_after = rss_kib(e.pid());
+    let grown_kib = rss_after.saturating_sub(rss_before);
+    // The Envoy process (stats, both worker VMs, shared data) grows by little: 1,500 keys with a
+    // dozen stats each would be 18,000 stats.
+    assert!(grown_kib < 32 * 1024, "Envoy's RSS grew by {grown_kib} KiB over 1500 keys");
     // 16 tracked keys, each with its dozen series, and the global ones.
     assert!(after <= 16 * 12 + 10, "{after} floodgate series after 1500 keys (before: {before})");
     assert_eq!(stats::value_or_zero(&text, "floodgate_untracked_total", &[]), 1500.0 - 16.0);
@@ -750,5 +764,5 @@ async fn fifteen_hundred_client_chosen_keys_leave_stats_bounded() {
         stats::value(&text, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "success")]),
         Some(1.0)
     );
-    println!("1500 client-chosen keys: {after} floodgate series (before {before})");
+    println!("1500 client-chosen keys: {after} floodgate series (before {before}), Envoy RSS +{grown_kib} KiB");
 }
