@@ -766,3 +766,28 @@ async fn fifteen_hundred_client_chosen_keys_leave_stats_bounded() {
     );
     println!("1500 client-chosen keys: {after} floodgate series (before {before}), Envoy RSS +{grown_kib} KiB");
 }
+
+#[tokio::test]
+async fn tcp_connections_count_once_the_upstream_connection_exists() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let plugin = cfg(serde_json::json!({"breaker": "backend_tcp", "defaults": {"consecutive_failures": 2}}));
+    let config = envoy::render("tcp.yaml", ports, &[&plugin]).unwrap();
+    let e = Envoy::start(&config, ports, 2).await.unwrap();
+    // Connections that reach the upstream and close without a byte either way (the backend does
+    // not speak first): Envoy made the upstream connection, so each is a success.
+    for _ in 0..3 {
+        let s = tokio::net::TcpStream::connect(e.listen).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(s);
+    }
+    let admin = e.admin;
+    eventually(Duration::from_secs(5), "three successes", || async move {
+        let (_, _, text) = client::http_get(admin, "/stats/prometheus").await.unwrap();
+        let ok =
+            stats::value_or_zero(&text, "floodgate_calls_total", &[("breaker", "backend_tcp"), ("outcome", "success")]);
+        (ok == 3.0).then_some(())
+    })
+    .await;
+}
