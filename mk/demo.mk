@@ -6,7 +6,7 @@ TEST_TARGETS += test-demo
 demo: wasm
 	scripts/deps.sh envoy redis prometheus
 	cargo build -q -p floodgate-control
-	cargo run -q -p floodgate-demo --bin floodgate-demo
+	cargo run -q -p floodgate-demo
 
 # Built alone, as `cargo run -p floodgate-demo` (what the test runs) builds it.
 test-demo: wasm

@@ -8,7 +8,7 @@ TEST_TARGETS += test-envoy
 ENVOY_SUITE = cargo test -p floodgate-tests --test envoy --test capacity
 
 test-envoy: wasm
-	scripts/deps.sh envoy
+	scripts/deps.sh envoy envoy-oldest
 	FLOODGATE_ENVOY=$(call envoy_of,$(FLOODGATE_ENVOY_OLDEST)) FLOODGATE_ENVOY_VERSION=$(FLOODGATE_ENVOY_OLDEST) $(ENVOY_SUITE)
 	FLOODGATE_ENVOY=$(FLOODGATE_ENVOY) FLOODGATE_ENVOY_VERSION=1.40 $(ENVOY_SUITE)
 

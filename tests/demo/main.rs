@@ -1,6 +1,8 @@
 //! `make demo` end to end in its short form: `cargo run -p floodgate-demo -- --short` (the command
-//! `make demo` runs, without naming the binary, as on a fresh clone) drives the whole loop, and
-//! this test checks the numbers of its machine-readable summary line, not its exit code.
+//! `make demo` runs, `cargo run -q -p floodgate-demo` without naming the binary, with `--short`)
+//! drives the whole loop, and this test checks the numbers of its machine-readable summary line,
+//! not its exit code. `make test-demo` builds the module and floodgate-control first, as
+//! `make demo` does.
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
@@ -22,12 +24,16 @@ fn run_short_demo(within: Duration) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stdout.read_to_string(&mut out);
-        out
-    });
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = pipe.read_to_string(&mut out);
+            out
+        })
+    };
+    // Both pipes are read while the demo runs, so neither can fill up and stall it.
+    let reader = drain(Box::new(child.stdout.take().unwrap()));
+    let err_reader = drain(Box::new(child.stderr.take().unwrap()));
     let start = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -41,8 +47,7 @@ fn run_short_demo(within: Duration) -> String {
         std::thread::sleep(Duration::from_millis(200));
     };
     let out = reader.join().unwrap();
-    let mut err = String::new();
-    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    let err = err_reader.join().unwrap();
     assert!(status.success(), "the demo failed ({status}):\n{out}\n{err}");
     println!("{out}");
     out

@@ -27,6 +27,19 @@ async fn proxy(plugin_config: &str) -> Proxy {
     Proxy { backend, envoy }
 }
 
+/// As [`proxy`], with HTTP/2 WebSockets switched on the way the shipped config's comment says.
+async fn proxy_h2(plugin_config: &str) -> Proxy {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let config = envoy::render("http-websocket.yaml", ports, &[plugin_config]).unwrap();
+    let opted_in = config
+        .replace("# http2_protocol_options: {allow_connect: true}", "http2_protocol_options: {allow_connect: true}");
+    assert_ne!(opted_in, config, "envoy/http-websocket.yaml no longer carries the opt-in line");
+    let envoy = Envoy::start(&opted_in, ports, 2).await.unwrap();
+    Proxy { backend, envoy }
+}
+
 impl Proxy {
     async fn upgrade(&self) -> Upgrade {
         client::upgrade(self.envoy.listen, "/ws").await.unwrap()
@@ -535,7 +548,7 @@ fn assert_design_refusal(status: u16, headers: &std::collections::BTreeMap<Strin
 
 #[tokio::test]
 async fn an_http2_websocket_is_admitted_while_closed_and_its_data_reaches_the_backend() {
-    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2}}))).await;
+    let p = proxy_h2(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2}}))).await;
     let before = p.backend.control.accepted();
     let mut ws = h2_upgrade(p.envoy.listen, "/ws").await;
     assert_eq!(ws.status, 200, "an admitted extended CONNECT is answered 200 ({:?})", ws.headers);
@@ -550,7 +563,8 @@ async fn an_http2_websocket_is_admitted_while_closed_and_its_data_reaches_the_ba
 
 #[tokio::test]
 async fn an_http2_websocket_gets_the_design_refusal_while_the_breaker_is_open_and_never_reaches_the_backend() {
-    let p = proxy(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}))).await;
+    let p =
+        proxy_h2(&cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000}}}))).await;
     p.failed_upgrades(2).await;
     p.backend.control.set_mode(Mode::Healthy);
     let seen = p.backend.control.handshakes();
@@ -565,7 +579,7 @@ async fn an_http2_websocket_gets_the_design_refusal_while_the_breaker_is_open_an
 
 #[tokio::test]
 async fn an_http2_websocket_gets_the_design_refusal_while_forced_open() {
-    let p = proxy(&cfg(serde_json::json!({"defaults": {"mode": "forced_open"}}))).await;
+    let p = proxy_h2(&cfg(serde_json::json!({"defaults": {"mode": "forced_open"}}))).await;
     let ws = h2_upgrade(p.envoy.listen, "/ws").await;
     let (status, headers) = (ws.status, ws.headers.clone());
     let body = ws.body().await;
@@ -790,4 +804,24 @@ async fn tcp_connections_count_once_the_upstream_connection_exists() {
         (ok == 3.0).then_some(())
     })
     .await;
+}
+
+/// Browsers over TLS would otherwise send WebSockets as extended CONNECT, which Envoy forwards to
+/// an HTTP/1.1 backend without `sec-websocket-key` (envoyproxy/envoy#8547).
+#[test]
+fn shipped_configs_leave_http2_websockets_off_unless_the_user_opts_in() {
+    let root = floodgate_demo::repo_root();
+    for path in [
+        "envoy/http-websocket.yaml",
+        "envoy/http-websocket-matcher.yaml",
+        "envoy/control.yaml",
+        "deploy/compose/envoy.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(path)).unwrap();
+        let enabled = text
+            .lines()
+            .any(|l| l.trim_start().starts_with("http2_protocol_options:") && l.contains("allow_connect: true"));
+        assert!(!enabled, "{path} enables extended CONNECT by default");
+        assert!(text.contains("# http2_protocol_options: {allow_connect: true}"), "{path} lost the opt-in line");
+    }
 }
