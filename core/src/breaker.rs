@@ -134,7 +134,8 @@ fn admit_normalized(
         }
         _ => {
             if ramp_refuses(s, p, now_ms, unit) {
-                let retry_after_ms = spread(p, SHORT_RETRY_MS, unit);
+                // The ramp refuses only the draws above its share: spread with other bits.
+                let retry_after_ms = spread(p, SHORT_RETRY_MS, rebits(unit));
                 let refusal = Refusal { state: RefusedAs::Closed, reason: Reason::RecoveryRamp, retry_after_ms };
                 return (Decision::Refuse(refusal), effect);
             }
@@ -280,6 +281,12 @@ fn ramp_refuses(s: &BreakerState, p: &Policy, now_ms: u64, unit: f64) -> bool {
 
 fn spread(p: &Policy, ms: u64, unit: f64) -> u64 {
     whole_seconds(ms, p.open_jitter, unit)
+}
+
+/// Another uniform value in [0, 1) from the low bits of `unit`, where `unit` itself is biased
+/// by a decision it already made (a ramp refuses only draws above its share).
+pub fn rebits(unit: f64) -> f64 {
+    (unit * 4096.0).fract()
 }
 
 /// A `retry-after` in whole seconds (returned in ms), spread over the whole seconds between `ms`

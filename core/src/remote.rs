@@ -188,6 +188,7 @@ pub fn decide<'a>(view: &'a RemoteView, key: &str, now_ms: u64, p: &DecideParams
     if p.ramp_ms > 0 && ramp_from > 0 && ramp_from <= now_ms && now_ms < ramp_from.saturating_add(p.ramp_ms) {
         let share = now_ms.saturating_sub(ramp_from) as f64 / p.ramp_ms as f64;
         if unit >= share {
+            let unit = crate::breaker::rebits(unit); // this draw is above the share: use other bits
             return RemoteDecision::Ramp { retry_after_ms: spread(p.short_retry_ms, p.jitter, unit) };
         }
     }

@@ -462,3 +462,18 @@ fn a_time_window_bucket_that_fills_keeps_its_rate() {
     let rate = f64::from(c.failures) / f64::from(c.calls);
     assert!((rate - 0.25).abs() < 0.01, "{c:?}");
 }
+
+#[test]
+fn ramp_refusals_keep_their_retry_after_spread_late_in_the_ramp() {
+    let p = Policy { recovery_ramp_ms: 10_000, open_jitter: 0.1, ..policy(1, 1.0, 10, 1, 1, 1) };
+    let mut s = BreakerState::new(&p);
+    s.closed_at_ms = 1_000;
+    // 90 % into the ramp only draws above 0.9 are refused; they still say 1 or 2 seconds.
+    let seen: std::collections::BTreeSet<u64> = (0..1000)
+        .filter_map(|i| match admit(&mut s, &p, 10_000, 0.9 + f64::from(i) / 10_000.0).0 {
+            Decision::Refuse(r) => Some(r.retry_after_ms),
+            Decision::Admit { .. } => None,
+        })
+        .collect();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1_000, 2_000]);
+}
