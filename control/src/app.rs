@@ -19,7 +19,7 @@ use crate::engine::{Command, Forced, Outcome, Rules};
 use crate::metrics::Metrics;
 use crate::store::{FleetEntry, Store, StoreError};
 use crate::{now_ms, rfc3339};
-use floodgate_core::wire::{self, EntryState, SnapshotBody, SnapshotEntry};
+use floodgate_core::wire::{self, SnapshotBody};
 
 pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_WAIT_S: u64 = 60;
@@ -195,6 +195,7 @@ async fn webhook(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap, body: B
                 key: key.clone(),
                 reason,
                 fingerprint,
+                starts_ms: time_ms(a.starts_at.as_deref(), now),
                 ends_ms: time_ms(a.ends_at.as_deref(), now),
             },
             other => {
@@ -231,21 +232,7 @@ struct SnapshotQuery {
 
 async fn snapshot_body(s: &AppState) -> Result<SnapshotBody, AppError> {
     let st = s.store.state().await?;
-    let now = now_ms();
-    let breakers = st
-        .activations
-        .values()
-        .filter(|a| a.ends_ms().is_none_or(|t| t > now))
-        .map(|a| SnapshotEntry {
-            key: a.key.clone(),
-            state: EntryState::Forced(a.state),
-            reason: Some(a.reason.clone()),
-            since: Some(rfc3339(a.since_ms)),
-            until: a.ends_ms().map(rfc3339),
-            event_id: Some(a.event_id.clone()),
-        })
-        .collect();
-    Ok(SnapshotBody { version: st.version, generated_at: Some(rfc3339(now)), breakers })
+    Ok(crate::engine::snapshot(&st, &s.rules, now_ms()))
 }
 
 /// The snapshot at `version`, from the cache when it holds that version.
@@ -381,15 +368,16 @@ async fn deactivate(
 async fn breakers(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap) -> Result<Response, AppError> {
     authorize(&s, &headers)?;
     let st = s.store.state().await?;
+    let ends = crate::engine::ends(&st, &s.rules);
     let activations: Vec<_> = st
         .activations
         .values()
         .map(|a| {
             json!({
-                "key": a.key, "state": a.state, "reason": a.reason, "source": a.source,
-                "since": rfc3339(a.since_ms), "until": a.ends_ms().map(rfc3339),
-                "deactivate_at": a.deactivate_at_ms.map(rfc3339),
-                "backpressure_level": a.backpressure_level, "event_id": a.event_id,
+                "key": a.key, "state": a.state(), "reason": a.reason(), "source": a.source,
+                "since": rfc3339(a.since_ms), "until": ends.get(&a.key).copied().flatten().map(rfc3339),
+                "deactivate_at": a.alert.as_ref().and_then(|h| h.deactivate_at_ms).map(rfc3339),
+                "backpressure_level": a.level(), "event_id": a.event_id,
             })
         })
         .collect();
@@ -425,8 +413,8 @@ async fn legacy_status(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap) -
     let st = s.store.state().await?;
     let body = match st.activations.get("*") {
         Some(a) => json!({
-            "active": true, "reason": a.reason, "activated_at": rfc3339(a.since_ms),
-            "deactivate_at": a.ends_ms().map(rfc3339), "backpressure_level": a.backpressure_level,
+            "active": true, "reason": a.reason(), "activated_at": rfc3339(a.since_ms),
+            "backpressure_level": a.level(),
         }),
         None => json!({"active": false}),
     };

@@ -277,7 +277,7 @@ impl Store for RedisStore {
             inv.key(key("state")).key(key("rev")).key(key("version")).key(key("deactivations"));
             inv.arg(rev.unwrap_or_else(|| "0".into())).arg(&json).arg(state.version);
             let scheduled: Vec<_> =
-                state.activations.values().filter_map(|a| a.ends_ms().map(|t| (t, a.key.clone()))).collect();
+                engine::ends(&state, rules).into_iter().filter_map(|(k, t)| t.map(|t| (t, k))).collect();
             inv.arg(scheduled.len());
             for (t, k) in &scheduled {
                 inv.arg(*t).arg(k);

@@ -49,8 +49,12 @@ pub struct MemoryStore {
 }
 
 impl Default for MemoryStore {
+    /// An empty store whose versions start at the epoch now (above any version an earlier run
+    /// of the service issued, see [`floodgate_core::version`]).
     fn default() -> Self {
-        MemoryStore { state: Mutex::default(), fleet: Mutex::default(), version: watch::channel(0).0 }
+        let state = State::new(crate::now_ms(), 0);
+        let version = watch::channel(state.version).0;
+        MemoryStore { state: Mutex::new(state), fleet: Mutex::default(), version }
     }
 }
 
