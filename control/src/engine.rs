@@ -169,6 +169,9 @@ pub struct State {
     pub recent_activations_ms: Vec<u64>,
     pub events: VecDeque<Event>,
     pub event_seq: u64,
+    /// When `*` was last deactivated (the original status object's `deactivated_at`).
+    #[serde(default)]
+    pub wildcard_deactivated_ms: Option<u64>,
 }
 
 impl State {
@@ -316,6 +319,9 @@ fn event(s: &mut State, kind: &str, key: &str, reason: &str, source: Source, lev
         timestamp_ms: now,
     };
     s.event_seq += 1;
+    if kind == "deactivated" && key == floodgate_core::wire::WILDCARD {
+        s.wildcard_deactivated_ms = Some(now);
+    }
     s.events.push_back(e.clone());
     while s.events.len() > EVENTS_KEPT {
         s.events.pop_front();

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod engine;
+pub mod legacy;
 pub mod metrics;
 pub mod redis_store;
 pub mod settings;

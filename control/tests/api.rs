@@ -57,7 +57,10 @@ async fn an_alert_without_the_breaker_label_activates_star_and_unknown_alerts_ar
     let (_, json, _) = call(&r, "POST", "/webhook/backpressure", bearer(), &body).await;
     assert_eq!(json["results"][0]["key"], "*");
     let (_, status, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
-    assert_eq!((status["active"].as_bool(), status["reason"].as_str()), (Some(true), Some("websocket_exhaustion")));
+    assert_eq!(
+        (status["state"].as_str(), status["activation_reason"].as_str()),
+        (Some("open"), Some("websocket_exhaustion"))
+    );
     let (_, json, _) =
         call(&r, "POST", "/webhook/alertmanager", bearer(), &alert("firing", "DiskFull", None, "", "fp3")).await;
     assert_eq!(json["results"][0]["result"], "ignored");
@@ -108,12 +111,13 @@ async fn manual_activate_with_ttl_and_deactivate_and_the_legacy_api() {
     assert_eq!(json["outcome"]["result"], "deactivated");
     let (_, json, _) = call(&r, "POST", "/api/v1/breakers/collab_ws/deactivate", bearer(), "").await;
     assert_eq!(json["outcome"]["result"], "not_active");
-    assert_eq!(call(&r, "POST", "/api/circuit-breaker/activate", bearer(), "").await.0, StatusCode::OK);
+    let (status, json, _) = call(&r, "POST", "/api/circuit-breaker/activate", bearer(), "").await;
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("activated")));
     let (_, st, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
-    assert_eq!(st["active"], true);
+    assert_eq!(st["state"], "open");
     call(&r, "POST", "/api/circuit-breaker/deactivate", bearer(), "").await;
     let (_, st, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
-    assert_eq!(st["active"], false);
+    assert_eq!(st["state"], "closed");
 }
 
 #[tokio::test]

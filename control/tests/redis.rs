@@ -94,18 +94,18 @@ async fn a_scheduled_deactivation_fires_once_with_two_replicas_running() {
         match tokio::time::timeout(Duration::from_millis(200), messages.next()).await {
             Ok(Some(m)) => {
                 let v: serde_json::Value = serde_json::from_str(&m.get_payload::<String>().unwrap()).unwrap();
-                kinds.push(v["event"].as_str().unwrap().to_string());
+                kinds.push(v["event_type"].as_str().unwrap().to_string());
                 assert!(v["timestamp"].is_string() && v["key"] == "ws", "{v}");
             }
             _ => continue,
         }
     }
     loops.iter().for_each(|l| l.abort());
-    assert_eq!(kinds.iter().filter(|k| *k == "circuit_breaker_deactivated").count(), 1, "{kinds:?}");
-    assert_eq!(kinds.first().map(String::as_str), Some("circuit_breaker_activated"));
+    assert_eq!(kinds.iter().filter(|k| *k == "deactivate").count(), 1, "{kinds:?}");
+    assert_eq!(kinds.first().map(String::as_str), Some("activate"));
     assert!(sa.state().await.unwrap().activations.is_empty());
     let zcard: u64 = redis::cmd("ZCARD")
-        .arg("collab:circuit_breaker:deactivations")
+        .arg(floodgate_control::redis_store::key("deactivations"))
         .query_async(&mut client.get_multiplexed_async_connection().await.unwrap())
         .await
         .unwrap();
