@@ -303,7 +303,7 @@ async fn webhook(
 async fn webhook_inner(s: &AppState, body: Result<Bytes, BytesRejection>) -> Result<WebhookAnswer, AppError> {
     let body = body?;
     let payload: AmPayload =
-        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid Alertmanager payload: {e}")))?;
+        parse_json(&body).map_err(|e| bad_request(format!("invalid Alertmanager payload: {e}")))?;
     if payload.truncated_alerts > 0 {
         tracing::warn!(truncated = payload.truncated_alerts, "alertmanager truncated alerts (max_alerts)");
     }
@@ -498,7 +498,20 @@ fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid activation body: {e}")))
+    parse_json(body).map_err(|e| bad_request(format!("invalid activation body: {e}")))
+}
+
+/// Parses JSON; the error names the field where it went wrong (`alerts[0].status: ...`).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
 }
 
 fn activate_command(key: String, body: ActivateBody) -> Result<Command, AppError> {
