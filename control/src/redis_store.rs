@@ -40,8 +40,8 @@ pub const TAGGED: &str = "collab:circuit_breaker:{floodgate}:";
 const CHANGES_CHANNEL: &str = "collab:circuit_breaker:{floodgate}:changes";
 const MAX_ATTEMPTS: usize = 32;
 /// Every store call answers within this (then: unavailable).
-pub const OP_TIMEOUT: Duration = Duration::from_millis(800);
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub const OP_TIMEOUT: Duration = Duration::from_millis(600);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(400);
 
 const COMMIT: &str = r#"
 -- KEYS: state, rev, version, deactivations[, active, status]
@@ -442,16 +442,15 @@ async fn init(target: &Target, con: &mut Con, floor: u64) -> Result<(), StoreErr
     Ok(())
 }
 
-/// The original keys, outside the commit (on a cluster, where they cannot share its slot).
+/// The original keys, outside the commit (on a cluster, where they cannot share its slot, nor
+/// one pipeline: each is its own command).
 async fn legacy_keys(con: &mut Con, active: bool, status: &str) -> Result<(), StoreError> {
-    let mut p = redis::pipe();
     if active {
-        p.set(ACTIVE_KEY, "1").ignore();
+        con.set::<_, _, ()>(ACTIVE_KEY, "1").await.map_err(unavailable)?;
     } else {
-        p.del(ACTIVE_KEY).ignore();
+        con.del::<_, ()>(ACTIVE_KEY).await.map_err(unavailable)?;
     }
-    p.set(STATUS_KEY, status).ignore();
-    p.query_async::<()>(con).await.map_err(unavailable)
+    con.set::<_, _, ()>(STATUS_KEY, status).await.map_err(unavailable)
 }
 
 impl RedisStore {
