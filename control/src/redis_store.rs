@@ -86,6 +86,17 @@ redis.call('PUBLISH', ARGV[4], ARGV[2])
 return 1
 "#;
 
+/// A new version for the same state (compare-and-set on the revision).
+const LIFT: &str = r#"
+-- KEYS: state, rev, version   ARGV: expected_rev, state_json, version, changes_channel
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[3])
+return 1
+"#;
+
 pub fn key(name: &str) -> String {
     format!("{TAGGED}{name}")
 }
@@ -406,17 +417,54 @@ async fn reconcile(target: Target, shared: Shared, version: watch::Sender<u64>) 
     }
 }
 
-/// The version key, or a new epoch (above `floor`) when the state is gone.
+/// The version key, or a new epoch (above `floor`) when the state is gone or went back below
+/// what this replica has seen (a restored backup, a failover to a replica that missed writes).
 async fn read_version(target: &Target, mut con: Con, floor: u64) -> Result<u64, StoreError> {
     let v: Option<u64> = con.get(key("version")).await.map_err(unavailable)?;
     match v {
-        Some(v) => Ok(v),
+        Some(v) if v >= floor => Ok(v),
+        Some(_) => {
+            lift(&mut con, floor).await?;
+            let v: Option<u64> = con.get(key("version")).await.map_err(unavailable)?;
+            Ok(v.unwrap_or(0))
+        }
         None => {
             init(target, &mut con, floor).await?;
             let v: Option<u64> = con.get(key("version")).await.map_err(unavailable)?;
             Ok(v.unwrap_or(0))
         }
     }
+}
+
+/// Moves a state whose version went back to a new epoch above `floor` (content unchanged).
+async fn lift(con: &mut Con, floor: u64) -> Result<(), StoreError> {
+    let (raw, rev): (Option<String>, Option<String>) =
+        redis::pipe().get(key("state")).get(key("rev")).query_async(con).await.map_err(unavailable)?;
+    let Some(raw) = raw else { return Ok(()) };
+    let mut state: State = serde_json::from_str(&raw).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if state.version >= floor {
+        return Ok(());
+    }
+    let before = state.version;
+    state.version = floodgate_core::version::next(floor, crate::now_ms());
+    let json = serde_json::to_string(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let won: i64 = redis::cmd("EVAL")
+        .arg(LIFT)
+        .arg(3)
+        .arg(key("state"))
+        .arg(key("rev"))
+        .arg(key("version"))
+        .arg(rev.unwrap_or_else(|| "0".into()))
+        .arg(&json)
+        .arg(state.version)
+        .arg(CHANGES_CHANNEL)
+        .query_async(con)
+        .await
+        .map_err(unavailable)?;
+    if won == 1 {
+        tracing::warn!(from = before, to = state.version, "the store's version went back: started a new epoch");
+    }
+    Ok(())
 }
 
 async fn init(target: &Target, con: &mut Con, floor: u64) -> Result<(), StoreError> {
@@ -467,6 +515,10 @@ impl RedisStore {
                     State::new(now_ms, floor)
                 }
             };
+            let floor = *self.version.borrow();
+            if state.version < floor {
+                state.version = floodgate_core::version::next(floor, now_ms);
+            }
             let (outcome, events) = engine::apply(&mut state, cmd.clone(), rules, now_ms);
             let json = serde_json::to_string(&state).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             if raw.as_deref() == Some(json.as_str()) {

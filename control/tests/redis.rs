@@ -438,3 +438,27 @@ async fn the_original_keys_and_channel_keep_their_shapes() {
     // Nothing else was published (each event once).
     assert!(tokio::time::timeout(Duration::from_millis(300), messages.next()).await.is_err());
 }
+
+#[tokio::test]
+async fn a_store_whose_version_went_back_never_makes_a_proxys_version_stale() {
+    // A restored backup, or a Sentinel failover to a replica that missed the last writes.
+    let redis = RedisServer::start();
+    let (_, a) = replica(&redis, Rules::default()).await;
+    call(&a, "POST", "/api/v1/breakers/one/activate", bearer(), "").await;
+    let state_key = floodgate_control::redis_store::key("state");
+    let version_key = floodgate_control::redis_store::key("version");
+    let backup_state = match redis_cmd(&redis, &["GET", &state_key]).await {
+        redis::Value::BulkString(b) => String::from_utf8(b).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let backup_version = snapshot_version(&a).await.to_string();
+    call(&a, "POST", "/api/v1/breakers/two/activate", bearer(), "").await;
+    let held = snapshot_version(&a).await;
+    redis_cmd(&redis, &["SET", &state_key, &backup_state]).await;
+    redis_cmd(&redis, &["SET", &version_key, &backup_version]).await;
+    let (status, snap, took) = a_proxy_holding(&a, held).await;
+    assert_eq!(status, StatusCode::OK, "{snap}");
+    assert!(snap["version"].as_u64().unwrap() > held, "{snap} after {held}");
+    assert_eq!(snap["breakers"].as_array().unwrap().len(), 1, "the restored content: {snap}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
