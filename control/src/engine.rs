@@ -247,12 +247,14 @@ pub enum Outcome {
 /// What proxies see of one key: state, reason, end (ms; `None` = until ended).
 pub type Projected = (Forced, String, Option<u64>);
 
-/// When each key's alert hold ends if nothing else arrives: the latest lapse of its alerts.
+/// When each key's alert hold ends if nothing else arrives: the latest lapse of its alerts,
+/// rounded up to a whole second (what the snapshot's `until` can say), so that duplicates of a
+/// notification arriving within one second do not change the snapshot nor wake the fleet.
 fn lapses_by_key<'a>(s: &'a State, rules: &Rules) -> BTreeMap<&'a str, u64> {
     let mut out: BTreeMap<&str, u64> = BTreeMap::new();
     for t in s.alerts.values().filter(|t| t.wants()) {
         let e = out.entry(t.key.as_str()).or_insert(0);
-        *e = (*e).max(t.lapses_ms(rules));
+        *e = (*e).max(t.lapses_ms(rules).div_ceil(1000).saturating_mul(1000));
     }
     out
 }
@@ -507,8 +509,10 @@ fn expire(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>) -> Ou
     let mut waiting: Vec<(u64, String)> = waiting.into_iter().map(|(k, t)| (t, k)).collect();
     waiting.sort();
     let mut count = 0;
+    let mut holding = holders(s, rules, now, None);
     for key in active.into_iter().chain(waiting.into_iter().map(|(_, k)| k)) {
-        if let Some(Outcome::Deactivated { count: n }) = settle(s, rules, now, events, &key, Cause::Tick) {
+        let holder = holding.remove(&key);
+        if let Some(Outcome::Deactivated { count: n }) = settle_with(s, rules, now, events, &key, Cause::Tick, holder) {
             count += n;
         }
     }
@@ -546,12 +550,37 @@ fn record_activation(s: &mut State, now: u64, key: &str) {
 /// Brings `key` in line with its alerts and holds at `now`. Returns an outcome when something
 /// happened to the key (activated, held back, scheduled, deactivated).
 fn settle(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>, key: &str, cause: Cause) -> Option<Outcome> {
-    let holder = s
-        .alerts
-        .values()
-        .filter(|t| t.key == key && t.holds(rules, now))
-        .max_by_key(|t| t.seen_ms)
-        .map(|t| (t.reason.clone(), t.level));
+    let holder = holders(s, rules, now, Some(key)).remove(key);
+    settle_with(s, rules, now, events, key, cause, holder)
+}
+
+/// The alert holding each key at `now` (the one seen last), for one key or all.
+fn holders(s: &State, rules: &Rules, now: u64, only: Option<&str>) -> BTreeMap<String, Holder> {
+    let mut out: BTreeMap<String, (u64, Holder)> = BTreeMap::new();
+    for t in s.alerts.values().filter(|t| only.is_none_or(|k| k == t.key) && t.holds(rules, now)) {
+        match out.get(&t.key) {
+            Some((seen, _)) if *seen >= t.seen_ms => {}
+            _ => {
+                out.insert(t.key.clone(), (t.seen_ms, (t.reason.clone(), t.level)));
+            }
+        }
+    }
+    out.into_iter().map(|(k, (_, h))| (k, h)).collect()
+}
+
+/// An alert's reason and level.
+type Holder = (String, Option<f64>);
+
+#[allow(clippy::too_many_arguments)]
+fn settle_with(
+    s: &mut State,
+    rules: &Rules,
+    now: u64,
+    events: &mut Vec<Event>,
+    key: &str,
+    cause: Cause,
+    holder: Option<Holder>,
+) -> Option<Outcome> {
     let Some(a) = s.activations.get_mut(key) else {
         let (reason, level) = holder?;
         return Some(alert_activate(s, rules, now, events, key, reason, level, cause));
@@ -810,13 +839,15 @@ mod tests {
         let mut s = State::new(T, 0);
         run(&mut s, firing("ws", "a", T, None), &r, T);
         let v = s.version;
-        run(&mut s, firing("ws", "a", T, None), &r, T + 60_000);
+        run(&mut s, firing("ws", "a", T, None), &r, T + 60_200);
         assert!(s.version > v);
-        assert_eq!(snapshot(&s, &r, T + 60_000).breakers[0].until, Some(crate::rfc3339(T + 60_000 + r.max_active_ms)));
-        // A duplicate in the same millisecond moves nothing: no bump.
+        assert_eq!(snapshot(&s, &r, T + 60_200).breakers[0].until, Some(crate::rfc3339(T + 61_000 + r.max_active_ms)));
+        // A duplicate (an HA peer's copy) within the same second moves nothing: no bump.
         let v = s.version;
-        run(&mut s, firing("ws", "a", T, None), &r, T + 60_000);
+        run(&mut s, firing("ws", "a", T, None), &r, T + 60_700);
         assert_eq!(s.version, v);
+        run(&mut s, firing("ws", "a", T, None), &r, T + 61_500);
+        assert!(s.version > v);
     }
 
     #[test]
