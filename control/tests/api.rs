@@ -212,3 +212,37 @@ fn the_openapi_document_covers_every_route() {
     }
     assert!(routes >= 14, "found {routes} routes");
 }
+
+#[test]
+fn settings_empty_variables_never_override_the_file_and_scoped_tokens_load() {
+    use floodgate_control::settings::load;
+    let dir = std::env::temp_dir().join(format!("floodgate-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("control.toml");
+    std::fs::write(&file, "token = \"admin\"\nredis_url = \"redis://127.0.0.1:6379/\"\npoll_token = \"p\"\n").unwrap();
+    let env = |k: &str| match k {
+        "FLOODGATE_REDIS_URL" | "FLOODGATE_TOKEN" => Some(String::new()),
+        "FLOODGATE_WEBHOOK_TOKEN" => Some("w".to_string()),
+        _ => None,
+    };
+    let s = load(Some(&file), &env, false).unwrap();
+    assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379/"), "an empty variable is unset");
+    assert_eq!(
+        (s.token.as_deref(), s.poll_token.as_deref(), s.webhook_token.as_deref()),
+        (Some("admin"), Some("p"), Some("w"))
+    );
+    // A scoped token equal to the admin token would have no scope.
+    let same = |k: &str| match k {
+        "FLOODGATE_TOKEN" | "FLOODGATE_POLL_TOKEN" => Some("x".to_string()),
+        _ => None,
+    };
+    assert!(load(None, &same, false).unwrap_err().contains("FLOODGATE_POLL_TOKEN"));
+    // max_active_s is bounded (30 days).
+    let long = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("t".to_string()),
+        "FLOODGATE_MAX_ACTIVE_S" => Some("2592001".to_string()),
+        _ => None,
+    };
+    assert!(load(None, &long, false).unwrap_err().contains("max_active_s"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -473,3 +473,17 @@ proptest! {
         })?;
     }
 }
+
+/// A client that sends its headers and never its body is answered 408 after the request timeout
+/// (10 s; the clock is paused and advanced by tokio here).
+#[tokio::test(start_paused = true)]
+async fn a_request_whose_body_never_comes_times_out() {
+    let (_, r) = router();
+    for uri in ["/webhook/alertmanager", "/api/v1/breakers/ws/activate"] {
+        let req = Request::post(uri).header("authorization", "Bearer s3cret").body(endless_body()).unwrap();
+        let t = tokio::time::Instant::now();
+        let resp = r.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT, "{uri}");
+        assert_eq!(t.elapsed(), floodgate_control::app::REQUEST_TIMEOUT);
+    }
+}
