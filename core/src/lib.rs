@@ -11,6 +11,7 @@ pub mod poll;
 pub mod remote;
 pub mod state;
 pub mod time;
+pub mod version;
 pub mod window;
 pub mod wire;
 
