@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod handshake;
 pub mod policy;
 pub mod poll;
 pub mod remote;
