@@ -6,6 +6,7 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod drain;
 pub mod handshake;
 pub mod policy;
 pub mod poll;
