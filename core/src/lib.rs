@@ -6,6 +6,8 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod drain;
+pub mod handshake;
 pub mod policy;
 pub mod poll;
 pub mod remote;
