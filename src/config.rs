@@ -127,6 +127,7 @@ struct RawReject {
     status: Option<u16>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    websocket: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -215,6 +216,16 @@ pub enum KeySource {
 pub struct Reject {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// How a refused HTTP/1.1 WebSocket upgrade is answered (`reject.websocket`).
+    pub websocket: WebSocketReject,
+}
+
+/// `reject.websocket`: `http` (the HTTP refusal) or `close_frame` (101, then a 1013 close frame).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WebSocketReject {
+    #[default]
+    Http,
+    CloseFrame,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -307,7 +318,7 @@ fn validate(raw: RawConfig, kind: FilterKind) -> Result<Config, ConfigError> {
         overrides.insert(name.clone(), Rc::new(resolve(&merged, &format!("breakers.{name}"))?));
     }
     let reject = match raw.reject {
-        None => Reject { status: 503, headers: vec![] },
+        None => Reject { status: 503, headers: vec![], websocket: WebSocketReject::Http },
         Some(r) => {
             let status = r.status.unwrap_or(503);
             if !(400..=599).contains(&status) {
@@ -328,7 +339,14 @@ fn validate(raw: RawConfig, kind: FilterKind) -> Result<Config, ConfigError> {
                 }
                 headers.push((lower, value));
             }
-            Reject { status, headers }
+            let websocket = match r.websocket.as_deref() {
+                None | Some("http") => WebSocketReject::Http,
+                Some("close_frame") => WebSocketReject::CloseFrame,
+                Some(other) => {
+                    return err("reject.websocket", format!("must be \"http\" or \"close_frame\", got {other:?}"))
+                }
+            };
+            Reject { status, headers, websocket }
         }
     };
     let control = match raw.control {
@@ -540,7 +558,7 @@ mod tests {
         assert_eq!(c.key, KeySource::Cluster);
         assert_eq!(c.defaults.policy, Policy::default());
         assert_eq!(c.defaults.failure, FailurePolicy::default());
-        assert_eq!(c.reject, Reject { status: 503, headers: vec![] });
+        assert_eq!(c.reject, Reject { status: 503, headers: vec![], websocket: WebSocketReject::Http });
         assert_eq!(c.max_breakers, 1024);
         assert!(c.control.is_none());
     }
@@ -553,7 +571,7 @@ mod tests {
             "failure_rate":0.5,"slow_call":{"duration_ms":0,"rate":1.0},"window":{"kind":"count","size":100},
             "minimum_calls":10,"open":{"base_ms":30000,"max_ms":300000,"multiplier":2.0,"jitter":0.1},
             "half_open":{"permits":3,"successes":2},"recovery_ramp_ms":0},
-            "breakers":{"collab_ws":{"consecutive_failures":3}},"reject":{"status":503,"headers":{}},
+            "breakers":{"collab_ws":{"consecutive_failures":3}},"reject":{"status":503,"headers":{},"websocket":"http"},
             "control":null,"max_breakers":1024}"#,
         )
         .unwrap();
@@ -584,6 +602,7 @@ mod tests {
             (r#"{"defaults":{"open":{"jitter":1.0}}}"#, "defaults.open.jitter"),
             (r#"{"defaults":{"mode":"sometimes"}}"#, "defaults.mode"),
             (r#"{"reject":{"status":200}}"#, "reject.status"),
+            (r#"{"reject":{"websocket":"close"}}"#, "reject.websocket"),
             (r#"{"key":"header:"}"#, "key"),
             (r#"{"breaker":"x"}"#, "breaker"),
             (r#"{"control":{"cluster":"c","wait_s":30,"timeout_ms":1000}}"#, "control.timeout_ms"),
@@ -597,6 +616,14 @@ mod tests {
         }
         let unknown = http(r#"{"defaults":{"bogus":1}}"#).unwrap_err();
         assert!(unknown.to_string().contains("bogus"), "{unknown}");
+    }
+
+    #[test]
+    fn reject_websocket_takes_http_or_close_frame() {
+        let c = http(r#"{"reject":{"websocket":"close_frame"}}"#).unwrap();
+        assert_eq!((c.reject.status, c.reject.websocket), (503, WebSocketReject::CloseFrame));
+        assert_eq!(http(r#"{"reject":{"websocket":"http"}}"#).unwrap().reject.websocket, WebSocketReject::Http);
+        assert_eq!(http(r#"{"reject":{"status":429}}"#).unwrap().reject.websocket, WebSocketReject::Http);
     }
 
     #[test]

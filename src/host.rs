@@ -111,6 +111,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_close_stream(stream_type: u32) -> u32;
+    fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
@@ -190,6 +191,12 @@ pub fn header(map: HeaderMap, name: &str) -> HostResult<Option<Vec<u8>>> {
         Err(HostError::NotFound) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Removes a header (no error when it is absent).
+pub fn remove_header(map: HeaderMap, name: &str) -> HostResult<()> {
+    // SAFETY: valid input slice.
+    HostError::from_status(unsafe { proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len()) })
 }
 
 pub fn buffer(kind: Buffer, max_size: usize) -> HostResult<Option<Vec<u8>>> {

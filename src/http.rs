@@ -7,19 +7,22 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::config::{Config, KeySource, Shed};
+use crate::config::{Config, KeySource, Shed, WebSocketReject};
 use crate::guard::{self, Admitted, Refused, Verdict};
 use crate::host::{self, HeaderMap};
 use crate::metrics::RejectKind;
+use crate::websocket;
 
 pub struct HttpFilter {
     config: Rc<Config>,
     admitted: Option<Admitted>,
+    /// This stream's answer is Floodgate's own 101 + close frame (`reject.websocket`).
+    close_frame_sent: bool,
 }
 
 impl HttpFilter {
     pub fn new(config: Rc<Config>) -> Self {
-        HttpFilter { config, admitted: None }
+        HttpFilter { config, admitted: None, close_frame_sent: false }
     }
 }
 
@@ -68,7 +71,16 @@ pub fn refusal_body(breaker: &str, refusal: &Refused) -> String {
 }
 
 impl HttpFilter {
-    fn refuse(&self, breaker: &str, refusal: &Refused) -> Action {
+    fn refuse(&mut self, breaker: &str, refusal: &Refused, upgrade: bool) -> Action {
+        if upgrade && self.config.reject.websocket == WebSocketReject::CloseFrame {
+            match websocket::refuse(refusal, &self.config.reject.headers) {
+                Ok(()) => {
+                    self.close_frame_sent = true;
+                    return Action::Pause;
+                }
+                Err(why) => log::debug!("close_frame refusal not possible ({why:?}): HTTP refusal"),
+            }
+        }
         let retry = refusal.retry_after_s().to_string();
         let mut headers: Vec<(&str, &str)> = vec![
             ("retry-after", retry.as_str()),
@@ -108,11 +120,15 @@ impl HttpContext for HttpFilter {
                 self.admitted = Some(a);
                 Action::Continue
             }
-            Verdict::Refuse(refusal) => self.refuse(&breaker, &refusal),
+            Verdict::Refuse(refusal) => self.refuse(&breaker, &refusal, upgrade),
         }
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.close_frame_sent {
+            websocket::strip_local_reply_headers();
+            return Action::Continue;
+        }
         if let Some(a) = self.admitted.take() {
             let status = host::header(HeaderMap::ResponseHeaders, ":status")
                 .ok()

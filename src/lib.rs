@@ -18,6 +18,7 @@ pub mod root;
 pub mod store;
 pub mod tcp;
 pub mod vm;
+pub mod websocket;
 
 proxy_wasm::main! {{
     host::install_logging();

@@ -136,7 +136,7 @@ fn passthrough() -> Config {
             failure: Default::default(),
         }),
         overrides: Default::default(),
-        reject: config::Reject { status: 503, headers: vec![] },
+        reject: config::Reject { status: 503, headers: vec![], websocket: Default::default() },
         control: None,
         max_breakers: 1,
         tcp_breaker: None,

@@ -1,4 +1,9 @@
 //! The HTTP API: `app(state)` builds the router, so tests call it directly.
+//!
+//! Every request passes the [`authorize`] layer before its handler runs (so no body is read for
+//! a request without the right token), then a timeout. Inputs are bounded ([`MAX_KEY_BYTES`],
+//! [`MAX_REASON_BYTES`], [`MAX_TTL_S`]); a bad one is answered 400 naming the field. Every
+//! answer, errors included, is a typed JSON body.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -6,29 +11,55 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State as AxState};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use tower_http::timeout::TimeoutLayer;
 
-use crate::engine::{Command, Forced, Outcome, Rules};
+use crate::engine::{self, Command, Forced, Outcome, Rules, Source};
+use crate::legacy;
 use crate::metrics::Metrics;
 use crate::store::{FleetEntry, Store, StoreError};
 use crate::{now_ms, rfc3339};
-use floodgate_core::wire::{self, EntryState, SnapshotBody, SnapshotEntry};
+use floodgate_core::wire::{self, MAX_FLEET_HEADER_BYTES};
 
 pub const MAX_BODY: usize = 1 << 20;
 pub const MAX_WAIT_S: u64 = 60;
+pub const MAX_KEY_BYTES: usize = 256;
+pub const MAX_REASON_BYTES: usize = 128;
+pub const MAX_FINGERPRINT_BYTES: usize = 256;
+/// 30 days: the longest `ttl_s` (and `max_active_s`).
+pub const MAX_TTL_S: u64 = 30 * 24 * 3600;
+/// Requests other than the long-poll end after this long (408).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The bearer tokens and their scopes. `admin: None` only when auth is explicitly disabled.
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    /// May do everything.
+    pub admin: Option<String>,
+    /// May only poll `GET /v1/snapshot` (the one proxy configs carry).
+    pub poll: Option<String>,
+    /// May only post the webhook (the one Alertmanager carries).
+    pub webhook: Option<String>,
+}
+
+impl Tokens {
+    pub fn admin(token: &str) -> Tokens {
+        Tokens { admin: Some(token.to_string()), ..Tokens::default() }
+    }
+}
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
     pub rules: Rules,
-    /// `None` only when auth is explicitly disabled.
-    pub token: Option<String>,
+    pub tokens: Tokens,
     /// Alert name -> reason.
     pub alerts: BTreeMap<String, String>,
     /// The alert label that names the breaker key (else `*`).
@@ -57,13 +88,18 @@ impl SnapshotCache {
     }
 }
 
-/// The one error type: a status and a message, answered as `{"error": message}`.
+/// Every error: `{"error": message}` with its status.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
 #[derive(Debug)]
 pub struct AppError(pub StatusCode, pub String);
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1}))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -74,19 +110,58 @@ impl From<StoreError> for AppError {
     }
 }
 
+impl From<BytesRejection> for AppError {
+    fn from(e: BytesRejection) -> Self {
+        AppError(e.status(), e.body_text())
+    }
+}
+
+impl From<PathRejection> for AppError {
+    fn from(e: PathRejection) -> Self {
+        AppError(StatusCode::BAD_REQUEST, format!("key: {}", e.body_text()))
+    }
+}
+
 fn bad_request(msg: impl Into<String>) -> AppError {
     AppError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn internal(msg: String) -> AppError {
-    AppError(StatusCode::INTERNAL_SERVER_ERROR, msg)
+/// A breaker key: 1 to 256 bytes of printable ASCII, no spaces (`*` is the wildcard).
+pub fn check_key(field: &str, key: &str) -> Result<(), AppError> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(bad_request(format!("{field}: must be 1 to {MAX_KEY_BYTES} bytes, got {}", key.len())));
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad_request(format!("{field}: only printable ASCII without spaces")));
+    }
+    Ok(())
+}
+
+fn check_reason(field: &str, reason: &str) -> Result<(), AppError> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(bad_request(format!("{field}: at most {MAX_REASON_BYTES} bytes, got {}", reason.len())));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(bad_request(format!("{field}: no control characters")));
+    }
+    Ok(())
+}
+
+fn check_level(field: &str, level: Option<f64>) -> Result<(), AppError> {
+    match level {
+        Some(l) if !(0.0..=1.0).contains(&l) => Err(bad_request(format!("{field}: a fraction from 0 to 1, got {l}"))),
+        _ => Ok(()),
+    }
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
+    let long_poll_timeout = Duration::from_secs(MAX_WAIT_S + 10);
+    let polls = Router::new()
+        .route("/v1/snapshot", get(snapshot))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, long_poll_timeout));
     Router::new()
         .route("/webhook/alertmanager", post(webhook))
         .route("/webhook/backpressure", post(webhook))
-        .route("/v1/snapshot", get(snapshot))
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{key}/activate", post(activate))
         .route("/api/v1/breakers/{key}/deactivate", post(deactivate))
@@ -94,26 +169,64 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/circuit-breaker/status", get(legacy_status))
         .route("/api/circuit-breaker/activate", post(legacy_activate))
         .route("/api/circuit-breaker/deactivate", post(legacy_deactivate))
-        .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/health", get(|| async { Json(Health { status: "ok".into() }) }))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/ui", get(|| async { Html(include_str!("../ui/index.html")) }))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .merge(polls)
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
 
-fn authorize(s: &AppState, headers: &HeaderMap) -> Result<(), AppError> {
-    let Some(token) = &s.token else { return Ok(()) };
-    let given = headers
+/// What a request may need a token for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    Open,
+    Poll,
+    Webhook,
+    Admin,
+}
+
+fn scope(method: &Method, path: &str) -> Scope {
+    match (method, path) {
+        (_, "/health" | "/ready" | "/metrics" | "/ui") => Scope::Open,
+        (&Method::GET, "/v1/snapshot") => Scope::Poll,
+        (&Method::POST, "/webhook/alertmanager" | "/webhook/backpressure") => Scope::Webhook,
+        _ => Scope::Admin,
+    }
+}
+
+fn matches(given: &str, token: Option<&String>) -> bool {
+    token.is_some_and(|t| bool::from(given.as_bytes().ct_eq(t.as_bytes())))
+}
+
+/// The token check, before any handler (and so before any body) runs: 401 without a bearer
+/// token, 403 with a wrong one or one outside its scope.
+async fn authorize(AxState(s): AxState<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let needs = scope(req.method(), req.uri().path());
+    if needs == Scope::Open || s.tokens.admin.is_none() {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| AppError(StatusCode::UNAUTHORIZED, "missing or malformed bearer token".into()))?;
-    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-        Ok(())
-    } else {
-        Err(AppError(StatusCode::FORBIDDEN, "wrong token".into()))
+        .map(str::trim);
+    let Some(given) = given.filter(|g| !g.is_empty()) else {
+        return AppError(StatusCode::UNAUTHORIZED, "missing or malformed bearer token".into()).into_response();
+    };
+    let allowed = matches(given, s.tokens.admin.as_ref())
+        || (needs == Scope::Poll && matches(given, s.tokens.poll.as_ref()))
+        || (needs == Scope::Webhook && matches(given, s.tokens.webhook.as_ref()));
+    if allowed {
+        return next.run(req).await;
     }
+    let scoped = matches(given, s.tokens.poll.as_ref()) || matches(given, s.tokens.webhook.as_ref());
+    let why = if scoped { "token not allowed here (outside its scope)" } else { "wrong token" };
+    AppError(StatusCode::FORBIDDEN, why.into()).into_response()
 }
 
 // ---- Alertmanager ----
@@ -152,22 +265,45 @@ pub fn parse_level(summary: &str) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
-fn time_ms(t: Option<&str>, default: u64) -> u64 {
-    t.and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .filter(|&ms| ms > 0)
-        .unwrap_or(default)
+fn time_ms(t: &str) -> Option<u64> {
+    floodgate_core::time::parse_rfc3339_ms(t)
 }
 
-async fn webhook(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Result<Response, AppError> {
+/// One alert's result in the webhook's answer.
+#[derive(Debug, Serialize)]
+pub struct AlertResult {
+    pub alert: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WebhookAnswer {
+    pub results: Vec<AlertResult>,
+}
+
+async fn webhook(
+    AxState(s): AxState<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
     let started = Instant::now();
-    authorize(&s, &headers)?;
     s.metrics.webhooks.inc();
-    let payload: AmPayload = serde_json::from_slice(&body).map_err(|e| {
+    let result = webhook_inner(&s, body).await;
+    if result.is_err() {
         s.metrics.webhooks_failed.inc();
-        bad_request(format!("invalid Alertmanager payload: {e}"))
-    })?;
+    }
+    s.metrics.webhook_seconds.observe(started.elapsed().as_secs_f64());
+    result.map(|a| Json(a).into_response())
+}
+
+async fn webhook_inner(s: &AppState, body: Result<Bytes, BytesRejection>) -> Result<WebhookAnswer, AppError> {
+    let body = body?;
+    let payload: AmPayload =
+        parse_json(&body).map_err(|e| bad_request(format!("invalid Alertmanager payload: {e}")))?;
     if payload.truncated_alerts > 0 {
         tracing::warn!(truncated = payload.truncated_alerts, "alertmanager truncated alerts (max_alerts)");
     }
@@ -178,27 +314,36 @@ async fn webhook(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap, body: B
     for (i, a) in payload.alerts.iter().enumerate() {
         let name = a.labels.get("alertname").cloned().unwrap_or_default();
         let Some(reason) = s.alerts.get(&name).cloned() else {
-            results.push(json!({"alert": name, "result": "ignored"}));
+            results.push(AlertResult { alert: name, key: None, result: Some("ignored"), outcome: None });
             continue;
         };
         let key = a.labels.get(&s.key_label).cloned().filter(|k| !k.is_empty()).unwrap_or_else(|| "*".into());
-        let fingerprint = a.fingerprint.clone().unwrap_or_else(|| format!("{name}/{key}"));
+        check_key(&format!("alerts[{i}].labels.{}", s.key_label), &key)?;
+        let fingerprint = a.fingerprint.clone().filter(|f| !f.is_empty()).unwrap_or_else(|| format!("{name}/{key}"));
+        if fingerprint.len() > MAX_FINGERPRINT_BYTES {
+            return Err(bad_request(format!("alerts[{i}].fingerprint: at most {MAX_FINGERPRINT_BYTES} bytes")));
+        }
+        let starts_ms = a
+            .starts_at
+            .as_deref()
+            .and_then(time_ms)
+            .ok_or_else(|| bad_request(format!("alerts[{i}].startsAt: missing or not RFC 3339")))?;
         let cmd = match a.status.as_str() {
             "firing" => Command::AlertFiring {
                 key: key.clone(),
                 reason,
                 fingerprint,
-                starts_ms: time_ms(a.starts_at.as_deref(), now),
+                starts_ms,
                 level: a.annotations.get("summary").and_then(|v| parse_level(v)),
             },
             "resolved" => Command::AlertResolved {
                 key: key.clone(),
                 reason,
                 fingerprint,
-                ends_ms: time_ms(a.ends_at.as_deref(), now),
+                starts_ms,
+                ends_ms: a.ends_at.as_deref().and_then(time_ms).filter(|&t| t > 0).unwrap_or(now),
             },
             other => {
-                s.metrics.webhooks_failed.inc();
                 return Err(bad_request(format!("alerts[{i}].status: must be firing or resolved, got {other:?}")));
             }
         };
@@ -208,103 +353,121 @@ async fn webhook(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap, body: B
         let outcome = match s.store.apply(cmd, &s.rules, now).await {
             Ok((o, _)) => o,
             Err(e) => {
-                s.metrics.webhooks_failed.inc();
                 tracing::error!(error = %e, "webhook not applied; answering 503 so Alertmanager retries");
                 return Err(e.into());
             }
         };
         s.metrics.count(&outcome);
         tracing::info!(alert = %name, key = %key, status = %status, outcome = ?outcome, "alert applied");
-        results.push(json!({"alert": name, "key": key, "outcome": outcome}));
+        results.push(AlertResult { alert: name, key: Some(key), result: None, outcome: Some(outcome) });
     }
-    s.metrics.webhook_seconds.observe(started.elapsed().as_secs_f64());
-    Ok(Json(json!({"results": results})).into_response())
+    Ok(WebhookAnswer { results })
 }
 
 // ---- snapshot long-poll ----
 
-#[derive(Deserialize)]
-struct SnapshotQuery {
-    version: Option<String>,
-    wait: Option<String>,
+/// `version` and `wait` from the query string; anything else is ignored.
+fn snapshot_query(raw: Option<&str>) -> Result<(Option<u64>, u64), AppError> {
+    let (mut version, mut wait) = (None, 0);
+    for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let num = |field: &str| -> Result<Option<u64>, AppError> {
+            match v {
+                "" => Ok(None),
+                v => v.parse().map(Some).map_err(|_| {
+                    let shown: String = v.chars().take(32).collect();
+                    bad_request(format!("{field}: not a whole number: {shown:?}"))
+                }),
+            }
+        };
+        match k {
+            "version" => version = num("version")?,
+            "wait" => wait = num("wait")?.unwrap_or(0),
+            _ => {}
+        }
+    }
+    Ok((version, wait.min(MAX_WAIT_S)))
 }
 
-async fn snapshot_body(s: &AppState) -> Result<SnapshotBody, AppError> {
-    let st = s.store.state().await?;
-    let now = now_ms();
-    let breakers = st
-        .activations
-        .values()
-        .filter(|a| a.ends_ms().is_none_or(|t| t > now))
-        .map(|a| SnapshotEntry {
-            key: a.key.clone(),
-            state: EntryState::Forced(a.state),
-            reason: Some(a.reason.clone()),
-            since: Some(rfc3339(a.since_ms)),
-            until: a.ends_ms().map(rfc3339),
-            event_id: Some(a.event_id.clone()),
-        })
-        .collect();
-    Ok(SnapshotBody { version: st.version, generated_at: Some(rfc3339(now)), breakers })
-}
-
-/// The snapshot at `version`, from the cache when it holds that version.
+/// The snapshot at the store's version now, from the cache when it holds that version.
 async fn snapshot_response(s: &AppState, version: u64) -> Result<Response, AppError> {
     let body = match s.snapshots.get(version) {
         Some(body) => body,
         None => {
-            let snapshot = snapshot_body(s).await?;
-            let body = Bytes::from(serde_json::to_vec(&snapshot).map_err(|e| internal(e.to_string()))?);
-            let v = snapshot.version;
-            s.snapshots.put(v, body.clone());
+            let st = s.store.state().await?;
+            let snapshot = engine::snapshot(&st, &s.rules, now_ms());
+            let body = Bytes::from(
+                serde_json::to_vec(&snapshot)
+                    .map_err(|e| AppError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+            );
+            if body.len() > wire::MAX_SNAPSHOT_BYTES {
+                tracing::error!(bytes = body.len(), "snapshot larger than proxies accept");
+            }
+            s.snapshots.put(snapshot.version, body.clone());
             body
         }
     };
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Counts a waiting long-poll for as long as it lives: a client that goes away drops the
+/// handler's future, and with it the guard.
+struct Waiting<'a>(&'a AppState);
+
+impl<'a> Waiting<'a> {
+    fn new(s: &'a AppState) -> Self {
+        let n = s.waiters.fetch_add(1, Ordering::SeqCst) + 1;
+        s.metrics.poll_waiters.set(n);
+        Waiting(s)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let n = self.0.waiters.fetch_sub(1, Ordering::SeqCst) - 1;
+        self.0.metrics.poll_waiters.set(n);
+    }
+}
+
+fn fleet_entry(headers: &HeaderMap, known: Option<u64>) -> Option<FleetEntry> {
+    let proxy = headers.get(wire::PROXY_HEADER).and_then(|v| v.to_str().ok())?;
+    if check_key("x-floodgate-proxy", proxy).is_err() {
+        return None;
+    }
+    let breakers = headers
+        .get(wire::FLEET_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= MAX_FLEET_HEADER_BYTES)
+        .map(wire::decode_fleet_header)
+        .unwrap_or_default();
+    Some(FleetEntry { proxy: proxy.to_string(), last_poll_ms: now_ms(), version: known.unwrap_or(0), breakers })
 }
 
 async fn snapshot(
     AxState(s): AxState<Arc<AppState>>,
     headers: HeaderMap,
-    Query(q): Query<SnapshotQuery>,
+    RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
-    let known: Option<u64> = match q.version.as_deref() {
-        None | Some("") => None,
-        Some(v) => Some(v.parse().map_err(|_| bad_request(format!("version: not a number: {v:?}")))?),
-    };
-    let wait: u64 = match q.wait.as_deref() {
-        None | Some("") => 0,
-        Some(v) => v.parse().map_err(|_| bad_request(format!("wait: not a number: {v:?}")))?,
-    };
-    if let Some(proxy) = headers.get(wire::PROXY_HEADER).and_then(|v| v.to_str().ok()) {
-        let breakers = headers
-            .get(wire::FLEET_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(wire::decode_fleet_header)
-            .unwrap_or_default();
-        let entry =
-            FleetEntry { proxy: proxy.to_string(), last_poll_ms: now_ms(), version: known.unwrap_or(0), breakers };
+    let (known, wait) = snapshot_query(q.as_deref())?;
+    if let Some(entry) = fleet_entry(&headers, known) {
         if let Err(e) = s.store.record_poll(entry).await {
             tracing::warn!(error = %e, "fleet entry not recorded");
         }
     }
     let mut versions = s.store.versions();
-    let Some(known) = known else {
-        let current = *versions.borrow();
+    versions.borrow_and_update();
+    // The store's version, confirmed now: a replica that cannot reach it confirms nothing.
+    let current = s.store.version().await?;
+    let Some(known) = known else { return snapshot_response(&s, current).await };
+    if current != known {
+        // Newer, or (after a clock step back) older: the proxy decides; it follows a newer epoch.
         return snapshot_response(&s, current).await;
-    };
-    // Any other version answers at once: newer, or older after the store lost its state (the
-    // proxy decides what to make of that).
-    if *versions.borrow_and_update() == known && wait > 0 {
-        s.waiters.fetch_add(1, Ordering::SeqCst);
-        s.metrics.poll_waiters.set(s.waiters.load(Ordering::SeqCst));
-        let wait = Duration::from_secs(wait.min(MAX_WAIT_S));
-        let _ = tokio::time::timeout(wait, versions.wait_for(|v| *v != known)).await;
-        s.waiters.fetch_sub(1, Ordering::SeqCst);
-        s.metrics.poll_waiters.set(s.waiters.load(Ordering::SeqCst));
     }
-    let current = *versions.borrow();
+    if wait > 0 {
+        let _waiting = Waiting::new(&s);
+        let _ = tokio::time::timeout(Duration::from_secs(wait), versions.wait_for(|v| *v != known)).await;
+    }
+    let current = s.store.version().await?;
     if current != known {
         snapshot_response(&s, current).await
     } else {
@@ -323,133 +486,263 @@ struct ActivateBody {
     state: Option<Forced>,
 }
 
-fn parse_activate(body: &Bytes) -> Result<ActivateBody, AppError> {
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
-        return Ok(ActivateBody::default());
-    }
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid activation body: {e}")))
+/// The original API's activate body: unknown fields are ignored, as the original did.
+#[derive(Deserialize, Default)]
+struct LegacyActivateBody {
+    reason: Option<String>,
+    ttl_s: Option<u64>,
+    backpressure_level: Option<f64>,
 }
 
-async fn do_activate(s: &AppState, key: String, body: ActivateBody) -> Result<Response, AppError> {
-    if key.is_empty() {
-        return Err(bad_request("key: must not be empty"));
+fn parse_body<T: serde::de::DeserializeOwned + Default>(body: &Bytes) -> Result<T, AppError> {
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Ok(T::default());
     }
-    if body.ttl_s == Some(0) {
-        return Err(bad_request("ttl_s: must be at least 1"));
+    parse_json(body).map_err(|e| bad_request(format!("invalid activation body: {e}")))
+}
+
+/// Parses JSON; the error names the field where it went wrong (`alerts[0].status: ...`).
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
+    })
+}
+
+fn activate_command(key: String, body: ActivateBody) -> Result<Command, AppError> {
+    check_key("key", &key)?;
+    let reason = body.reason.unwrap_or_else(|| "manual".into());
+    check_reason("reason", &reason)?;
+    if let Some(t) = body.ttl_s {
+        if t == 0 || t > MAX_TTL_S {
+            return Err(bad_request(format!("ttl_s: from 1 to {MAX_TTL_S} (30 days), got {t}")));
+        }
     }
-    let cmd = Command::Activate {
-        key: key.clone(),
-        reason: body.reason.unwrap_or_else(|| "manual".into()),
+    check_level("backpressure_level", body.backpressure_level)?;
+    Ok(Command::Activate {
+        key,
+        reason,
         state: body.state.unwrap_or_default(),
         ttl_ms: body.ttl_s.map(|t| t * 1000),
         level: body.backpressure_level,
-    };
-    let (outcome, _) = s.store.apply(cmd, &s.rules, now_ms()).await?;
-    s.metrics.count(&outcome);
-    let status = match outcome {
-        Outcome::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-        _ => StatusCode::OK,
-    };
-    Ok((status, Json(json!({"key": key, "outcome": outcome}))).into_response())
+    })
 }
 
-async fn do_deactivate(s: &AppState, key: String) -> Result<Response, AppError> {
-    let (outcome, _) = s.store.apply(Command::Deactivate { key: key.clone() }, &s.rules, now_ms()).await?;
-    s.metrics.count(&outcome);
-    Ok(Json(json!({"key": key, "outcome": outcome})).into_response())
+#[derive(Debug, Serialize)]
+pub struct KeyAnswer {
+    pub key: String,
+    pub outcome: Outcome,
 }
 
 async fn activate(
     AxState(s): AxState<Arc<AppState>>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
-    do_activate(&s, key, parse_activate(&body)?).await
+    let Path(key) = key?;
+    let cmd = activate_command(key.clone(), parse_body(&body?)?)?;
+    let (outcome, _) = s.store.apply(cmd, &s.rules, now_ms()).await?;
+    s.metrics.count(&outcome);
+    let status = match outcome {
+        Outcome::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Outcome::SnapshotFull => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(KeyAnswer { key, outcome })).into_response())
 }
 
 async fn deactivate(
     AxState(s): AxState<Arc<AppState>>,
-    Path(key): Path<String>,
-    headers: HeaderMap,
+    key: Result<Path<String>, PathRejection>,
 ) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
-    do_deactivate(&s, key).await
+    let Path(key) = key?;
+    check_key("key", &key)?;
+    let (outcome, _) = s.store.apply(Command::Deactivate { key: key.clone() }, &s.rules, now_ms()).await?;
+    s.metrics.count(&outcome);
+    Ok(Json(KeyAnswer { key, outcome }).into_response())
 }
 
-async fn breakers(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
+/// One activation in `GET /api/v1/breakers`.
+#[derive(Debug, Serialize)]
+pub struct ActivationView {
+    pub key: String,
+    pub state: Forced,
+    pub reason: String,
+    pub source: Source,
+    pub since: String,
+    pub until: Option<String>,
+    pub deactivate_at: Option<String>,
+    pub backpressure_level: Option<f64>,
+    pub event_id: String,
+    /// Held by an operator (until `until`, or until deactivated).
+    pub manual: bool,
+    /// Fingerprints of the alerts firing for it.
+    pub alerts: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EventView {
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub key: String,
+    pub reason: String,
+    pub source: Source,
+    pub backpressure_level: Option<f64>,
+    pub timestamp: String,
+}
+
+/// A firing alert the cooldown or the hourly cap holds back.
+#[derive(Debug, Serialize)]
+pub struct WaitingView {
+    pub fingerprint: String,
+    pub key: String,
+    pub reason: String,
+    pub starts_at: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BreakersAnswer {
+    pub version: u64,
+    pub activations: Vec<ActivationView>,
+    pub waiting: Vec<WaitingView>,
+    pub events: Vec<EventView>,
+}
+
+async fn breakers(AxState(s): AxState<Arc<AppState>>) -> Result<Response, AppError> {
     let st = s.store.state().await?;
-    let activations: Vec<_> = st
+    let now = now_ms();
+    let ends = engine::ends(&st, &s.rules);
+    let activations = st
         .activations
         .values()
-        .map(|a| {
-            json!({
-                "key": a.key, "state": a.state, "reason": a.reason, "source": a.source,
-                "since": rfc3339(a.since_ms), "until": a.ends_ms().map(rfc3339),
-                "deactivate_at": a.deactivate_at_ms.map(rfc3339),
-                "backpressure_level": a.backpressure_level, "event_id": a.event_id,
-            })
+        .map(|a| ActivationView {
+            key: a.key.clone(),
+            state: a.state(),
+            reason: a.reason().to_string(),
+            source: a.source,
+            since: rfc3339(a.since_ms),
+            until: ends.get(&a.key).copied().flatten().map(rfc3339),
+            deactivate_at: a.alert.as_ref().and_then(|h| h.deactivate_at_ms).map(rfc3339),
+            backpressure_level: a.level(),
+            event_id: a.event_id.clone(),
+            manual: a.manual.is_some(),
+            alerts: st
+                .alerts
+                .iter()
+                .filter(|(_, t)| t.key == a.key && t.holds(&s.rules, now))
+                .map(|(fp, _)| fp.clone())
+                .collect(),
         })
         .collect();
-    let events: Vec<_> = st
+    let waiting = st
+        .alerts
+        .iter()
+        .filter(|(_, t)| t.holds(&s.rules, now) && !st.activations.contains_key(&t.key))
+        .map(|(fp, t)| WaitingView {
+            fingerprint: fp.clone(),
+            key: t.key.clone(),
+            reason: t.reason.clone(),
+            starts_at: rfc3339(t.starts_ms),
+        })
+        .collect();
+    let events = st
         .events
         .iter()
         .rev()
-        .map(|e| {
-            json!({"event_id": e.event_id, "type": e.kind, "key": e.key, "reason": e.reason,
-                   "source": e.source, "backpressure_level": e.backpressure_level,
-                   "timestamp": rfc3339(e.timestamp_ms)})
+        .map(|e| EventView {
+            event_id: e.event_id.clone(),
+            kind: e.kind.clone(),
+            key: e.key.clone(),
+            reason: e.reason.clone(),
+            source: e.source,
+            backpressure_level: e.backpressure_level,
+            timestamp: rfc3339(e.timestamp_ms),
         })
         .collect();
-    Ok(Json(json!({"version": st.version, "activations": activations, "events": events})).into_response())
+    Ok(Json(BreakersAnswer { version: st.version, activations, waiting, events }).into_response())
 }
 
-async fn fleet(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
-    let proxies: Vec<_> = s
+#[derive(Debug, Serialize)]
+pub struct ProxyView {
+    pub proxy: String,
+    pub last_poll: String,
+    pub version: u64,
+    pub breakers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetAnswer {
+    pub proxies: Vec<ProxyView>,
+}
+
+async fn fleet(AxState(s): AxState<Arc<AppState>>) -> Result<Response, AppError> {
+    let proxies = s
         .store
-        .fleet()
+        .fleet(now_ms())
         .await?
         .into_iter()
-        .map(|f| json!({"proxy": f.proxy, "last_poll": rfc3339(f.last_poll_ms), "version": f.version, "breakers": f.breakers}))
+        .map(|f| ProxyView {
+            proxy: f.proxy,
+            last_poll: rfc3339(f.last_poll_ms),
+            version: f.version,
+            breakers: f.breakers,
+        })
         .collect();
-    Ok(Json(json!({"proxies": proxies})).into_response())
+    Ok(Json(FleetAnswer { proxies }).into_response())
 }
 
 // ---- the original global API (key `*`) ----
 
-async fn legacy_status(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
+async fn legacy_status(AxState(s): AxState<Arc<AppState>>) -> Result<Response, AppError> {
     let st = s.store.state().await?;
-    let body = match st.activations.get("*") {
-        Some(a) => json!({
-            "active": true, "reason": a.reason, "activated_at": rfc3339(a.since_ms),
-            "deactivate_at": a.ends_ms().map(rfc3339), "backpressure_level": a.backpressure_level,
-        }),
-        None => json!({"active": false}),
-    };
-    Ok(Json(body).into_response())
+    Ok(Json(legacy::status(&st, &s.rules, now_ms())).into_response())
+}
+
+fn answer(status: &str, message: String) -> Response {
+    Json(legacy::Answer { status: status.to_string(), message }).into_response()
 }
 
 async fn legacy_activate(
     AxState(s): AxState<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
-    do_activate(&s, "*".into(), parse_activate(&body)?).await
+    let b: LegacyActivateBody = parse_body(&body?)?;
+    let body = ActivateBody { reason: b.reason, ttl_s: b.ttl_s, backpressure_level: b.backpressure_level, state: None };
+    let cmd = activate_command(legacy::KEY.to_string(), body)?;
+    let (outcome, _) = s.store.apply(cmd, &s.rules, now_ms()).await?;
+    s.metrics.count(&outcome);
+    Ok(match outcome {
+        Outcome::Activated { event_id } => answer("activated", format!("circuit breaker activated (event {event_id})")),
+        Outcome::AlreadyActive => answer("skipped", "circuit breaker already active".into()),
+        Outcome::RateLimited => answer("skipped", "rate limited: too many activations in the last hour".into()),
+        Outcome::SnapshotFull => answer("skipped", "too many activations for the snapshot".into()),
+        other => answer("skipped", format!("{other:?}")),
+    })
 }
 
-async fn legacy_deactivate(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap) -> Result<Response, AppError> {
-    authorize(&s, &headers)?;
-    do_deactivate(&s, "*".into()).await
+async fn legacy_deactivate(AxState(s): AxState<Arc<AppState>>) -> Result<Response, AppError> {
+    let (outcome, _) = s.store.apply(Command::Deactivate { key: legacy::KEY.into() }, &s.rules, now_ms()).await?;
+    s.metrics.count(&outcome);
+    Ok(match outcome {
+        Outcome::Deactivated { .. } => answer("deactivated", "circuit breaker deactivated".into()),
+        _ => answer("skipped", "circuit breaker not active".into()),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Health {
+    pub status: String,
 }
 
 async fn ready(AxState(s): AxState<Arc<AppState>>) -> Response {
     match s.store.ping().await {
-        Ok(()) => Json(json!({"status": "ready"})).into_response(),
+        Ok(()) => Json(Health { status: "ready".into() }).into_response(),
         Err(e) => AppError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }

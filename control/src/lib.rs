@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod engine;
+pub mod legacy;
 pub mod metrics;
 pub mod redis_store;
 pub mod settings;
@@ -18,8 +19,9 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 (whole seconds) of `ms` since the epoch, as on the wire (never panics).
 pub use floodgate_core::time::format_rfc3339_ms as rfc3339;
 
-/// Ends activations whose time has come, twice a second. With Redis, every replica runs it and
-/// the store's compare-and-set lets exactly one of them end each activation.
+/// Ends activations whose time has come, and activates firing alerts that the cooldown or the
+/// hourly cap held back once the rules allow, twice a second. With Redis, every replica runs it
+/// and the store's compare-and-set lets exactly one of them act on each.
 pub async fn expiry_loop(state: Arc<app::AppState>) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -28,7 +30,8 @@ pub async fn expiry_loop(state: Arc<app::AppState>) {
             Ok((outcome, events)) => {
                 state.metrics.count(&outcome);
                 for e in events {
-                    tracing::info!(key = %e.key, reason = %e.reason, "activation ended");
+                    // Deactivations that came due, and alerts held back that activate now.
+                    tracing::info!(key = %e.key, reason = %e.reason, event = %e.kind, "breaker {}", e.kind);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "expiry pass failed"),

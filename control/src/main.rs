@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use floodgate_control::app::{app, AppState};
+use floodgate_control::app::{app, AppState, Tokens};
 use floodgate_control::metrics::Metrics;
 use floodgate_control::redis_store::RedisStore;
 use floodgate_control::store::{MemoryStore, Store};
@@ -79,13 +79,13 @@ async fn serve(config: Option<PathBuf>, no_auth: bool) -> anyhow::Result<()> {
         .init();
     let s = settings::load(config.as_deref(), &|k| std::env::var(k).ok(), no_auth).map_err(|e| anyhow!(e))?;
     let store: Arc<dyn Store> = match &s.redis_url {
-        Some(url) => Arc::new(RedisStore::connect(url).await.with_context(|| "connecting to Redis".to_string())?),
+        Some(url) => Arc::new(RedisStore::connect(url).await.map_err(|e| anyhow!("FLOODGATE_REDIS_URL: {e}"))?),
         None => Arc::new(MemoryStore::default()),
     };
     let state = Arc::new(AppState {
         store,
         rules: s.rules.clone(),
-        token: s.token.clone(),
+        tokens: Tokens { admin: s.token.clone(), poll: s.poll_token.clone(), webhook: s.webhook_token.clone() },
         alerts: s.alerts.clone(),
         key_label: s.key_label.clone(),
         metrics: Metrics::default(),

@@ -13,6 +13,10 @@ use crate::engine::Rules;
 pub struct FileSettings {
     pub listen: Option<String>,
     pub token: Option<String>,
+    /// May only poll `GET /v1/snapshot` (the token proxy configs carry).
+    pub poll_token: Option<String>,
+    /// May only post the webhook (the token Alertmanager carries).
+    pub webhook_token: Option<String>,
     /// `false` disables auth explicitly (never in production).
     pub auth: Option<bool>,
     pub redis_url: Option<String>,
@@ -31,6 +35,8 @@ pub struct FileSettings {
 pub struct Settings {
     pub listen: SocketAddr,
     pub token: Option<String>,
+    pub poll_token: Option<String>,
+    pub webhook_token: Option<String>,
     pub redis_url: Option<String>,
     pub rules: Rules,
     pub key_label: String,
@@ -57,8 +63,14 @@ fn env_num<T: std::str::FromStr>(env: &dyn Fn(&str) -> Option<String>, name: &st
     }
 }
 
+/// The longest `max_active_s` (30 days).
+pub const MAX_ACTIVE_S: u64 = 30 * 24 * 3600;
+
 /// `env` is the environment lookup (a parameter so tests need not touch the process environment).
+/// A variable set to the empty string counts as unset: it never overrides the config file.
 pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, no_auth: bool) -> Result<Settings, String> {
+    let env = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let env: &dyn Fn(&str) -> Option<String> = &env;
     let f: FileSettings = match file {
         Some(p) => {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -71,13 +83,22 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, no_auth: 
     let listen = listen_text.parse().map_err(|_| format!("listen: not an address: {listen_text:?}"))?;
     let auth = !no_auth && f.auth.unwrap_or(true);
     let token = env("FLOODGATE_TOKEN").or(f.token).filter(|t| !t.is_empty());
+    let poll_token = env("FLOODGATE_POLL_TOKEN").or(f.poll_token).filter(|t| !t.is_empty());
+    let webhook_token = env("FLOODGATE_WEBHOOK_TOKEN").or(f.webhook_token).filter(|t| !t.is_empty());
     if auth && token.is_none() {
         return Err("FLOODGATE_TOKEN (or `token` in the config file) is required; \
                     disable auth explicitly with --no-auth or `auth = false`"
             .into());
     }
+    for (name, t) in [("FLOODGATE_POLL_TOKEN", &poll_token), ("FLOODGATE_WEBHOOK_TOKEN", &webhook_token)] {
+        if t.is_some() && *t == token {
+            return Err(format!(
+                "{name}: must differ from FLOODGATE_TOKEN (a scoped token that equals the admin token has no scope)"
+            ));
+        }
+    }
     let secs = |env_name: &str, file: Option<u64>, default_ms: u64| -> Result<u64, String> {
-        Ok(env_num::<u64>(env, env_name)?.or(file).map(|s| s * 1000).unwrap_or(default_ms))
+        Ok(env_num::<u64>(env, env_name)?.or(file).map(|s| s.saturating_mul(1000)).unwrap_or(default_ms))
     };
     let rules = Rules {
         cooldown_ms: secs("FLOODGATE_COOLDOWN_S", f.cooldown_s, d.cooldown_ms)?,
@@ -89,19 +110,32 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, no_auth: 
         activate_level: f.activate_level.unwrap_or(d.activate_level),
         deactivate_level: f.deactivate_level.unwrap_or(d.deactivate_level),
     };
-    if rules.max_active_ms == 0 {
-        return Err("max_active_s: must be at least 1".into());
+    if rules.max_active_ms == 0 || rules.max_active_ms > MAX_ACTIVE_S * 1000 {
+        return Err(format!("max_active_s: from 1 to {MAX_ACTIVE_S} (30 days)"));
+    }
+    for (name, ms) in [("cooldown_s", rules.cooldown_ms), ("deactivation_delay_s", rules.deactivation_delay_ms)] {
+        if ms > MAX_ACTIVE_S * 1000 {
+            return Err(format!("{name}: at most {MAX_ACTIVE_S} (30 days)"));
+        }
     }
     if !(rules.deactivate_level <= rules.activate_level && rules.activate_level <= 1.0 && rules.deactivate_level >= 0.0)
     {
         return Err("activate_level/deactivate_level: need 0 <= deactivate_level <= activate_level <= 1".into());
     }
+    let alerts = f.alerts.unwrap_or_else(default_alerts);
+    for (name, reason) in &alerts {
+        if reason.is_empty() || reason.len() > 128 {
+            return Err(format!("alerts.{name}: the reason must be 1 to 128 bytes"));
+        }
+    }
     Ok(Settings {
         listen,
         token: if auth { token } else { None },
+        poll_token: if auth { poll_token } else { None },
+        webhook_token: if auth { webhook_token } else { None },
         redis_url: env("FLOODGATE_REDIS_URL").or(f.redis_url).filter(|u| !u.is_empty()),
         rules,
         key_label: f.key_label.unwrap_or_else(|| "breaker".into()),
-        alerts: f.alerts.unwrap_or_else(default_alerts),
+        alerts,
     })
 }

@@ -30,13 +30,23 @@ pub struct FleetEntry {
     pub breakers: BTreeMap<String, String>,
 }
 
+/// The fleet table holds at most this many proxies...
+pub const MAX_FLEET: usize = 10_000;
+/// ...and drops a proxy not polled for this long.
+pub const FLEET_TTL_MS: u64 = 600_000;
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Applies a command atomically (one winner among concurrent writers, on every replica).
     async fn apply(&self, cmd: Command, rules: &Rules, now_ms: u64) -> Result<(Outcome, Vec<Event>), StoreError>;
     async fn state(&self) -> Result<State, StoreError>;
+    /// The store's snapshot version now, read from the store itself (a store that lost its
+    /// state starts a new epoch here).
+    async fn version(&self) -> Result<u64, StoreError>;
+    /// Records a poll; expired entries go, and a new proxy beyond [`MAX_FLEET`] is not recorded.
     async fn record_poll(&self, entry: FleetEntry) -> Result<(), StoreError>;
-    async fn fleet(&self) -> Result<Vec<FleetEntry>, StoreError>;
+    /// The proxies polled within [`FLEET_TTL_MS`] of `now_ms`.
+    async fn fleet(&self, now_ms: u64) -> Result<Vec<FleetEntry>, StoreError>;
     async fn ping(&self) -> Result<(), StoreError>;
     /// The snapshot version, updated on every change (from any replica, for shared stores).
     fn versions(&self) -> watch::Receiver<u64>;
@@ -49,8 +59,12 @@ pub struct MemoryStore {
 }
 
 impl Default for MemoryStore {
+    /// An empty store whose versions start at the epoch now (above any version an earlier run
+    /// of the service issued, see [`floodgate_core::version`]).
     fn default() -> Self {
-        MemoryStore { state: Mutex::default(), fleet: Mutex::default(), version: watch::channel(0).0 }
+        let state = State::new(crate::now_ms(), 0);
+        let version = watch::channel(state.version).0;
+        MemoryStore { state: Mutex::new(state), fleet: Mutex::default(), version }
     }
 }
 
@@ -74,13 +88,27 @@ impl Store for MemoryStore {
         Ok(self.state.lock().map_err(poisoned)?.clone())
     }
 
+    async fn version(&self) -> Result<u64, StoreError> {
+        Ok(self.state.lock().map_err(poisoned)?.version)
+    }
+
     async fn record_poll(&self, entry: FleetEntry) -> Result<(), StoreError> {
-        self.fleet.lock().map_err(poisoned)?.insert(entry.proxy.clone(), entry);
+        let mut fleet = self.fleet.lock().map_err(poisoned)?;
+        let now = entry.last_poll_ms;
+        if !fleet.contains_key(&entry.proxy) && fleet.len() >= MAX_FLEET {
+            fleet.retain(|_, e| e.last_poll_ms.saturating_add(FLEET_TTL_MS) > now);
+            if fleet.len() >= MAX_FLEET {
+                return Ok(());
+            }
+        }
+        fleet.insert(entry.proxy.clone(), entry);
         Ok(())
     }
 
-    async fn fleet(&self) -> Result<Vec<FleetEntry>, StoreError> {
-        Ok(self.fleet.lock().map_err(poisoned)?.values().cloned().collect())
+    async fn fleet(&self, now_ms: u64) -> Result<Vec<FleetEntry>, StoreError> {
+        let mut fleet = self.fleet.lock().map_err(poisoned)?;
+        fleet.retain(|_, e| e.last_poll_ms.saturating_add(FLEET_TTL_MS) > now_ms);
+        Ok(fleet.values().cloned().collect())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -39,7 +39,7 @@ async fn firing_alert_activates_the_labelled_breaker_and_the_snapshot_shows_it()
     assert_eq!(json["results"][0]["outcome"]["result"], "activated");
     let (status, snap, _) = call(&r, "GET", "/v1/snapshot", bearer(), "").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(snap["version"], 1);
+    assert!(snap["version"].as_u64().unwrap() > 1_700_000_000_000_000, "an epoch version: {snap}");
     let b = &snap["breakers"][0];
     assert_eq!(
         (b["key"].as_str(), b["state"].as_str(), b["reason"].as_str()),
@@ -57,7 +57,10 @@ async fn an_alert_without_the_breaker_label_activates_star_and_unknown_alerts_ar
     let (_, json, _) = call(&r, "POST", "/webhook/backpressure", bearer(), &body).await;
     assert_eq!(json["results"][0]["key"], "*");
     let (_, status, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
-    assert_eq!((status["active"].as_bool(), status["reason"].as_str()), (Some(true), Some("websocket_exhaustion")));
+    assert_eq!(
+        (status["state"].as_str(), status["activation_reason"].as_str()),
+        (Some("open"), Some("websocket_exhaustion"))
+    );
     let (_, json, _) =
         call(&r, "POST", "/webhook/alertmanager", bearer(), &alert("firing", "DiskFull", None, "", "fp3")).await;
     assert_eq!(json["results"][0]["result"], "ignored");
@@ -108,12 +111,13 @@ async fn manual_activate_with_ttl_and_deactivate_and_the_legacy_api() {
     assert_eq!(json["outcome"]["result"], "deactivated");
     let (_, json, _) = call(&r, "POST", "/api/v1/breakers/collab_ws/deactivate", bearer(), "").await;
     assert_eq!(json["outcome"]["result"], "not_active");
-    assert_eq!(call(&r, "POST", "/api/circuit-breaker/activate", bearer(), "").await.0, StatusCode::OK);
+    let (status, json, _) = call(&r, "POST", "/api/circuit-breaker/activate", bearer(), "").await;
+    assert_eq!((status, json["status"].as_str()), (StatusCode::OK, Some("activated")));
     let (_, st, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
-    assert_eq!(st["active"], true);
+    assert_eq!(st["state"], "open");
     call(&r, "POST", "/api/circuit-breaker/deactivate", bearer(), "").await;
     let (_, st, _) = call(&r, "GET", "/api/circuit-breaker/status", bearer(), "").await;
-    assert_eq!(st["active"], false);
+    assert_eq!(st["state"], "closed");
 }
 
 #[tokio::test]
@@ -129,27 +133,30 @@ async fn the_hourly_cap_answers_429_and_counts() {
 #[tokio::test]
 async fn long_poll_returns_at_once_when_newer_waits_then_304_and_wakes_on_change() {
     let r = router();
-    // Nothing newer than 0: waits, then 304.
+    let (_, snap, _) = call(&r, "GET", "/v1/snapshot", bearer(), "").await;
+    let v0 = snap["version"].as_u64().unwrap();
+    // Nothing newer than v0: waits, then 304.
     let t = Instant::now();
-    let (status, _, _) = call(&r, "GET", "/v1/snapshot?version=0&wait=1", bearer(), "").await;
+    let (status, _, _) = call(&r, "GET", &format!("/v1/snapshot?version={v0}&wait=1"), bearer(), "").await;
     assert_eq!(status, StatusCode::NOT_MODIFIED);
     assert!(t.elapsed() >= Duration::from_millis(900));
     // A waiting poll is woken by a change.
     let r2 = r.clone();
     let waiter = tokio::spawn(async move {
         let t = Instant::now();
-        let (status, json, _) = call(&r2, "GET", "/v1/snapshot?version=0&wait=30", bearer(), "").await;
+        let (status, json, _) = call(&r2, "GET", &format!("/v1/snapshot?version={v0}&wait=30"), bearer(), "").await;
         (status, json, t.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     call(&r, "POST", "/api/v1/breakers/ws/activate", bearer(), "").await;
     let (status, json, waited) = waiter.await.unwrap();
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(json["version"], 1);
+    assert!(json["version"].as_u64().unwrap() > v0);
     assert!(waited < Duration::from_secs(5), "woke after {waited:?}");
     // Newer than what the poller knows: at once.
     let t = Instant::now();
-    assert_eq!(call(&r, "GET", "/v1/snapshot?version=0&wait=30", bearer(), "").await.0, StatusCode::OK);
+    let uri = format!("/v1/snapshot?version={v0}&wait=30");
+    assert_eq!(call(&r, "GET", &uri, bearer(), "").await.0, StatusCode::OK);
     assert!(t.elapsed() < Duration::from_secs(1));
 }
 
@@ -204,4 +211,38 @@ fn the_openapi_document_covers_every_route() {
         routes += 1;
     }
     assert!(routes >= 14, "found {routes} routes");
+}
+
+#[test]
+fn settings_empty_variables_never_override_the_file_and_scoped_tokens_load() {
+    use floodgate_control::settings::load;
+    let dir = std::env::temp_dir().join(format!("floodgate-settings-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("control.toml");
+    std::fs::write(&file, "token = \"admin\"\nredis_url = \"redis://127.0.0.1:6379/\"\npoll_token = \"p\"\n").unwrap();
+    let env = |k: &str| match k {
+        "FLOODGATE_REDIS_URL" | "FLOODGATE_TOKEN" => Some(String::new()),
+        "FLOODGATE_WEBHOOK_TOKEN" => Some("w".to_string()),
+        _ => None,
+    };
+    let s = load(Some(&file), &env, false).unwrap();
+    assert_eq!(s.redis_url.as_deref(), Some("redis://127.0.0.1:6379/"), "an empty variable is unset");
+    assert_eq!(
+        (s.token.as_deref(), s.poll_token.as_deref(), s.webhook_token.as_deref()),
+        (Some("admin"), Some("p"), Some("w"))
+    );
+    // A scoped token equal to the admin token would have no scope.
+    let same = |k: &str| match k {
+        "FLOODGATE_TOKEN" | "FLOODGATE_POLL_TOKEN" => Some("x".to_string()),
+        _ => None,
+    };
+    assert!(load(None, &same, false).unwrap_err().contains("FLOODGATE_POLL_TOKEN"));
+    // max_active_s is bounded (30 days).
+    let long = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("t".to_string()),
+        "FLOODGATE_MAX_ACTIVE_S" => Some("2592001".to_string()),
+        _ => None,
+    };
+    assert!(load(None, &long, false).unwrap_err().contains("max_active_s"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

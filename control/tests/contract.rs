@@ -93,3 +93,35 @@ proptest! {
         })?;
     }
 }
+
+/// A proxy follows a control plane that restarted with an empty memory store at once (its view
+/// is live: no waiting for `stale_after_s`), because the new process's versions start at a later
+/// epoch, above every version the old one issued.
+#[test]
+fn a_proxy_follows_a_restarted_control_plane_at_once() {
+    runtime().block_on(async {
+        let first = app_for(state(Arc::new(MemoryStore::default()), unlimited()));
+        call(&first, "POST", "/api/v1/breakers/collab_ws/activate", bearer(), "").await;
+        for i in 0..50 {
+            call(&first, "POST", &format!("/api/v1/breakers/k{i}/activate"), bearer(), "").await;
+        }
+        let (_, _, text) = call(&first, "GET", "/v1/snapshot", bearer(), "").await;
+        let now = floodgate_control::now_ms();
+        let view = floodgate_core::remote::RemoteView::default()
+            .apply(parse_snapshot(text.as_bytes()).unwrap(), now, 120_000)
+            .unwrap();
+        assert_eq!(view.overrides.len(), 51);
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        // The service restarts: a new, empty memory store.
+        let second = app_for(state(Arc::new(MemoryStore::default()), unlimited()));
+        let (status, _, text) =
+            call(&second, "GET", &format!("/v1/snapshot?version={}&wait=5", view.version), bearer(), "").await;
+        assert_eq!(status, StatusCode::OK, "answers at once: the proxy's version is not the store's");
+        let snap = parse_snapshot(text.as_bytes()).unwrap();
+        assert!(snap.version > view.version, "{} then {}", view.version, snap.version);
+        let now = floodgate_control::now_ms();
+        assert!(view.live(now, 120_000));
+        let next = view.apply(snap, now, 120_000).expect("a live view takes the restarted control plane's snapshot");
+        assert!(next.overrides.is_empty());
+    });
+}

@@ -6,11 +6,14 @@
 
 pub mod breaker;
 pub mod classify;
+pub mod drain;
+pub mod handshake;
 pub mod policy;
 pub mod poll;
 pub mod remote;
 pub mod state;
 pub mod time;
+pub mod version;
 pub mod window;
 pub mod wire;
 

@@ -24,7 +24,11 @@ use floodgate_demo::envoy::{self, Envoy, Ports};
 use floodgate_demo::procs::{Alertmanager, ControlPlane, Prometheus, Redis};
 use floodgate_demo::{repo_root, stats};
 
+/// The admin token (the demo's own calls and the UI); Envoy carries the poll-only token and
+/// Alertmanager the webhook-only one: a leaked proxy config cannot force the fleet open.
 const TOKEN: &str = "demo-token";
+const POLL_TOKEN: &str = "demo-poll-token";
+const WEBHOOK_TOKEN: &str = "demo-webhook-token";
 const BREAKER: &str = "collab_ws";
 const STEADY_SESSIONS: usize = 20;
 const NEW_PER_SECOND: u64 = 10;
@@ -94,11 +98,17 @@ async fn run() -> anyhow::Result<()> {
     let control = ControlPlane::start(
         0,
         TOKEN,
-        &[("FLOODGATE_REDIS_URL", &url), ("FLOODGATE_DEACTIVATION_DELAY_S", "5"), ("FLOODGATE_COOLDOWN_S", "0")],
+        &[
+            ("FLOODGATE_REDIS_URL", &url),
+            ("FLOODGATE_DEACTIVATION_DELAY_S", "5"),
+            ("FLOODGATE_COOLDOWN_S", "0"),
+            ("FLOODGATE_POLL_TOKEN", POLL_TOKEN),
+            ("FLOODGATE_WEBHOOK_TOKEN", WEBHOOK_TOKEN),
+        ],
     )
     .await?;
     step(&format!("floodgate-control on {} (Redis store, deactivation delay 5 s)", control.addr));
-    let alertmanager = Alertmanager::start(&control.webhook_url(), TOKEN).await?;
+    let alertmanager = Alertmanager::start(&control.webhook_url(), WEBHOOK_TOKEN).await?;
     step(&format!("alertmanager on {} -> {}", alertmanager.addr, control.webhook_url()));
     let backend = Backend::start(0).await?;
     step(&format!("WebSocket backend on {} (exports collab_backpressure_level)", backend.addr));
@@ -106,7 +116,7 @@ async fn run() -> anyhow::Result<()> {
     let plugin = serde_json::json!({
         "breakers": {BREAKER: {"consecutive_failures": 5, "open": {"base_ms": 3000, "max_ms": 30000},
                                "half_open": {"permits": 2, "successes": 2}, "recovery_ramp_ms": 5000}},
-        "control": {"cluster": "floodgate_control", "token": TOKEN, "wait_s": 10, "timeout_ms": 12000,
+        "control": {"cluster": "floodgate_control", "token": POLL_TOKEN, "wait_s": 10, "timeout_ms": 12000,
                     "stale_after_s": 30}
     });
     let config = envoy::render("control.yaml", ports, &[&plugin.to_string()])?;

@@ -12,6 +12,8 @@ use floodgate_tests::{eventually, require_wasm, stats};
 
 const BREAKER: &str = "collab_ws";
 
+mod close_frame;
+
 struct Proxy {
     backend: Backend,
     envoy: Envoy,

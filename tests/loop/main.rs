@@ -13,14 +13,25 @@ use floodgate_tests::procs::{Alertmanager, ControlPlane, Redis};
 use floodgate_tests::{eventually, require_wasm, stats};
 use serde_json::json;
 
+/// The admin token (the test's own API calls); proxies carry the poll-only token and
+/// Alertmanager the webhook-only one, as the shipped manifests do.
 const TOKEN: &str = "loop-test-token";
+const POLL_TOKEN: &str = "loop-test-poll-token";
+const WEBHOOK_TOKEN: &str = "loop-test-webhook-token";
+
+/// Starts floodgate-control with the scoped tokens, and `env`.
+async fn control_plane(env: &[(&str, &str)]) -> ControlPlane {
+    let mut all = vec![("FLOODGATE_POLL_TOKEN", POLL_TOKEN), ("FLOODGATE_WEBHOOK_TOKEN", WEBHOOK_TOKEN)];
+    all.extend_from_slice(env);
+    ControlPlane::start(0, TOKEN, &all).await.unwrap()
+}
 /// The filter's tick (`poller::TICK_MS`): how often each worker refreshes its copy of the view.
 const WORKER_TICK: Duration = Duration::from_millis(100);
 
 fn plugin_config(wait_s: u32, stale_after_s: u64, ramp_ms: u64) -> String {
     json!({
         "defaults": {"consecutive_failures": 5, "recovery_ramp_ms": ramp_ms},
-        "control": {"cluster": "floodgate_control", "token": TOKEN, "wait_s": wait_s,
+        "control": {"cluster": "floodgate_control", "token": POLL_TOKEN, "wait_s": wait_s,
                     "timeout_ms": u64::from(wait_s) * 1000 + 2000, "retry_ms": 200,
                     "stale_after_s": stale_after_s}
     })
@@ -134,8 +145,8 @@ async fn an_alertmanager_alert_refuses_new_upgrades_fleet_wide_then_resolving_ra
         ("FLOODGATE_COOLDOWN_S", "0".into()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let control = ControlPlane::start(0, TOKEN, &env).await.unwrap();
-    let alertmanager = Alertmanager::start(&control.webhook_url(), TOKEN).await.unwrap();
+    let control = control_plane(&env).await;
+    let alertmanager = Alertmanager::start(&control.webhook_url(), WEBHOOK_TOKEN).await.unwrap();
     let backend = Backend::start(0).await.unwrap();
     let proxy = Proxy::start(&backend, &control, "envoy-a", &plugin_config(5, 30, 4000)).await;
 
@@ -199,7 +210,7 @@ async fn an_alertmanager_alert_refuses_new_upgrades_fleet_wide_then_resolving_ra
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_wildcard_activation_refuses_every_cluster_and_a_keyed_one_only_its_own() {
-    let control = ControlPlane::start(0, TOKEN, &[("FLOODGATE_COOLDOWN_S", "0")]).await.unwrap();
+    let control = control_plane(&[("FLOODGATE_COOLDOWN_S", "0")]).await;
     let backend = Backend::start(0).await.unwrap();
     let proxy = Proxy::start(&backend, &control, "envoy-a", &plugin_config(5, 30, 0)).await;
     proxy.expect_open("/ws").await;
@@ -231,7 +242,7 @@ async fn a_wildcard_activation_refuses_every_cluster_and_a_keyed_one_only_its_ow
 async fn a_stopped_control_plane_lapses_after_stale_after_s_and_is_followed_again_after_restart() {
     let redis = Redis::start().await.unwrap();
     let url = redis.url();
-    let mut control = ControlPlane::start(0, TOKEN, &[("FLOODGATE_REDIS_URL", url.as_str())]).await.unwrap();
+    let mut control = control_plane(&[("FLOODGATE_REDIS_URL", url.as_str())]).await;
     let backend = Backend::start(0).await.unwrap();
     let proxy = Proxy::start(&backend, &control, "envoy-a", &plugin_config(1, 4, 0)).await;
 
@@ -269,7 +280,7 @@ async fn a_stopped_control_plane_lapses_after_stale_after_s_and_is_followed_agai
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_envoys_apply_an_activation_and_the_fleet_lists_both_with_one_poller_each() {
-    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
+    let control = control_plane(&[]).await;
     let backend = Backend::start(0).await.unwrap();
     let plugin = plugin_config(5, 30, 0);
     let a = Proxy::start(&backend, &control, "envoy-a", &plugin).await;

@@ -19,6 +19,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const TOKEN: &str = "ui-test-token";
 
+mod websocket;
+
 struct Chromium {
     child: tokio::process::Child,
     port: u16,

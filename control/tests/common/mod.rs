@@ -15,12 +15,18 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 pub const TOKEN: &str = "s3cret";
+pub const POLL_TOKEN: &str = "poll-only";
+pub const WEBHOOK_TOKEN: &str = "webhook-only";
 
 pub fn state(store: Arc<dyn Store>, rules: Rules) -> Arc<AppState> {
     Arc::new(AppState {
         store,
         rules,
-        token: Some(TOKEN.into()),
+        tokens: floodgate_control::app::Tokens {
+            admin: Some(TOKEN.into()),
+            poll: Some(POLL_TOKEN.into()),
+            webhook: Some(WEBHOOK_TOKEN.into()),
+        },
         alerts: default_alerts(),
         key_label: "breaker".into(),
         metrics: Metrics::default(),
