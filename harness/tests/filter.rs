@@ -767,3 +767,38 @@ fn retry_after_spreads_over_whole_seconds_for_half_open_refusals() {
         (0..60).map(|_| refused(&mut a).header("retry-after").unwrap_or_default().to_string()).collect();
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["1", "2"]);
 }
+
+#[test]
+fn tcp_health_checks_decide_nothing_and_only_reached_upstreams_count() {
+    let mut host = host();
+    let mut w = host.worker().unwrap();
+    let config = r#"{"breaker": "backend_tcp", "defaults": {"consecutive_failures": 1,
+        "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 1, "successes": 1}}}"#;
+    assert!(w.configure("floodgate_tcp", config).unwrap(), "{:?}", host.logs());
+    let calls = |host: &Host, outcome: &str| {
+        metric(host, "floodgate_calls_total", &[("breaker", "backend_tcp"), ("outcome", outcome)])
+    };
+    // Connect failure: the breaker opens.
+    let ctx = w.new_context().unwrap();
+    assert_eq!(w.new_connection(ctx).unwrap(), CONTINUE);
+    w.set_context_property(ctx, &["response", "flags"], &0x20u64.to_le_bytes());
+    w.downstream_close(ctx, 1).unwrap();
+    w.end(ctx).unwrap();
+    host.advance(Duration::from_millis(1_001));
+    // Half-open: a health check connects and leaves before the upstream connection exists. It
+    // decides nothing (no success closes the breaker) and gives its probe slot back.
+    let hc = w.new_context().unwrap();
+    assert_eq!(w.new_connection(hc).unwrap(), CONTINUE);
+    w.downstream_close(hc, 2).unwrap();
+    w.end(hc).unwrap();
+    assert_eq!(calls(&host, "success"), 0);
+    assert_eq!(metric(&host, "floodgate_state", &[("breaker", "backend_tcp")]), 1);
+    // A connection whose upstream connection was made, closed without a byte: a success.
+    let ok = w.new_context().unwrap();
+    assert_eq!(w.new_connection(ok).unwrap(), CONTINUE, "the health check gave its slot back");
+    w.set_context_property(ok, &["upstream", "local_address"], b"127.0.0.1:40000");
+    w.downstream_close(ok, 2).unwrap();
+    w.end(ok).unwrap();
+    assert_eq!(calls(&host, "success"), 1);
+    assert_eq!(metric(&host, "floodgate_state", &[("breaker", "backend_tcp")]), 0);
+}
