@@ -365,6 +365,14 @@ fn validate(raw: RawConfig, kind: FilterKind) -> Result<Config, ConfigError> {
         }
         (_, b) => b,
     };
+    let (mut defaults, mut overrides) = (defaults, overrides);
+    if kind == FilterKind::Tcp {
+        // A TCP connection has no answer to wait for: a client that connects and stays quiet must
+        // not hold a probe slot "past its deadline" and re-open a healthy backend's breaker.
+        for p in std::iter::once(&mut defaults).chain(overrides.values_mut()) {
+            std::rc::Rc::make_mut(p).policy.answer_timeout_ms = 0;
+        }
+    }
     Ok(Config { shed, key, defaults, overrides, reject, control, max_breakers, tcp_breaker })
 }
 
@@ -624,6 +632,19 @@ mod tests {
         assert_eq!((c.reject.status, c.reject.websocket), (503, WebSocketReject::CloseFrame));
         assert_eq!(http(r#"{"reject":{"websocket":"http"}}"#).unwrap().reject.websocket, WebSocketReject::Http);
         assert_eq!(http(r#"{"reject":{"status":429}}"#).unwrap().reject.websocket, WebSocketReject::Http);
+    }
+
+    #[test]
+    fn tcp_breakers_wait_for_no_answer_so_quiet_clients_never_fail_a_probe() {
+        let c = parse(
+            br#"{"breaker":"db","defaults":{"answer_timeout_ms":2000},"breakers":{"db":{"answer_timeout_ms":3000}}}"#,
+            FilterKind::Tcp,
+        )
+        .unwrap();
+        assert_eq!(c.defaults.policy.answer_timeout_ms, 0);
+        assert!(c.overrides.values().all(|p| p.policy.answer_timeout_ms == 0));
+        let h = parse(br#"{"defaults":{"answer_timeout_ms":2000}}"#, FilterKind::Http).unwrap();
+        assert_eq!(h.defaults.policy.answer_timeout_ms, 2000);
     }
 
     #[test]

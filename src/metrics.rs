@@ -75,33 +75,37 @@ fn set(id: Option<u32>, v: u64) {
     }
 }
 
+/// One breaker's stat ids. Only `floodgate_state` is defined when the breaker is first seen;
+/// every other series when first used (`None` = not yet defined, `Some(None)` = the host
+/// refused it), so a key that only ever succeeds costs two stats, not a dozen: with client-chosen
+/// keys, `max_breakers` of them stay cheap.
 struct BreakerIds {
     state: Option<u32>,
-    forced: Option<u32>,
-    calls: [Option<u32>; 3],
-    rejected: [Option<u32>; 3],
-    would_reject: [Option<u32>; 3],
-    lost: Option<u32>,
-    /// [from][to], defined when first taken.
-    transitions: [[Option<u32>; 3]; 3],
+    forced: Option<Option<u32>>,
+    calls: [Option<Option<u32>>; 3],
+    rejected: [Option<Option<u32>>; 3],
+    would_reject: [Option<Option<u32>>; 3],
+    lost: Option<Option<u32>>,
+    transitions: [[Option<Option<u32>>; 3]; 3],
 }
 
 impl BreakerIds {
     fn define(breaker: &str) -> BreakerIds {
-        let b = ("breaker", breaker);
-        let per = |name: &str, label: &str, values: [&str; 3]| {
-            values.map(|v| define(MetricKind::Counter, &tagged(&[b, (label, v)], name)))
-        };
         BreakerIds {
-            state: define(MetricKind::Gauge, &tagged(&[b], STATE)),
-            forced: define(MetricKind::Gauge, &tagged(&[b], FORCED)),
-            calls: per(CALLS, "outcome", OUTCOMES),
-            rejected: per(REJECTED, "kind", KINDS),
-            would_reject: per(WOULD_REJECT, "kind", KINDS),
-            lost: define(MetricKind::Counter, &tagged(&[b], UPDATES_LOST)),
+            state: define(MetricKind::Gauge, &tagged(&[("breaker", breaker)], STATE)),
+            forced: None,
+            calls: [None; 3],
+            rejected: [None; 3],
+            would_reject: [None; 3],
+            lost: None,
             transitions: [[None; 3]; 3],
         }
     }
+}
+
+/// The id in `slot`, defining the stat on first use.
+fn on_first_use(slot: &mut Option<Option<u32>>, kind: MetricKind, name: impl FnOnce() -> String) -> Option<u32> {
+    *slot.get_or_insert_with(|| define(kind, &name()))
 }
 
 /// The per-VM metric registry.
@@ -123,26 +127,34 @@ impl Metrics {
     }
 
     pub fn call(&mut self, breaker: &str, outcome: Outcome) {
-        add(self.breaker(breaker).calls[outcome as usize], 1);
+        let slot = &mut self.breaker(breaker).calls[outcome as usize];
+        let name = || tagged(&[("breaker", breaker), ("outcome", OUTCOMES[outcome as usize])], CALLS);
+        add(on_first_use(slot, MetricKind::Counter, name), 1);
     }
 
     pub fn rejected(&mut self, breaker: &str, kind: RejectKind) {
-        add(self.breaker(breaker).rejected[kind as usize], 1);
+        let slot = &mut self.breaker(breaker).rejected[kind as usize];
+        let name = || tagged(&[("breaker", breaker), ("kind", KINDS[kind as usize])], REJECTED);
+        add(on_first_use(slot, MetricKind::Counter, name), 1);
     }
 
     pub fn would_reject(&mut self, breaker: &str, kind: RejectKind) {
-        add(self.breaker(breaker).would_reject[kind as usize], 1);
+        let slot = &mut self.breaker(breaker).would_reject[kind as usize];
+        let name = || tagged(&[("breaker", breaker), ("kind", KINDS[kind as usize])], WOULD_REJECT);
+        add(on_first_use(slot, MetricKind::Counter, name), 1);
     }
 
     pub fn lost(&mut self, breaker: &str) {
-        add(self.breaker(breaker).lost, 1);
+        let slot = &mut self.breaker(breaker).lost;
+        add(on_first_use(slot, MetricKind::Counter, || tagged(&[("breaker", breaker)], UPDATES_LOST)), 1);
     }
 
     /// `floodgate_forced` for `breaker` (a key of the control plane or the configuration, which
     /// may not be tracked: only this gauge is defined for it then).
     pub fn forced(&mut self, breaker: &str, on: bool) {
-        let id = match self.breakers.get(breaker) {
-            Some(ids) => ids.forced,
+        let name = || tagged(&[("breaker", breaker)], FORCED);
+        let id = match self.breakers.get_mut(breaker) {
+            Some(ids) => on_first_use(&mut ids.forced, MetricKind::Gauge, name),
             None => *self
                 .forced_only
                 .entry_ref(breaker)
@@ -159,11 +171,8 @@ impl Metrics {
     pub fn transition(&mut self, breaker: &str, from: Phase, to: Phase) {
         let ids = self.breaker(breaker);
         let slot = &mut ids.transitions[from as usize][to as usize];
-        if slot.is_none() {
-            let name = tagged(&[("breaker", breaker), ("from", from.name()), ("to", to.name())], TRANSITIONS);
-            *slot = define(MetricKind::Counter, &name);
-        }
-        add(*slot, 1);
+        let name = || tagged(&[("breaker", breaker), ("from", from.name()), ("to", to.name())], TRANSITIONS);
+        add(on_first_use(slot, MetricKind::Counter, name), 1);
         set(ids.state, to as u64);
     }
 

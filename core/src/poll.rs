@@ -8,6 +8,9 @@ use crate::remote::RemoteView;
 pub const LEASE_MS: u64 = 3_000;
 /// The longest wait between failed polls (unless `retry_ms` itself is longer).
 pub const MAX_BACKOFF_MS: u64 = 30_000;
+/// How far in the future a time written by another worker may lie before it counts as written
+/// before a clock step backwards (workers read the clock at slightly different moments).
+pub const CLOCK_TOLERANCE_MS: u64 = 1_000;
 /// Envoy always answers a dispatched call by its timeout; a callback later than this past the
 /// timeout is taken as lost.
 pub const CALLBACK_GRACE_MS: u64 = 5_000;
@@ -46,6 +49,9 @@ pub enum LeaseStep {
 /// lease counts as free.
 pub fn lease_step(current: Option<Lease>, worker: u64, now_ms: u64) -> LeaseStep {
     let Lease { holder, expires_ms } = current.unwrap_or(Lease { holder: 0, expires_ms: 0 });
+    // A lease that ends further away than a whole lease from now was taken before a clock step
+    // backwards: it is free, or no worker would poll for as long as the step.
+    let expires_ms = if expires_ms > now_ms.saturating_add(LEASE_MS + CLOCK_TOLERANCE_MS) { 0 } else { expires_ms };
     if holder == worker && expires_ms > now_ms.saturating_add(LEASE_MS / 2) {
         return LeaseStep::Hold;
     }
@@ -97,7 +103,10 @@ pub fn callback_overdue(sent_ms: u64, timeout_ms: u64, now_ms: u64) -> bool {
 /// Whether the poller reports the view as stale: no confirmation (or, before the first one, no
 /// poller start) within `stale_after_ms`.
 pub fn is_stale(confirmed_ms: u64, started_ms: u64, now_ms: u64, stale_after_ms: u64) -> bool {
-    now_ms >= confirmed_ms.max(started_ms).saturating_add(stale_after_ms)
+    let since = confirmed_ms.max(started_ms);
+    // A confirmation in the future was made before a clock step backwards: stale until the next
+    // poll confirms again (as `RemoteView::live` says).
+    since > now_ms.saturating_add(CLOCK_TOLERANCE_MS) || now_ms >= since.saturating_add(stale_after_ms)
 }
 
 #[cfg(test)]
@@ -117,6 +126,21 @@ mod tests {
         assert_eq!(Lease::parse(b"garbage"), None);
         assert_eq!(Lease::parse(b"3:"), None);
         assert_eq!(lease_step(None, 1, 10), LeaseStep::Take(Lease { holder: 1, expires_ms: 10 + LEASE_MS }));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_frees_the_lease_and_makes_the_view_stale_at_once() {
+        let hour = 3_600_000;
+        // Worker 1 took the lease, then the clock went back an hour and worker 1 is gone.
+        let taken = Lease { holder: 1, expires_ms: 10 * hour + LEASE_MS };
+        assert!(matches!(lease_step(Some(taken), 2, 9 * hour), LeaseStep::Take(_)));
+        assert_eq!(lease_step(Some(taken), 2, 10 * hour), LeaseStep::Wait);
+        // A view confirmed "in the future" is not live (its overrides lapse) until a poll confirms it.
+        let v = view(3, 10 * hour);
+        assert!(!v.live(9 * hour, STALE));
+        assert!(v.live(10 * hour - 500, STALE), "within the tolerance of workers' clocks");
+        assert!(is_stale(10 * hour, 0, 9 * hour, STALE));
+        assert!(!is_stale(10 * hour, 0, 10 * hour + 1, STALE));
     }
 
     #[test]

@@ -89,7 +89,12 @@ pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, SnapshotError> {
 impl RemoteView {
     /// The view is live until `stale_after_ms` past its last confirmation.
     pub fn live(&self, now_ms: u64, stale_after_ms: u64) -> bool {
-        self.confirmed_ms > 0 && now_ms < self.confirmed_ms.saturating_add(stale_after_ms)
+        // A confirmation in the future was made before a clock step backwards: the view is not
+        // live until the next poll confirms it again (a few ms later), so remote overrides never
+        // hold for the length of the step.
+        self.confirmed_ms > 0
+            && self.confirmed_ms <= now_ms.saturating_add(crate::poll::CLOCK_TOLERANCE_MS)
+            && now_ms < self.confirmed_ms.saturating_add(stale_after_ms)
     }
 
     /// The override that holds for `key` at `now_ms`: a live keyed entry, else a live `*` entry.

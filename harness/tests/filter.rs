@@ -678,6 +678,29 @@ fn fifteen_hundred_client_chosen_keys_leave_stats_and_vm_memory_bounded() {
     );
 }
 
+/// With the default `max_breakers` (1,024) every junk key may be tracked: each then costs only
+/// the series it uses (its state and its successes), not a dozen defined up front.
+#[test]
+fn fifteen_hundred_client_chosen_keys_under_the_default_bound_cost_two_stats_each() {
+    let mut host = host();
+    let config = r#"{"key": "header:x-room"}"#;
+    let mut w = worker(&mut host, config);
+    let before = host.metrics().len();
+    for i in 0..1500 {
+        let ctx = w.new_context().unwrap();
+        let room = format!("junk-{i}");
+        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("x-room", room.as_str())];
+        assert_eq!(w.request_headers(ctx, &headers, false).unwrap(), CONTINUE);
+        answer(&mut w, ctx, 101);
+    }
+    let added = host.metrics().len() - before;
+    assert_eq!(host.metric("floodgate_untracked_total"), Some(1500 - 1024));
+    // 1,024 tracked keys: floodgate_state and floodgate_calls_total{outcome="success"} each, plus
+    // the global untracked counter.
+    assert!(added <= 2 * 1024 + 2, "{added} stats after 1500 keys");
+    println!("1500 client-chosen keys, default max_breakers: {added} stats");
+}
+
 #[test]
 fn a_forced_open_refuses_untracked_keys_too() {
     let mut host = host();

@@ -203,7 +203,9 @@ struct View {
 
 impl View {
     fn decide(&self, key: &str, now: u64) -> Option<bool> {
-        if !(self.confirmed > 0 && now < self.confirmed + STALE) {
+        // A view confirmed after the current time was confirmed before a clock step backwards:
+        // not live until the next poll (1 s of tolerance for workers' clocks).
+        if !(self.confirmed > 0 && self.confirmed <= now + 1_000 && now < self.confirmed + STALE) {
             return None;
         }
         let holding = |k: &str| self.entries.iter().find(|(ek, _, until)| ek == k && (*until == 0 || now < *until));
