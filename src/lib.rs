@@ -8,6 +8,7 @@
 //! - [`guard`], [`http`], [`tcp`], [`root`]: the filters; [`metrics`]: Envoy stats.
 //! - [`poller`]: one poller per Envoy brings the control plane's overrides into shared data.
 
+pub mod admission;
 pub mod config;
 pub mod guard;
 pub mod host;

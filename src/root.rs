@@ -126,6 +126,7 @@ fn passthrough() -> Config {
         defaults: Rc::new(config::BreakerPolicy {
             policy: Policy { mode: Mode::Disabled, ..Policy::default() },
             failure: Default::default(),
+            admission: Default::default(),
         }),
         overrides: Default::default(),
         reject: config::Reject { status: 503, headers: vec![] },

@@ -4,6 +4,7 @@
 //! no host calls: time and randomness are inputs; decisions, transitions and new states are
 //! outputs. Tested natively.
 
+pub mod admission;
 pub mod breaker;
 pub mod classify;
 pub mod policy;

@@ -72,6 +72,12 @@ impl Host {
         lock(&self.shared).clock_ns += by.as_nanos() as u64;
     }
 
+    /// Moves the clock backwards, as a wall clock corrected by NTP may.
+    pub fn step_back(&self, by: Duration) {
+        let mut s = lock(&self.shared);
+        s.clock_ns = s.clock_ns.saturating_sub(by.as_nanos() as u64);
+    }
+
     /// Makes the next `times` calls of host function `call` return `status`.
     pub fn inject_fault(&self, call: &str, status: u32, times: u32) {
         lock(&self.shared).faults.push(Fault { call: call.to_string(), status, remaining: times });
