@@ -15,6 +15,7 @@ pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod poller;
+pub mod reset;
 pub mod root;
 pub mod store;
 pub mod tcp;

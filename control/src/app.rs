@@ -90,6 +90,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{key}/activate", post(activate))
         .route("/api/v1/breakers/{key}/deactivate", post(deactivate))
+        .route("/api/v1/breakers/{key}/reset", post(reset))
         .route("/api/v1/fleet", get(fleet))
         .route("/api/circuit-breaker/status", get(legacy_status))
         .route("/api/circuit-breaker/activate", post(legacy_activate))
@@ -244,6 +245,7 @@ async fn snapshot_body(s: &AppState) -> Result<SnapshotBody, AppError> {
             until: a.ends_ms().map(rfc3339),
             event_id: Some(a.event_id.clone()),
         })
+        .chain(crate::reset::entries(&st, now))
         .collect();
     Ok(SnapshotBody { version: st.version, generated_at: Some(rfc3339(now)), breakers })
 }
@@ -376,6 +378,35 @@ async fn deactivate(
 ) -> Result<Response, AppError> {
     authorize(&s, &headers)?;
     do_deactivate(&s, key).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/breakers/{key}/reset`: every proxy closes its local breaker(s) for `key` (or
+/// all, `*`) once, through the recovery ramp.
+async fn reset(
+    AxState(s): AxState<Arc<AppState>>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AppError> {
+    authorize(&s, &headers)?;
+    crate::reset::check_key(&key).map_err(bad_request)?;
+    let body: ResetBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        ResetBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid reset body: {e}")))?
+    };
+    let reason = body.reason.unwrap_or_else(|| "manual".into());
+    if reason.len() > 128 {
+        return Err(bad_request("reason: at most 128 bytes"));
+    }
+    let (outcome, _) = s.store.apply(Command::Reset { key: key.clone(), reason }, &s.rules, now_ms()).await?;
+    Ok(Json(json!({"key": key, "outcome": outcome})).into_response())
 }
 
 async fn breakers(AxState(s): AxState<Arc<AppState>>, headers: HeaderMap) -> Result<Response, AppError> {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 /// How many events `GET /api/v1/breakers` remembers.
-const EVENTS_KEPT: usize = 100;
+pub(crate) const EVENTS_KEPT: usize = 100;
 /// How many resolved alert fingerprints are remembered to drop late, stale firings.
 const RESOLVED_KEPT: usize = 1000;
 const HOUR_MS: u64 = 3_600_000;
@@ -93,6 +93,9 @@ pub struct State {
     pub resolved_ms: BTreeMap<String, u64>,
     pub events: VecDeque<Event>,
     pub event_seq: u64,
+    /// Fleet-wide resets still in the snapshot (see `crate::reset`).
+    #[serde(default)]
+    pub resets: Vec<crate::reset::Reset>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -120,6 +123,11 @@ pub enum Command {
     Deactivate {
         key: String,
     },
+    /// Closes every proxy's local breaker(s) for `key` (or all, `*`) once.
+    Reset {
+        key: String,
+        reason: String,
+    },
     /// Ends activations whose time has come.
     Expire,
 }
@@ -136,6 +144,7 @@ pub enum Outcome {
     DeactivationScheduled { at_ms: u64 },
     Deactivated { count: usize },
     NotActive,
+    Reset { event_id: String },
 }
 
 fn event(s: &mut State, kind: &str, a: &Activation, now: u64) -> Event {
@@ -265,6 +274,7 @@ pub fn apply(s: &mut State, cmd: Command, rules: &Rules, now: u64) -> (Outcome, 
             }
             None => Outcome::NotActive,
         },
+        Command::Reset { key, reason } => crate::reset::apply(s, key, reason, now, &mut events),
         Command::Expire => {
             let due: Vec<String> = s
                 .activations
@@ -277,7 +287,8 @@ pub fn apply(s: &mut State, cmd: Command, rules: &Rules, now: u64) -> (Outcome, 
                     events.push(event(s, "deactivated", &a, now));
                 }
             }
-            if !due.is_empty() {
+            let resets_left = crate::reset::expire(s, now);
+            if !due.is_empty() || resets_left {
                 s.version += 1;
             }
             Outcome::Deactivated { count: due.len() }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod engine;
 pub mod metrics;
 pub mod redis_store;
+pub mod reset;
 pub mod settings;
 pub mod store;
 

@@ -10,6 +10,7 @@ pub mod classify;
 pub mod policy;
 pub mod poll;
 pub mod remote;
+pub mod reset;
 pub mod state;
 pub mod time;
 pub mod window;
