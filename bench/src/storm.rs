@@ -44,9 +44,9 @@ impl StormPlan {
         StormPlan {
             clients: 2_000,
             steady: 50,
-            capacity: 400,
+            capacity: 500,
             down: Duration::from_secs(2),
-            max_storm: Duration::from_secs(30),
+            max_storm: Duration::from_secs(20),
             rounds: 1,
         }
     }
@@ -347,14 +347,14 @@ impl Backend {
     }
 
     /// Drops every session and refuses connections for `down`, then takes upgrades again at its
-    /// capacity (from an empty bucket: a restarted process has no headroom saved up).
+    /// capacity, `burst` of them at once.
     async fn restart(&self, down: Duration, capacity: u32, burst: u32) {
         self.state.down.store(true, Ordering::SeqCst);
         self.state.epoch.send_modify(|e| *e += 1);
         tokio::time::sleep(down).await;
         self.state.capacity.store(u64::from(capacity), Ordering::SeqCst);
         self.state.burst.store(u64::from(burst), Ordering::SeqCst);
-        *self.state.bucket.lock().unwrap_or_else(|e| e.into_inner()) = (0.0, Instant::now());
+        *self.state.bucket.lock().unwrap_or_else(|e| e.into_inner()) = (f64::from(burst), Instant::now());
         self.state.down.store(false, Ordering::SeqCst);
     }
 }
@@ -618,6 +618,8 @@ pub struct StormRun {
     pub accepted: Vec<u64>,
     /// Seconds from the backend's return until every client was connected again (None: cut off).
     pub reconnect_s: Option<f64>,
+    /// Seconds from the backend's return until 95 % of the clients were connected again.
+    pub back95_s: Option<f64>,
     pub connected_at_end: i64,
     pub refused: u64,
     pub failed: u64,
@@ -684,8 +686,10 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     let started = Instant::now();
     backend.restart(plan.down, plan.capacity, plan.burst()).await;
     let up = Instant::now();
-    let reconnect = wait_all(&stats, plan.clients, plan.max_storm.saturating_sub(plan.down)).await;
-    let reconnect_s = reconnect.map(|_| up.elapsed().as_secs_f64());
+    let (back95, reconnect) = wait_all_95(&stats, plan.clients, plan.max_storm.saturating_sub(plan.down)).await;
+    let reconnect_s = reconnect.map(|d| d.as_secs_f64());
+    let back95_s = back95.map(|d| d.as_secs_f64());
+    let _ = up;
     let storm_s = started.elapsed().as_secs_f64();
     let envoy_cpu_ns = cpu_ns(pid).saturating_sub(cpu_before);
     let after = [&stats.refused, &stats.failed, &stats.errors, &stats.attempts].map(|c| c.load(Ordering::SeqCst));
@@ -702,6 +706,7 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
         arrivals,
         accepted,
         reconnect_s,
+        back95_s,
         connected_at_end,
         refused: after[0] - before[0],
         failed: after[1] - before[1],
@@ -712,6 +717,23 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
         steady_alive,
         steady: plan.steady,
     })
+}
+
+/// When 95 % of the `n` clients, then all of them, were connected (each `None` if not within).
+async fn wait_all_95(stats: &ClientStats, n: usize, within: Duration) -> (Option<Duration>, Option<Duration>) {
+    let start = Instant::now();
+    let mut p95 = None;
+    while start.elapsed() < within {
+        let c = stats.connected.load(Ordering::SeqCst);
+        if p95.is_none() && c as f64 >= n as f64 * 0.95 {
+            p95 = Some(start.elapsed());
+        }
+        if c >= n as i64 {
+            return (p95, Some(start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (p95, None)
 }
 
 async fn wait_all(stats: &ClientStats, n: usize, within: Duration) -> Option<Duration> {
@@ -785,7 +807,7 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
     let _ = writeln!(
         md,
         "{} WebSocket clients hold sessions through Envoy (`--concurrency 1`, pinned to one core) to a backend \
-         that accepts **{} new upgrades per second** (beyond that it answers 503 at once, and each upgrade it turns \
+         that accepts **{} new upgrades per second**, {} at once (beyond that it answers 503 at once, and each upgrade it turns \
          away costs it a quarter of an accepted one, so past four times its capacity it accepts none: an \
          overloaded backend falls over). The backend restarts: every session drops and connections are refused \
          for {} s, then it comes back at its capacity. Clients \
@@ -797,6 +819,7 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
          the spread over rounds. Open-file limit {}.\n",
         p.clients,
         p.capacity,
+        p.burst(),
         p.down.as_secs(),
         p.steady,
         p.ideal().as_secs_f64(),
@@ -810,11 +833,11 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, upper bound) | Envoy CPU per upgrade attempt (µs) | undisturbed sessions alive |",
+        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, upper bound) | Envoy CPU per upgrade attempt (µs) | undisturbed sessions alive |",
         p.capacity + p.burst(),
         p.ideal().as_secs_f64()
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((name, _), runs) in r.setups.iter().zip(&r.runs) {
         let f = |g: &dyn Fn(&StormRun) -> f64, d: usize| spread(&runs.iter().map(g).collect::<Vec<_>>(), d);
         let back: Vec<String> = runs
@@ -834,10 +857,14 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
             |x: &StormRun| if x.refused == 0 { 0.0 } else { x.envoy_cpu_ns as f64 / x.refused as f64 / 1000.0 };
         let _ = writeln!(
             md,
-            "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             f(&|x| x.peak() as f64, 0),
             f(&|x| x.p99() as f64, 0),
             f(&over, 0),
+            runs.iter()
+                .map(|x| x.back95_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "–".into()))
+                .collect::<Vec<_>>()
+                .join(", "),
             back.join(", "),
             ratio.join(", "),
             f(&|x| x.refused as f64, 0),
@@ -998,6 +1025,7 @@ mod tests {
             arrivals: vec![0, 900, 400, 380, 10],
             accepted: vec![0, 400, 400, 380, 10],
             reconnect_s: Some(6.0),
+            back95_s: Some(5.0),
             connected_at_end: 2000,
             refused: 1000,
             failed: 10,
@@ -1018,8 +1046,9 @@ mod tests {
         };
         let section = report(&r, "storm.svg");
         assert!(
-            section
-                .contains("| `floodgate_budget` | 900 | 900 | 420 | 6.0 | 1.20× | 1000 | 167 | 50.0 | 16.7 | 50/50 |"),
+            section.contains(
+                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 1.50× | 1000 | 167 | 50.0 | 16.7 | 50/50 |"
+            ),
             "{section}"
         );
         let md = splice("# Bench\n\ntext\n", &section);
@@ -1028,6 +1057,6 @@ mod tests {
         assert!(again.starts_with("# Bench") && again.contains("901"));
         let svg = svg(&r);
         assert_eq!(svg.matches("<polyline").count(), 6);
-        assert!(svg.contains("capacity 400/s"));
+        assert!(svg.contains("capacity 500/s"));
     }
 }
