@@ -42,11 +42,11 @@ pub struct StormPlan {
 impl StormPlan {
     pub fn quick() -> StormPlan {
         StormPlan {
-            clients: 2_000,
+            clients: 1_500,
             steady: 50,
             capacity: 500,
             down: Duration::from_secs(2),
-            max_storm: Duration::from_secs(20),
+            max_storm: Duration::from_secs(15),
             rounds: 1,
         }
     }
@@ -164,6 +164,16 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             ),
             filters: wasm(&format!(
                 r#"{{"defaults": {{{breaker}}}, "breakers": {{"collab_ws": {{"admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
+            )),
+            thresholds: OPEN_THRESHOLDS.into(),
+        },
+        StormSetup {
+            name: "floodgate_budget_only",
+            what: format!(
+                "Floodgate `admission: {{per_second: {cap}, burst: {burst}}}` alone (no outcome counts as a failure: the breaker never opens)"
+            ),
+            filters: wasm(&format!(
+                r#"{{"breakers": {{"collab_ws": {{"failure": {{"statuses": [], "resets": false}}, "admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
             )),
             thresholds: OPEN_THRESHOLDS.into(),
         },
@@ -901,7 +911,7 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
     md
 }
 
-const COLORS: [&str; 6] = ["#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd"];
+const COLORS: [&str; 7] = ["#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd", "#17becf"];
 
 /// New upgrades per second at the backend, one polyline per configuration (first round), and the
 /// capacity as a dashed line. Plain SVG, no dependencies.
@@ -1047,7 +1057,7 @@ mod tests {
         let section = report(&r, "storm.svg");
         assert!(
             section.contains(
-                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 1.50× | 1000 | 167 | 50.0 | 16.7 | 50/50 |"
+                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 50.0 | 16.7 | 50/50 |"
             ),
             "{section}"
         );
@@ -1056,7 +1066,7 @@ mod tests {
         assert_eq!(again.matches("<!-- storm -->").count(), 1);
         assert!(again.starts_with("# Bench") && again.contains("901"));
         let svg = svg(&r);
-        assert_eq!(svg.matches("<polyline").count(), 6);
+        assert_eq!(svg.matches("<polyline").count(), 7);
         assert!(svg.contains("capacity 500/s"));
     }
 }
