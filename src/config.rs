@@ -8,6 +8,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 use serde::Deserialize;
 
+use floodgate_core::admission::{Budget, MAX_BURST, MAX_PER_SECOND};
 use floodgate_core::classify::{FailurePolicy, StatusPattern};
 use floodgate_core::state::MAX_PERMITS;
 use floodgate_core::window::TIME_BUCKETS;
@@ -64,6 +65,14 @@ struct RawPolicy {
     half_open: Option<RawHalfOpen>,
     recovery_ramp_ms: Option<u64>,
     answer_timeout_ms: Option<u64>,
+    admission: Option<RawAdmission>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawAdmission {
+    per_second: Option<u32>,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -185,6 +194,10 @@ fn merge(base: &RawPolicy, over: &RawPolicy) -> RawPolicy {
         }),
         recovery_ramp_ms: pick(&base.recovery_ramp_ms, &over.recovery_ramp_ms),
         answer_timeout_ms: pick(&base.answer_timeout_ms, &over.answer_timeout_ms),
+        admission: nested(&base.admission, &over.admission, |b, o| RawAdmission {
+            per_second: pick(&b.per_second, &o.per_second),
+            burst: pick(&b.burst, &o.burst),
+        }),
     }
 }
 
@@ -195,6 +208,8 @@ fn merge(base: &RawPolicy, over: &RawPolicy) -> RawPolicy {
 pub struct BreakerPolicy {
     pub policy: Policy,
     pub failure: FailurePolicy,
+    /// The admission budget (`admission`); off when `per_second` is 0.
+    pub admission: Budget,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -548,7 +563,21 @@ fn resolve(raw: &RawPolicy, at: &str) -> Result<BreakerPolicy, ConfigError> {
     if policy.recovery_ramp_ms > 3_600_000 {
         return err(f("recovery_ramp_ms"), format!("must be at most 3600000, got {}", policy.recovery_ramp_ms));
     }
-    Ok(BreakerPolicy { policy, failure })
+    let admission = admission(raw.admission.clone().unwrap_or_default(), &f("admission"))?;
+    Ok(BreakerPolicy { policy, failure, admission })
+}
+
+/// `admission`: `per_second` 0 is off; `burst` 0 means one second's worth.
+fn admission(raw: RawAdmission, at: &str) -> Result<Budget, ConfigError> {
+    let per_second = raw.per_second.unwrap_or(0);
+    if per_second > MAX_PER_SECOND {
+        return err(format!("{at}.per_second"), format!("must be at most {MAX_PER_SECOND}, got {per_second}"));
+    }
+    let burst = raw.burst.unwrap_or(0);
+    if burst > MAX_BURST {
+        return err(format!("{at}.burst"), format!("must be at most {MAX_BURST}, got {burst}"));
+    }
+    Ok(Budget { per_second, burst })
 }
 
 #[cfg(test)]
@@ -578,7 +607,8 @@ mod tests {
             "failure":{"statuses":["5xx"],"ignore_statuses":[],"resets":true},"consecutive_failures":5,
             "failure_rate":0.5,"slow_call":{"duration_ms":0,"rate":1.0},"window":{"kind":"count","size":100},
             "minimum_calls":10,"open":{"base_ms":30000,"max_ms":300000,"multiplier":2.0,"jitter":0.1},
-            "half_open":{"permits":3,"successes":2},"recovery_ramp_ms":0},
+            "half_open":{"permits":3,"successes":2},"recovery_ramp_ms":0,
+            "admission":{"per_second":0,"burst":0}},
             "breakers":{"collab_ws":{"consecutive_failures":3}},"reject":{"status":503,"headers":{},"websocket":"http"},
             "control":null,"max_breakers":1024}"#,
         )
@@ -617,6 +647,10 @@ mod tests {
             (r#"{"defaults":{"consecutive_failures":70000}}"#, "defaults.consecutive_failures"),
             (r#"{"defaults":{"window":{"kind":"time"},"minimum_calls":700000}}"#, "defaults.minimum_calls"),
             (r#"{"breakers":{"a":{"answer_timeout_ms":5}}}"#, "breakers.a.answer_timeout_ms"),
+            (r#"{"defaults":{"admission":{"per_second":2000000}}}"#, "defaults.admission.per_second"),
+            (r#"{"breakers":{"ws":{"admission":{"burst":-1}}}}"#, "breakers.ws.admission.burst"),
+            (r#"{"breakers":{"ws":{"admission":{"burst":20000000}}}}"#, "breakers.ws.admission.burst"),
+            (r#"{"defaults":{"admission":{"rate":5}}}"#, "defaults.admission.rate"),
         ];
         for (json, field) in cases {
             let e = http(json).unwrap_err();
@@ -645,6 +679,20 @@ mod tests {
         assert!(c.overrides.values().all(|p| p.policy.answer_timeout_ms == 0));
         let h = parse(br#"{"defaults":{"answer_timeout_ms":2000}}"#, FilterKind::Http).unwrap();
         assert_eq!(h.defaults.policy.answer_timeout_ms, 2000);
+    }
+
+    #[test]
+    fn admission_is_off_by_default_and_merges_per_breaker() {
+        let c = http(
+            r#"{"defaults":{"admission":{"per_second":100,"burst":50}},"breakers":{"a":{"admission":{"burst":10}},
+            "b":{"admission":{"per_second":0}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(http("").unwrap().defaults.admission, Budget::default());
+        assert!(http("").unwrap().defaults.admission.is_off());
+        assert_eq!(c.policy_for("other").admission, Budget { per_second: 100, burst: 50 });
+        assert_eq!(c.policy_for("a").admission, Budget { per_second: 100, burst: 10 });
+        assert!(c.policy_for("b").admission.is_off());
     }
 
     #[test]

@@ -53,7 +53,12 @@ pub enum Verdict {
     Refuse(Refused),
 }
 
+/// The breaker's decision, then the admission budget's (DESIGN, `admission`).
 pub fn check(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
+    crate::admission::gate(breaker, kind, check_breaker(config, breaker, kind))
+}
+
+fn check_breaker(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
     let policy = config.policy_for(breaker);
     if policy.policy.mode == Mode::Disabled {
         return Verdict::Pass;

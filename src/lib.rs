@@ -8,12 +8,14 @@
 //! - [`guard`], [`http`], [`tcp`], [`root`]: the filters; [`metrics`]: Envoy stats.
 //! - [`poller`]: one poller per Envoy brings the control plane's overrides into shared data.
 
+pub mod admission;
 pub mod config;
 pub mod guard;
 pub mod host;
 pub mod http;
 pub mod metrics;
 pub mod poller;
+pub mod reset;
 pub mod root;
 pub mod store;
 pub mod tcp;

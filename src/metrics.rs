@@ -18,6 +18,10 @@ pub const WOULD_REJECT: &str = "floodgate_would_reject_total";
 pub const UPDATES_LOST: &str = "floodgate_updates_lost_total";
 /// Requests admitted untracked because `max_breakers` keys are already tracked.
 pub const UNTRACKED: &str = "floodgate_untracked_total";
+/// New upgrades that took a token of the admission budget (README: an addition to DESIGN's series).
+pub const ADMISSION_ADMITTED: &str = "floodgate_admission_admitted_total";
+/// New upgrades the admission budget refused (also counted in `floodgate_rejected_total`).
+pub const ADMISSION_REJECTED: &str = "floodgate_admission_rejected_total";
 pub const CONTROL_POLLS: &str = "floodgate_control_polls_total";
 pub const CONTROL_VERSION: &str = "floodgate_control_version";
 pub const CONTROL_STALE: &str = "floodgate_control_stale";
@@ -118,6 +122,10 @@ pub struct Metrics {
     polls: [Option<u32>; 3],
     control_version: Option<Option<u32>>,
     control_stale: Option<Option<u32>>,
+    /// Per breaker: admitted, then rejected per kind; defined when first taken.
+    /// `floodgate_admission_*` ids per breaker: [admitted, rejected websocket/http/tcp], each
+    /// defined on first use.
+    admission: HashMap<String, [Option<Option<u32>>; 4]>,
 }
 
 impl Metrics {
@@ -182,6 +190,20 @@ impl Metrics {
             let ids = self.breaker(breaker);
             set(ids.state, phase as u64);
         }
+    }
+
+    /// An upgrade the admission budget admitted.
+    pub fn admission_admitted(&mut self, breaker: &str) {
+        let slot = &mut self.admission.entry_ref(breaker).or_insert([None; 4])[0];
+        add(on_first_use(slot, MetricKind::Counter, || tagged(&[("breaker", breaker)], ADMISSION_ADMITTED)), 1);
+    }
+
+    /// An upgrade the admission budget refused (counted in `floodgate_rejected_total` too).
+    pub fn admission_rejected(&mut self, breaker: &str, kind: RejectKind) {
+        let slot = &mut self.admission.entry_ref(breaker).or_insert([None; 4])[1 + kind as usize];
+        let name = || tagged(&[("breaker", breaker), ("kind", KINDS[kind as usize])], ADMISSION_REJECTED);
+        add(on_first_use(slot, MetricKind::Counter, name), 1);
+        self.rejected(breaker, kind);
     }
 
     pub fn untracked(&mut self) {

@@ -167,6 +167,7 @@ impl Poller {
                             v.overrides.len()
                         );
                         vm::with(|vm| vm.remote = vm::RemoteCache { cas: 0, view: Rc::new(v) });
+                        crate::reset::on_snapshot(&body, now);
                         self.succeeded(PollResult::Ok);
                         self.report_gauges(now);
                     }

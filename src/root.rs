@@ -134,6 +134,7 @@ fn passthrough() -> Config {
         defaults: Rc::new(config::BreakerPolicy {
             policy: Policy { mode: Mode::Disabled, answer_timeout_ms: 0, ..Policy::default() },
             failure: Default::default(),
+            admission: Default::default(),
         }),
         overrides: Default::default(),
         reject: config::Reject { status: 503, headers: vec![], websocket: Default::default() },

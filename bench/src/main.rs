@@ -17,6 +17,7 @@ mod measure;
 mod report;
 mod results;
 mod setups;
+mod storm;
 mod system;
 
 use filter_costs::FilterCosts;
@@ -26,10 +27,20 @@ use results::Plan;
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
-    let results = measure::run(if quick { Plan::quick() } else { Plan::full() }).await?;
-    let filter = FilterCosts::read(&repo_root().join("bench/results/filter.md")).ok();
-    let md = report::render(&results, filter.as_ref());
+    // `--storm-only`: the reconnect storm alone, its section replaced in the existing report.
+    let storm_only = std::env::args().any(|a| a == "--storm-only");
     let dest = if quick { repo_root().join("target/BENCHMARKS-quick.md") } else { repo_root().join("BENCHMARKS.md") };
+    let md = if storm_only {
+        std::fs::read_to_string(&dest).unwrap_or_default()
+    } else {
+        let results = measure::run(if quick { Plan::quick() } else { Plan::full() }).await?;
+        let filter = FilterCosts::read(&repo_root().join("bench/results/filter.md")).ok();
+        report::render(&results, filter.as_ref())
+    };
+    let storm = storm::run(if quick { storm::StormPlan::quick() } else { storm::StormPlan::full() }).await?;
+    let svg_name = if quick { "BENCHMARKS-quick-storm.svg" } else { "BENCHMARKS-storm.svg" };
+    std::fs::write(dest.with_file_name(svg_name), storm::svg(&storm))?;
+    let md = storm::splice(&md, &storm::report(&storm, svg_name));
     std::fs::write(&dest, &md)?;
     println!("{md}\nwritten to {}", dest.display());
     Ok(())

@@ -165,6 +165,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/breakers", get(breakers))
         .route("/api/v1/breakers/{key}/activate", post(activate))
         .route("/api/v1/breakers/{key}/deactivate", post(deactivate))
+        .route("/api/v1/breakers/{key}/reset", post(reset))
         .route("/api/v1/fleet", get(fleet))
         .route("/api/circuit-breaker/status", get(legacy_status))
         .route("/api/circuit-breaker/activate", post(legacy_activate))
@@ -565,6 +566,40 @@ async fn deactivate(
     let (outcome, _) = s.store.apply(Command::Deactivate { key: key.clone() }, &s.rules, now_ms()).await?;
     s.metrics.count(&outcome);
     Ok(Json(KeyAnswer { key, outcome }).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResetBody {
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/breakers/{key}/reset`: every proxy closes its local breaker(s) for `key` (or
+/// all, `*`) once, through the recovery ramp. The token was checked by the layer.
+async fn reset(
+    AxState(s): AxState<Arc<AppState>>,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let Path(key) = key?;
+    let body = body?;
+    crate::reset::check_key(&key).map_err(bad_request)?;
+    let body: ResetBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        ResetBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid reset body: {e}")))?
+    };
+    let reason = body.reason.unwrap_or_else(|| "manual".into());
+    check_reason("reason", &reason)?;
+    let (outcome, _) = s.store.apply(Command::Reset { key: key.clone(), reason }, &s.rules, now_ms()).await?;
+    s.metrics.count(&outcome);
+    Ok(Json(ResetAnswer { key, outcome }).into_response())
+}
+
+#[derive(Debug, Serialize)]
+pub struct ResetAnswer {
+    pub key: String,
+    pub outcome: Outcome,
 }
 
 /// One activation in `GET /api/v1/breakers`.

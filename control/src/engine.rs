@@ -17,7 +17,7 @@ use floodgate_core::wire::{EntryState, SnapshotBody, SnapshotEntry, MAX_SNAPSHOT
 use serde::{Deserialize, Serialize};
 
 /// How many events `GET /api/v1/breakers` remembers.
-const EVENTS_KEPT: usize = 100;
+pub(crate) const EVENTS_KEPT: usize = 100;
 /// How many alerts (by fingerprint) are tracked; beyond, the resolved ones that ended first and
 /// then the firing ones seen least recently are forgotten.
 pub const MAX_TRACKS: usize = 2_000;
@@ -172,6 +172,9 @@ pub struct State {
     /// When `*` was last deactivated (the original status object's `deactivated_at`).
     #[serde(default)]
     pub wildcard_deactivated_ms: Option<u64>,
+    /// Fleet-wide resets still in the snapshot (see `crate::reset`).
+    #[serde(default)]
+    pub resets: Vec<crate::reset::Reset>,
 }
 
 impl State {
@@ -208,6 +211,11 @@ pub enum Command {
     Deactivate {
         key: String,
     },
+    /// Closes every proxy's local breaker(s) for `key` (or all, `*`) once.
+    Reset {
+        key: String,
+        reason: String,
+    },
     /// Ends what is due, and activates held-back alerts the rules now allow.
     Expire,
 }
@@ -242,6 +250,9 @@ pub enum Outcome {
         count: usize,
     },
     NotActive,
+    Reset {
+        event_id: String,
+    },
 }
 
 /// What proxies see of one key: state, reason, end (ms; `None` = until ended).
@@ -302,6 +313,7 @@ pub fn snapshot(s: &State, rules: &Rules, now: u64) -> SnapshotBody {
                 event_id: Some(a.event_id.clone()),
             })
         })
+        .chain(crate::reset::entries(s, now))
         .collect();
     SnapshotBody { version: s.version, generated_at: Some(crate::rfc3339(now)), breakers }
 }
@@ -347,8 +359,15 @@ pub fn apply(s: &mut State, cmd: Command, rules: &Rules, now: u64) -> (Outcome, 
             let until_ms = ttl_ms.map(|t| now.saturating_add(t));
             manual_activate(s, rules, now, &mut events, key, Manual { state, reason, until_ms, level })
         }
+        Command::Reset { key, reason } => crate::reset::apply(s, key, reason, now, &mut events),
         Command::Deactivate { key } => manual_deactivate(s, now, &mut events, &key),
-        Command::Expire => expire(s, rules, now, &mut events),
+        Command::Expire => {
+            if crate::reset::expire(s, now) {
+                // Resets are not part of the projection below: their leaving moves the version.
+                s.version = floodgate_core::version::next(s.version, now);
+            }
+            expire(s, rules, now, &mut events)
+        }
     };
     prune_tracks(s);
     if projection(s, rules) != before {

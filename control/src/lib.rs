@@ -6,6 +6,7 @@ pub mod engine;
 pub mod legacy;
 pub mod metrics;
 pub mod redis_store;
+pub mod reset;
 pub mod settings;
 pub mod store;
 

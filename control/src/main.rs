@@ -60,6 +60,12 @@ enum Ctl {
     Deactivate {
         key: String,
     },
+    /// Close every proxy's local breaker(s) for a key (or `*`) once, through the recovery ramp.
+    Reset {
+        key: String,
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
     /// Proxies and their local breaker states.
     Fleet,
 }
@@ -124,6 +130,11 @@ async fn ctl(url: &str, token: &str, action: Ctl) -> anyhow::Result<()> {
         Ctl::Deactivate { key } => {
             ("POST", format!("/api/v1/breakers/{}/deactivate", percent_encode(&key)), String::new())
         }
+        Ctl::Reset { key, reason } => (
+            "POST",
+            format!("/api/v1/breakers/{}/reset", percent_encode(&key)),
+            serde_json::json!({"reason": reason}).to_string(),
+        ),
     };
     let authority =
         url.strip_prefix("http://").ok_or_else(|| anyhow!("--url must start with http://"))?.trim_end_matches('/');

@@ -4,6 +4,7 @@
 //! no host calls: time and randomness are inputs; decisions, transitions and new states are
 //! outputs. Tested natively.
 
+pub mod admission;
 pub mod breaker;
 pub mod classify;
 pub mod drain;
@@ -11,6 +12,7 @@ pub mod handshake;
 pub mod policy;
 pub mod poll;
 pub mod remote;
+pub mod reset;
 pub mod state;
 pub mod time;
 pub mod version;

@@ -1,0 +1,1072 @@
+//! The reconnect storm: the incident Floodgate exists for. Thousands of WebSocket clients hold
+//! sessions through Envoy to a backend that can take `capacity` new upgrades per second; the
+//! backend restarts (drops every session, refuses connections for a moment) and the clients
+//! reconnect the way client libraries do. Each configuration runs the same storm in its own Envoy
+//! (`--concurrency 1`, pinned to CPU 0; this process, clients and backends, on CPU 1).
+//!
+//! What the backend sees is what matters: new upgrades arriving per second (1-second buckets
+//! from the restart) against its capacity, and how long until every client is back. Beyond its
+//! capacity the backend answers 503 at once (an overloaded backend that sheds), so every arrival
+//! counts whether it was accepted or not. A second backend, never restarted, holds sessions of
+//! clients outside the storm through the same Envoy: they must all be alive at the end.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use floodgate_demo::envoy::{self, Envoy, Ports};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::system::{cpu_ns, open_files_limit, pin};
+
+/// The storm's size and the backend's capacity.
+#[derive(Clone, Debug)]
+pub struct StormPlan {
+    pub clients: usize,
+    /// Sessions on the never-restarted backend (clients outside the storm).
+    pub steady: usize,
+    /// New upgrades per second the backend accepts.
+    pub capacity: u32,
+    /// How long the restarting backend refuses connections.
+    pub down: Duration,
+    /// The storm is cut off after this long.
+    pub max_storm: Duration,
+    pub rounds: usize,
+}
+
+impl StormPlan {
+    pub fn quick() -> StormPlan {
+        StormPlan {
+            clients: 1_500,
+            steady: 50,
+            capacity: 500,
+            down: Duration::from_secs(2),
+            max_storm: Duration::from_secs(15),
+            rounds: 1,
+        }
+    }
+    pub fn full() -> StormPlan {
+        StormPlan {
+            clients: 5_000,
+            steady: 100,
+            capacity: 500,
+            down: Duration::from_secs(2),
+            max_storm: Duration::from_secs(60),
+            rounds: 2,
+        }
+    }
+    /// The time the capacity needs to take every client back (clients / capacity).
+    pub fn ideal(&self) -> Duration {
+        Duration::from_secs_f64(self.clients as f64 / f64::from(self.capacity))
+    }
+    fn burst(&self) -> u32 {
+        (self.capacity / 5).max(1)
+    }
+}
+
+// ---- the configurations ----
+
+pub struct StormSetup {
+    pub name: &'static str,
+    pub what: String,
+    filters: String,
+    /// `circuit_breakers.thresholds` of the storm cluster.
+    thresholds: String,
+}
+
+fn wasm(config: &str) -> String {
+    format!(
+        r#"- name: floodgate
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: floodgate
+                root_id: floodgate
+                vm_config:
+                  vm_id: floodgate
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{local: {{filename: {}}}}}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{}'
+          "#,
+        envoy::wasm_path().display(),
+        config
+    )
+}
+
+const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl
+              enabled: {default_value: true, runtime_key: ac.enabled}
+              sampling_window: 10s
+              aggression: {default_value: 1.0, runtime_key: ac.aggression}
+              sr_threshold: {default_value: {value: 95.0}, runtime_key: ac.sr_threshold}
+              rps_threshold: {default_value: 5, runtime_key: ac.rps_threshold}
+              max_rejection_probability: {default_value: {value: 95.0}, runtime_key: ac.max_rejection_probability}
+              success_criteria:
+                http_criteria:
+                  http_success_status: [{start: 100, end: 500}]
+          "#;
+
+const OPEN_THRESHOLDS: &str =
+    "{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000, max_retries: 1000000}";
+
+pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
+    let breaker = r#""consecutive_failures": 5, "open": {"base_ms": 5000, "max_ms": 30000, "jitter": 0.5}"#;
+    let ramp_ms = plan.ideal().as_millis();
+    let (cap, burst) = (plan.capacity, plan.burst());
+    // Every session holds a request for its life: the thresholds must admit them all, so only
+    // the pending queue (connections being set up) can bound a storm.
+    let sessions = plan.clients + plan.clients / 20;
+    let cb =
+        format!("{{max_connections: {sessions}, max_pending_requests: 64, max_requests: {sessions}, max_retries: 3}}");
+    vec![
+        StormSetup {
+            name: "none",
+            what: "no filter".into(),
+            filters: String::new(),
+            thresholds: OPEN_THRESHOLDS.into(),
+        },
+        StormSetup {
+            name: "circuit_breakers",
+            what: format!("Envoy cluster `circuit_breakers` (max_requests {sessions}, max_pending_requests 64)"),
+            filters: String::new(),
+            thresholds: cb,
+        },
+        StormSetup {
+            name: "admission_control",
+            what: "Envoy `admission_control` (10 s window, success rate 95 %)".into(),
+            filters: ADMISSION_CONTROL.into(),
+            thresholds: OPEN_THRESHOLDS.into(),
+        },
+        StormSetup {
+            name: "floodgate",
+            what: "Floodgate local breaker (5 failures, open 5 s, jitter 0.5)".into(),
+            filters: wasm(&format!(r#"{{"defaults": {{{breaker}}}}}"#)),
+            thresholds: OPEN_THRESHOLDS.into(),
+        },
+        StormSetup {
+            name: "floodgate_ramp",
+            what: format!("Floodgate local breaker + `recovery_ramp_ms: {ramp_ms}`"),
+            filters: wasm(&format!(r#"{{"defaults": {{{breaker}, "recovery_ramp_ms": {ramp_ms}}}}}"#)),
+            thresholds: OPEN_THRESHOLDS.into(),
+        },
+        StormSetup {
+            name: "floodgate_budget",
+            what: format!(
+                "Floodgate local breaker + `admission: {{per_second: {cap}, burst: {burst}}}` on the storm cluster"
+            ),
+            filters: wasm(&format!(
+                r#"{{"defaults": {{{breaker}}}, "breakers": {{"collab_ws": {{"admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
+            )),
+            thresholds: OPEN_THRESHOLDS.into(),
+        },
+        StormSetup {
+            name: "floodgate_budget_only",
+            what: format!(
+                "Floodgate `admission: {{per_second: {cap}, burst: {burst}}}` alone (no outcome counts as a failure: the breaker never opens)"
+            ),
+            filters: wasm(&format!(
+                r#"{{"breakers": {{"collab_ws": {{"failure": {{"statuses": [], "resets": false}}, "admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
+            )),
+            thresholds: OPEN_THRESHOLDS.into(),
+        },
+    ]
+}
+
+const ENVOY: &str = r#"admin:
+  address:
+    socket_address: {address: 127.0.0.1, port_value: ADMIN}
+static_resources:
+  listeners:
+  - name: ingress
+    address:
+      socket_address: {address: 127.0.0.1, port_value: LISTEN}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          upgrade_configs: [{upgrade_type: websocket}]
+          route_config:
+            virtual_hosts:
+            - name: backend
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/steady"}
+                route: {cluster: steady_ws, timeout: 0s}
+              - match: {prefix: "/"}
+                route: {cluster: collab_ws, timeout: 0s}
+          http_filters:
+          # FILTERS
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: collab_ws
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds:
+      - THRESHOLDS
+    load_assignment:
+      cluster_name: collab_ws
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: STORM_BACKEND}
+  - name: steady_ws
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds:
+      - {max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000, max_retries: 1000000}
+    load_assignment:
+      cluster_name: steady_ws
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: STEADY_BACKEND}
+"#;
+
+pub fn render(setup: &StormSetup, admin: u16, listen: u16, storm: u16, steady: u16) -> String {
+    let filters =
+        if setup.filters.is_empty() { String::new() } else { format!("          {}\n", setup.filters.trim_end()) };
+    ENVOY
+        .replace("          # FILTERS\n", &filters)
+        .replace("THRESHOLDS", &setup.thresholds)
+        .replace("port_value: ADMIN", &format!("port_value: {admin}"))
+        .replace("port_value: LISTEN", &format!("port_value: {listen}"))
+        .replace("port_value: STORM_BACKEND", &format!("port_value: {storm}"))
+        .replace("port_value: STEADY_BACKEND", &format!("port_value: {steady}"))
+}
+
+// ---- the backend ----
+
+/// What turning an upgrade away costs the backend, in accepted upgrades.
+const REFUSAL_COST: f64 = 0.25;
+
+/// A WebSocket backend of bounded capacity that can restart. It speaks just enough of the
+/// handshake for Envoy (101 with the upgrade headers); after it, bytes are echoed.
+struct Backend {
+    addr: SocketAddr,
+    state: Arc<BackendState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+        // Sessions watch the epoch: a restart ends them; so does the end of the backend.
+        self.state.epoch.send_modify(|e| *e += 1);
+    }
+}
+
+struct BackendState {
+    down: AtomicBool,
+    /// New upgrades per second; 0 = unlimited.
+    capacity: AtomicU64,
+    burst: AtomicU64,
+    bucket: Mutex<(f64, Instant)>,
+    /// Arrivals and acceptances per second since `t0`.
+    series: Mutex<(Instant, Vec<u64>, Vec<u64>)>,
+    epoch: watch::Sender<u64>,
+    sessions: AtomicI64,
+}
+
+impl BackendState {
+    fn admit(&self) -> bool {
+        let cap = self.capacity.load(Ordering::SeqCst);
+        if cap == 0 {
+            return true;
+        }
+        let burst = self.burst.load(Ordering::SeqCst) as f64;
+        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * cap as f64).min(burst);
+        b.1 = now;
+        if b.0 >= 1.0 {
+            b.0 -= 1.0;
+            true
+        } else {
+            // Turning an upgrade away costs a quarter of accepting one, and that work is owed
+            // (up to a second's worth): a backend flooded past four times its capacity accepts
+            // nothing at all, as overloaded servers do.
+            b.0 = (b.0 - REFUSAL_COST).max(-(cap as f64));
+            false
+        }
+    }
+
+    fn count(&self, accepted: bool) {
+        let mut guard = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let (t0, arrivals, acceptances) = &mut *guard;
+        let i = t0.elapsed().as_secs() as usize;
+        for v in [&mut *arrivals, &mut *acceptances] {
+            if v.len() <= i {
+                v.resize(i + 1, 0);
+            }
+        }
+        arrivals[i] += 1;
+        if accepted {
+            acceptances[i] += 1;
+        }
+    }
+
+    fn reset_series(&self) {
+        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), vec![], vec![]);
+    }
+
+    fn series(&self) -> (Vec<u64>, Vec<u64>) {
+        let s = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        (s.1.clone(), s.2.clone())
+    }
+}
+
+impl Backend {
+    async fn start(capacity: u32, burst: u32) -> anyhow::Result<Backend> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(BackendState {
+            down: AtomicBool::new(false),
+            capacity: AtomicU64::new(u64::from(capacity)),
+            burst: AtomicU64::new(u64::from(burst)),
+            bucket: Mutex::new((f64::from(burst), Instant::now())),
+            series: Mutex::new((Instant::now(), vec![], vec![])),
+            epoch: watch::channel(0).0,
+            sessions: AtomicI64::new(0),
+        });
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((sock, _)) = listener.accept().await else { continue };
+                let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(serve(sock, st.clone()));
+            }
+        });
+        Ok(Backend { addr, state, task })
+    }
+
+    /// Drops every session and refuses connections for `down`, then takes upgrades again at its
+    /// capacity, `burst` of them at once.
+    async fn restart(&self, down: Duration, capacity: u32, burst: u32) {
+        self.state.down.store(true, Ordering::SeqCst);
+        self.state.epoch.send_modify(|e| *e += 1);
+        tokio::time::sleep(down).await;
+        self.state.capacity.store(u64::from(capacity), Ordering::SeqCst);
+        self.state.burst.store(u64::from(burst), Ordering::SeqCst);
+        *self.state.bucket.lock().unwrap_or_else(|e| e.into_inner()) = (f64::from(burst), Instant::now());
+        self.state.down.store(false, Ordering::SeqCst);
+    }
+}
+
+async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        if buf.len() > 16 * 1024 {
+            return None;
+        }
+        let n = sock.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn serve(mut sock: TcpStream, st: Arc<BackendState>) {
+    if st.down.load(Ordering::SeqCst) {
+        return; // dropped with linger 0: a reset, as a process that is not listening yet
+    }
+    let mut epoch = st.epoch.subscribe();
+    let mut buf = Vec::new();
+    let Some(head_len) = read_head(&mut sock, &mut buf).await else { return };
+    let accepted = st.admit();
+    st.count(accepted);
+    if !accepted {
+        let _ = sock
+            .write_all(b"HTTP/1.1 503 Service Unavailable\r\nx-backend: overloaded\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await;
+        return;
+    }
+    let ok = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    if sock.write_all(ok).await.is_err() {
+        return;
+    }
+    st.sessions.fetch_add(1, Ordering::SeqCst);
+    let mut rest = buf.split_off(head_len);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if !rest.is_empty() {
+            if sock.write_all(&rest).await.is_err() {
+                break;
+            }
+            rest.clear();
+        }
+        tokio::select! {
+            r = sock.read(&mut chunk) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => rest.extend_from_slice(&chunk[..n]),
+            },
+            _ = epoch.changed() => break,
+        }
+    }
+    st.sessions.fetch_sub(1, Ordering::SeqCst);
+}
+
+// ---- the clients ----
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Style {
+    /// Exponential backoff with jitter (0.5 s doubling to 30 s, "equal jitter"), as
+    /// reconnecting-websocket and socket.io do; ignores `retry-after`.
+    Backoff,
+    /// Waits `retry-after` when the refusal carries one, else backs off like `Backoff`.
+    RetryAfter,
+    /// Retries at once (after 100-150 ms), as a bare `onclose = connect` does.
+    Immediate,
+}
+
+fn style(i: usize) -> Style {
+    match i % 10 {
+        0..=5 => Style::Backoff,
+        6..=8 => Style::RetryAfter,
+        _ => Style::Immediate,
+    }
+}
+
+#[derive(Default)]
+struct ClientStats {
+    connected: AtomicI64,
+    attempts: AtomicU64,
+    /// Refused by the proxy's protection (Floodgate, circuit breakers, admission control).
+    refused: AtomicU64,
+    /// Refused by the backend (overloaded) or failed upstream (503 made by Envoy for a backend
+    /// that is down).
+    failed: AtomicU64,
+    errors: AtomicU64,
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn unit(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn delay(style: Style, attempt: u32, retry_after: Option<u64>, rng: &mut Rng) -> Duration {
+    let u = rng.unit();
+    let secs = match (style, retry_after) {
+        (Style::Immediate, _) => 0.1 + 0.05 * u,
+        (Style::RetryAfter, Some(s)) => s as f64 + 0.1 * u,
+        _ => {
+            let d = (0.5 * 2f64.powi(attempt.min(10) as i32)).min(30.0);
+            d / 2.0 + d / 2.0 * u
+        }
+    };
+    Duration::from_secs_f64(secs)
+}
+
+enum Answer {
+    Connected(TcpStream),
+    Refused(Option<u64>),
+    Failed,
+    Error,
+}
+
+async fn attempt(addr: SocketAddr, path: &str) -> Answer {
+    let Ok(Ok(mut sock)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await else {
+        return Answer::Error;
+    };
+    let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+    let _ = sock.set_nodelay(true);
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: collab\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    if sock.write_all(req.as_bytes()).await.is_err() {
+        return Answer::Error;
+    }
+    let mut buf = Vec::new();
+    let head = tokio::time::timeout(Duration::from_secs(10), read_head(&mut sock, &mut buf)).await;
+    let Ok(Some(len)) = head else { return Answer::Error };
+    let head = String::from_utf8_lossy(&buf[..len]).to_ascii_lowercase();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    if status == 101 {
+        return Answer::Connected(sock);
+    }
+    let header = |name: &str| {
+        head.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')).map(|v| v.trim().to_string()))
+    };
+    let retry_after = header("retry-after").and_then(|v| v.parse().ok());
+    // The body names admission_control's refusals; read what is there (it is small).
+    let mut body = buf[len..].to_vec();
+    let want: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0).min(512);
+    while body.len() < want {
+        let mut chunk = [0u8; 512];
+        match tokio::time::timeout(Duration::from_secs(2), sock.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => body.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let body = String::from_utf8_lossy(&body);
+    // Envoy's own 503s for a backend that is down say "upstream connect error"; the backend's
+    // own say `x-backend`; every other refusal is the protection's (admission control's denial
+    // carries neither).
+    let protection = header("x-floodgate").is_some()
+        || header("x-envoy-overloaded").is_some()
+        || (status == 503 && header("x-backend").is_none() && !body.contains("upstream connect error"));
+    if protection {
+        Answer::Refused(retry_after)
+    } else {
+        Answer::Failed
+    }
+}
+
+async fn client(i: usize, addr: SocketAddr, stats: Arc<ClientStats>, mut stop: watch::Receiver<bool>) {
+    let style = style(i);
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+    let mut tries = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        stats.attempts.fetch_add(1, Ordering::Relaxed);
+        let wait = match attempt(addr, "/collab").await {
+            Answer::Connected(mut sock) => {
+                tries = 0;
+                stats.connected.fetch_add(1, Ordering::SeqCst);
+                let mut chunk = [0u8; 256];
+                let stopped = loop {
+                    tokio::select! {
+                        r = sock.read(&mut chunk) => if matches!(r, Ok(0) | Err(_)) { break false },
+                        _ = stop.changed() => break true,
+                    }
+                };
+                stats.connected.fetch_sub(1, Ordering::SeqCst);
+                if stopped {
+                    return;
+                }
+                delay(style, 0, None, &mut rng)
+            }
+            Answer::Refused(retry_after) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tries += 1;
+                delay(style, tries, retry_after, &mut rng)
+            }
+            Answer::Failed => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tries += 1;
+                delay(style, tries, None, &mut rng)
+            }
+            Answer::Error => {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tries += 1;
+                delay(style, tries, None, &mut rng)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Sessions of clients outside the storm, on the backend that never restarts.
+async fn steady_sessions(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        for _ in 0..20 {
+            if let Answer::Connected(s) = attempt(addr, "/steady").await {
+                out.push(s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    out
+}
+
+/// How many sessions still echo a ping.
+async fn alive(sessions: &mut [TcpStream]) -> usize {
+    let mut n = 0;
+    for s in sessions.iter_mut() {
+        let ping = async {
+            s.write_all(b"ping").await.ok()?;
+            let mut b = [0u8; 4];
+            s.read_exact(&mut b).await.ok()?;
+            (&b == b"ping").then_some(())
+        };
+        if let Ok(Some(())) = tokio::time::timeout(Duration::from_secs(2), ping).await {
+            n += 1;
+        }
+    }
+    n
+}
+
+// ---- one run ----
+
+#[derive(Clone, Debug)]
+pub struct StormRun {
+    /// Upgrades reaching the backend per second since the restart (accepted or not).
+    pub arrivals: Vec<u64>,
+    pub accepted: Vec<u64>,
+    /// Seconds from the backend's return until every client was connected again (None: cut off).
+    pub reconnect_s: Option<f64>,
+    /// Seconds from the backend's return until 95 % of the clients were connected again.
+    pub back95_s: Option<f64>,
+    pub connected_at_end: i64,
+    pub refused: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub attempts: u64,
+    pub storm_s: f64,
+    pub envoy_cpu_ns: u64,
+    pub steady_alive: usize,
+    pub steady: usize,
+}
+
+impl StormRun {
+    pub fn peak(&self) -> u64 {
+        self.arrivals.iter().copied().max().unwrap_or(0)
+    }
+    pub fn p99(&self) -> u64 {
+        let mut v = self.arrivals.clone();
+        v.sort_unstable();
+        if v.is_empty() {
+            return 0;
+        }
+        v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+    }
+}
+
+async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyhow::Result<StormRun> {
+    let backend = Backend::start(0, 0).await?;
+    let ports = Ports::free(backend.addr.port())?;
+    let config = render(setup, ports.admin, ports.listen, backend.addr.port(), steady.addr.port());
+    let (ok, log) = envoy::validate(&config).await?;
+    if !ok {
+        bail!("{} does not validate:\n{log}", setup.name);
+    }
+    let proxy = Envoy::start(&config, ports, 1).await.with_context(|| setup.name)?;
+    let pid = proxy.pid().unwrap_or(0);
+    pin(pid, 0);
+    let mut held = steady_sessions(proxy.listen, plan.steady).await;
+    let stats = Arc::new(ClientStats::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(plan.clients);
+    // Everyone connects (the backend takes them all for now), spread over two seconds.
+    for i in 0..plan.clients {
+        let (s, r) = (stats.clone(), stop_rx.clone());
+        let addr = proxy.listen;
+        let start = Duration::from_secs_f64(2.0 * i as f64 / plan.clients as f64);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(start).await;
+            client(i, addr, s, r).await;
+        }));
+    }
+    let filled = wait_all(&stats, plan.clients, Duration::from_secs(180)).await;
+    if filled.is_none() {
+        eprintln!(
+            "storm {}: only {} of {} clients connected before the storm",
+            setup.name,
+            stats.connected.load(Ordering::SeqCst),
+            plan.clients
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = [&stats.refused, &stats.failed, &stats.errors, &stats.attempts].map(|c| c.load(Ordering::SeqCst));
+    let cpu_before = cpu_ns(pid);
+    backend.state.reset_series();
+    let started = Instant::now();
+    backend.restart(plan.down, plan.capacity, plan.burst()).await;
+    let up = Instant::now();
+    let (back95, reconnect) = wait_all_95(&stats, plan.clients, plan.max_storm.saturating_sub(plan.down)).await;
+    let reconnect_s = reconnect.map(|d| d.as_secs_f64());
+    let back95_s = back95.map(|d| d.as_secs_f64());
+    let _ = up;
+    let storm_s = started.elapsed().as_secs_f64();
+    let envoy_cpu_ns = cpu_ns(pid).saturating_sub(cpu_before);
+    let after = [&stats.refused, &stats.failed, &stats.errors, &stats.attempts].map(|c| c.load(Ordering::SeqCst));
+    let (arrivals, accepted) = backend.state.series();
+    let steady_alive = alive(&mut held).await;
+    let connected_at_end = stats.connected.load(Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    drop(held);
+    drop(proxy);
+    Ok(StormRun {
+        arrivals,
+        accepted,
+        reconnect_s,
+        back95_s,
+        connected_at_end,
+        refused: after[0] - before[0],
+        failed: after[1] - before[1],
+        errors: after[2] - before[2],
+        attempts: after[3] - before[3],
+        storm_s,
+        envoy_cpu_ns,
+        steady_alive,
+        steady: plan.steady,
+    })
+}
+
+/// When 95 % of the `n` clients, then all of them, were connected (each `None` if not within).
+async fn wait_all_95(stats: &ClientStats, n: usize, within: Duration) -> (Option<Duration>, Option<Duration>) {
+    let start = Instant::now();
+    let mut p95 = None;
+    while start.elapsed() < within {
+        let c = stats.connected.load(Ordering::SeqCst);
+        if p95.is_none() && c as f64 >= n as f64 * 0.95 {
+            p95 = Some(start.elapsed());
+        }
+        if c >= n as i64 {
+            return (p95, Some(start.elapsed()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (p95, None)
+}
+
+async fn wait_all(stats: &ClientStats, n: usize, within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if stats.connected.load(Ordering::SeqCst) >= n as i64 {
+            return Some(start.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+pub struct StormResults {
+    pub plan: StormPlan,
+    pub setups: Vec<(&'static str, String)>,
+    /// Per configuration, its runs (one per round).
+    pub runs: Vec<Vec<StormRun>>,
+    pub open_files: u64,
+}
+
+/// Every configuration, `plan.rounds` times, interleaved (A B C ... A B C ...).
+pub async fn run(plan: StormPlan) -> anyhow::Result<StormResults> {
+    let open_files = open_files_limit();
+    let needed = (plan.clients + plan.steady) as u64 * 2 + 512;
+    if open_files < needed {
+        bail!("the storm needs {needed} open files, the limit is {open_files}: raise `ulimit -n`");
+    }
+    pin(std::process::id(), 1);
+    let steady = Backend::start(0, 0).await?;
+    let setups = setups(&plan);
+    let mut runs: Vec<Vec<StormRun>> = setups.iter().map(|_| vec![]).collect();
+    for round in 0..plan.rounds {
+        for (i, setup) in setups.iter().enumerate() {
+            let r = run_one(setup, &plan, &steady).await?;
+            eprintln!(
+                "storm round {round} {}: peak {}/s p99 {}/s, back in {:?} s, refused {}, alive {}/{}",
+                setup.name,
+                r.peak(),
+                r.p99(),
+                r.reconnect_s,
+                r.refused,
+                r.steady_alive,
+                r.steady
+            );
+            runs[i].push(r);
+        }
+    }
+    Ok(StormResults { plan, setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(), runs, open_files })
+}
+
+// ---- the report ----
+
+fn spread(values: &[f64], digits: usize) -> String {
+    if values.is_empty() {
+        return "–".into();
+    }
+    let (lo, hi) = values.iter().fold((f64::MAX, f64::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+    if values.len() == 1 || (hi - lo).abs() < 10f64.powi(-(digits as i32)) {
+        format!("{lo:.digits$}")
+    } else {
+        format!("{lo:.digits$}–{hi:.digits$}")
+    }
+}
+
+/// The markdown section (between `<!-- storm -->` markers, so a storm-only run can replace it).
+pub fn report(r: &StormResults, svg_name: &str) -> String {
+    let p = &r.plan;
+    let mut md = String::new();
+    let _ = writeln!(md, "<!-- storm -->\n## Reconnect storm\n");
+    let _ = writeln!(
+        md,
+        "{} WebSocket clients hold sessions through Envoy (`--concurrency 1`, pinned to one core) to a backend \
+         that accepts **{} new upgrades per second**, {} at once (beyond that it answers 503 at once, and each upgrade it turns \
+         away costs it a quarter of an accepted one, so past four times its capacity it accepts none: an \
+         overloaded backend falls over). The backend restarts: every session drops and connections are refused \
+         for {} s, then it comes back at its capacity. Clients \
+         reconnect as libraries do: 60 % exponential backoff with jitter (0.5 s doubling to 30 s), 30 % honour \
+         `retry-after` (else back off), 10 % retry at once (100–150 ms). {} sessions of clients outside the storm, \
+         on a backend that never restarts, share the Envoy. The capacity allows everyone back in {:.1} s \
+         (clients / capacity), counted from the backend's return; runs are cut off at {} s after the restart. \
+         Buckets are 1 s from the restart; with fewer than 100 of them, the p99 is the peak. {} round(s), configurations interleaved; a range is \
+         the spread over rounds. Open-file limit {}.\n",
+        p.clients,
+        p.capacity,
+        p.burst(),
+        p.down.as_secs(),
+        p.steady,
+        p.ideal().as_secs_f64(),
+        p.max_storm.as_secs(),
+        p.rounds,
+        r.open_files
+    );
+    let _ = writeln!(md, "| configuration | what |\n|---|---|");
+    for (n, what) in &r.setups {
+        let _ = writeln!(md, "| `{n}` | {what} |");
+    }
+    let _ = writeln!(
+        md,
+        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, upper bound) | Envoy CPU per upgrade attempt (µs) | undisturbed sessions alive |",
+        p.capacity + p.burst(),
+        p.ideal().as_secs_f64()
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for ((name, _), runs) in r.setups.iter().zip(&r.runs) {
+        let f = |g: &dyn Fn(&StormRun) -> f64, d: usize| spread(&runs.iter().map(g).collect::<Vec<_>>(), d);
+        let back: Vec<String> = runs
+            .iter()
+            .map(|x| x.reconnect_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| format!(">{}", p.max_storm.as_secs())))
+            .collect();
+        let ratio: Vec<String> = runs
+            .iter()
+            .map(|x| match x.reconnect_s {
+                Some(s) => format!("{:.2}×", s / p.ideal().as_secs_f64()),
+                None => format!("not all ({} of {})", x.connected_at_end, p.clients),
+            })
+            .collect();
+        let over = |x: &StormRun| (x.peak() as f64 - f64::from(p.capacity + p.burst())).max(0.0);
+        let per_attempt = |x: &StormRun| x.envoy_cpu_ns as f64 / x.attempts.max(1) as f64 / 1000.0;
+        let per_refusal =
+            |x: &StormRun| if x.refused == 0 { 0.0 } else { x.envoy_cpu_ns as f64 / x.refused as f64 / 1000.0 };
+        let _ = writeln!(
+            md,
+            "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            f(&|x| x.peak() as f64, 0),
+            f(&|x| x.p99() as f64, 0),
+            f(&over, 0),
+            runs.iter()
+                .map(|x| x.back95_s.map(|s| format!("{s:.1}")).unwrap_or_else(|| "–".into()))
+                .collect::<Vec<_>>()
+                .join(", "),
+            back.join(", "),
+            ratio.join(", "),
+            f(&|x| x.refused as f64, 0),
+            f(&|x| x.refused as f64 / x.storm_s, 0),
+            if runs.iter().all(|x| x.refused == 0) { "–".into() } else { f(&per_refusal, 1) },
+            f(&per_attempt, 1),
+            runs.iter().map(|x| format!("{}/{}", x.steady_alive, x.steady)).collect::<Vec<_>>().join(", "),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| configuration | upgrade attempts by clients | accepted by the backend: peak/s | 503 from the backend (overloaded) or for it (down) | connection errors |\n|---|---|---|---|---|"
+    );
+    for ((name, _), runs) in r.setups.iter().zip(&r.runs) {
+        let f = |g: &dyn Fn(&StormRun) -> f64| spread(&runs.iter().map(g).collect::<Vec<_>>(), 0);
+        let _ = writeln!(
+            md,
+            "| `{name}` | {} | {} | {} | {} |",
+            f(&|x| x.attempts as f64),
+            f(&|x| x.accepted.iter().copied().max().unwrap_or(0) as f64),
+            f(&|x| x.failed as f64),
+            f(&|x| x.errors as f64),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n\"Refused by the proxy\" counts answers made by the protection itself (a Floodgate refusal, \
+         `x-envoy-overloaded`, admission control's denial) during the storm; 503s for a backend that is down or \
+         overloaded are not refusals. Envoy CPU per refusal divides all of Envoy's CPU during the storm (admitted \
+         upgrades, proxied sessions and refusals alike) by the refusals, so it is an upper bound.\n"
+    );
+    let _ = writeln!(md, "![new upgrades per second at the backend, per configuration]({svg_name})\n");
+    let _ = writeln!(md, "<!-- /storm -->");
+    md
+}
+
+const COLORS: [&str; 7] = ["#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd", "#17becf"];
+
+/// New upgrades per second at the backend, one polyline per configuration (first round), and the
+/// capacity as a dashed line. Plain SVG, no dependencies.
+pub fn svg(r: &StormResults) -> String {
+    let (w, h, left, bottom, top, right) = (860.0, 420.0, 60.0, 40.0, 20.0, 200.0);
+    let series: Vec<(&str, &Vec<u64>)> =
+        r.setups.iter().zip(&r.runs).filter_map(|((n, _), runs)| Some((*n, &runs.first()?.arrivals))).collect();
+    let max_x = series.iter().map(|(_, s)| s.len()).max().unwrap_or(1).max(1) as f64;
+    let max_y = series.iter().flat_map(|(_, s)| s.iter().copied()).max().unwrap_or(1).max(u64::from(r.plan.capacity))
+        as f64
+        * 1.1;
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let x = |t: f64| left + t / max_x * pw;
+    let y = |v: f64| top + ph - v / max_y * ph;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(s, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#,
+        top + ph,
+        left + pw,
+        top + ph,
+        top + ph
+    );
+    for i in 0..=5 {
+        let v = max_y / 5.0 * f64::from(i);
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{:.0}</text>"#, left - 4.0, y(v) + 4.0, v);
+        let t = max_x / 5.0 * f64::from(i);
+        let _ = writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{:.0}</text>"#, x(t), top + ph + 16.0, t);
+    }
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">seconds since the backend restarted</text>"#,
+        left + pw / 2.0,
+        h - 6.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">new upgrades/s at the backend</text>"#,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    let cap = f64::from(r.plan.capacity);
+    let _ = writeln!(
+        s,
+        r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black" stroke-dasharray="6 4"/><text x="{}" y="{}">capacity {}/s</text>"#,
+        y(cap),
+        left + pw,
+        y(cap),
+        left + pw + 6.0,
+        y(cap) + 4.0,
+        r.plan.capacity
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let pts: Vec<String> =
+            points.iter().enumerate().map(|(t, &v)| format!("{:.1},{:.1}", x(t as f64 + 0.5), y(v as f64))).collect();
+        let _ = writeln!(s, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, pts.join(" "));
+        let ly = top + 30.0 + 18.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<line x1="{}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="3"/><text x="{}" y="{}">{name}</text>"#,
+            left + pw + 6.0,
+            left + pw + 26.0,
+            left + pw + 30.0,
+            ly + 4.0
+        );
+    }
+    let _ = writeln!(s, "</svg>");
+    s
+}
+
+/// Replaces the storm section of `md` (or appends it).
+pub fn splice(md: &str, section: &str) -> String {
+    match (md.find("<!-- storm -->"), md.find("<!-- /storm -->")) {
+        (Some(a), Some(b)) if b > a => {
+            let end = b + "<!-- /storm -->".len();
+            format!("{}{}{}", &md[..a], section.trim_end(), &md[end..])
+        }
+        _ => format!("{}\n{}", md.trim_end(), section),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_storm_configuration_validates_in_envoy() {
+        for setup in setups(&StormPlan::quick()) {
+            let config = render(&setup, 9901, 10000, 8081, 8082);
+            let (ok, log) = envoy::validate(&config).await.unwrap_or_else(|e| panic!("{e}"));
+            assert!(ok, "{}:\n{log}", setup.name);
+        }
+    }
+
+    #[test]
+    fn the_client_mix_and_its_delays() {
+        let styles: Vec<Style> = (0..10).map(style).collect();
+        assert_eq!(styles.iter().filter(|s| **s == Style::Backoff).count(), 6);
+        assert_eq!(styles.iter().filter(|s| **s == Style::RetryAfter).count(), 3);
+        let mut rng = Rng(7);
+        for attempt in 0..20 {
+            let d = delay(Style::Backoff, attempt, Some(1), &mut rng);
+            assert!(d <= Duration::from_secs(30));
+            assert!(d >= Duration::from_secs_f64((0.25 * 2f64.powi(attempt.min(10) as i32)).min(15.0)));
+            let r = delay(Style::RetryAfter, attempt, Some(3), &mut rng);
+            assert!(r >= Duration::from_secs(3) && r < Duration::from_millis(3_100));
+            assert!(delay(Style::Immediate, attempt, Some(30), &mut rng) < Duration::from_millis(150));
+        }
+    }
+
+    #[test]
+    fn the_report_keeps_its_section_replaceable_and_the_plot_draws_every_configuration() {
+        let plan = StormPlan::quick();
+        let run = StormRun {
+            arrivals: vec![0, 900, 400, 380, 10],
+            accepted: vec![0, 400, 400, 380, 10],
+            reconnect_s: Some(6.0),
+            back95_s: Some(5.0),
+            connected_at_end: 2000,
+            refused: 1000,
+            failed: 10,
+            errors: 0,
+            attempts: 3000,
+            storm_s: 6.0,
+            envoy_cpu_ns: 50_000_000,
+            steady_alive: 50,
+            steady: 50,
+        };
+        assert_eq!((run.peak(), run.p99()), (900, 900));
+        let setups = setups(&plan);
+        let r = StormResults {
+            setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
+            runs: setups.iter().map(|_| vec![run.clone()]).collect(),
+            plan,
+            open_files: 20_000,
+        };
+        let section = report(&r, "storm.svg");
+        assert!(
+            section.contains(
+                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 50.0 | 16.7 | 50/50 |"
+            ),
+            "{section}"
+        );
+        let md = splice("# Bench\n\ntext\n", &section);
+        let again = splice(&md, &section.replace("900", "901"));
+        assert_eq!(again.matches("<!-- storm -->").count(), 1);
+        assert!(again.starts_with("# Bench") && again.contains("901"));
+        let svg = svg(&r);
+        assert_eq!(svg.matches("<polyline").count(), 7);
+        assert!(svg.contains("capacity 500/s"));
+    }
+}

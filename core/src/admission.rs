@@ -1,0 +1,287 @@
+//! The admission budget: a token bucket of new upgrades per breaker, shared by every worker of
+//! one Envoy (DESIGN, `admission`). Pure: the caller passes the time, reads the bucket from
+//! shared data, and writes it back with compare-and-swap when [`Bucket::take`] says it changed.
+//!
+//! Tokens are counted in thousandths (`MILLI` per token) and refill by `per_second` thousandths
+//! per millisecond, so refilling is exact integer arithmetic: refilling over `[a, b]` then
+//! `[b, c]` gives what refilling over `[a, c]` gives, and a refusal need not be written back.
+//!
+//! Clock steps: a clock that steps backwards re-anchors the bucket without refilling it, so the
+//! bucket decides exactly as if the step had lasted no time at all. It never refuses more than
+//! with a clock that stood still, and it never admits more than its budget over the real time
+//! that passed.
+
+/// Thousandths of a token per token.
+pub const MILLI: u64 = 1000;
+/// The encoding's version byte.
+pub const ENCODING_VERSION: u8 = 1;
+/// Bounds on the configuration (validated by the filter's config).
+pub const MAX_PER_SECOND: u32 = 1_000_000;
+pub const MAX_BURST: u32 = 10_000_000;
+
+/// `per_second` new upgrades per second, at most `burst` at once. `per_second == 0` is off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Budget {
+    pub fn is_off(self) -> bool {
+        self.per_second == 0
+    }
+
+    /// The bucket's capacity in thousandths (a burst of 0 means one second's worth).
+    pub fn capacity(self) -> u64 {
+        u64::from(self.effective_burst()) * MILLI
+    }
+
+    /// `burst`, or `per_second` when `burst` is 0.
+    pub fn effective_burst(self) -> u32 {
+        if self.burst == 0 {
+            self.per_second
+        } else {
+            self.burst
+        }
+    }
+
+    /// Milliseconds an empty bucket takes to fill up again, at least one second: the window
+    /// refused clients are spread over.
+    pub fn refill_window_ms(self) -> u64 {
+        if self.is_off() {
+            return 1000;
+        }
+        (u64::from(self.effective_burst()) * 1000).div_ceil(u64::from(self.per_second)).max(1000)
+    }
+}
+
+/// One breaker's bucket as shared data holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    /// Thousandths of a token available at `last_ms`.
+    pub tokens: u64,
+    /// The time of the last step; 0 = never stepped (the bucket starts full).
+    pub last_ms: u64,
+}
+
+/// What the bucket says about one new upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Take {
+    Admit,
+    /// No token: the next one is `wait_ms` away.
+    Refuse {
+        wait_ms: u64,
+    },
+}
+
+impl Bucket {
+    /// A bucket never used: full.
+    pub fn full(budget: Budget) -> Bucket {
+        Bucket { tokens: budget.capacity(), last_ms: 0 }
+    }
+
+    /// Takes a token if there is one at `now_ms`. Returns the decision and whether the bucket
+    /// must be written back (a refusal on a forward clock changes nothing that matters).
+    pub fn take(&mut self, budget: Budget, now_ms: u64) -> (Take, bool) {
+        let cap = budget.capacity();
+        let before = *self;
+        if self.last_ms == 0 {
+            self.tokens = self.tokens.min(cap);
+        } else {
+            // A clock that went backwards refills nothing (and re-anchors below).
+            let elapsed = now_ms.saturating_sub(self.last_ms);
+            let refill = elapsed.saturating_mul(u64::from(budget.per_second));
+            self.tokens = self.tokens.saturating_add(refill).min(cap);
+        }
+        if self.tokens >= MILLI {
+            self.tokens -= MILLI;
+            self.last_ms = now_ms.max(1);
+            return (Take::Admit, true);
+        }
+        let missing = MILLI - self.tokens;
+        let wait_ms = missing.div_ceil(u64::from(budget.per_second.max(1)));
+        // Refilling is linear, so leaving the bucket as it was read decides the same later, as
+        // long as the clock moved forward; a backward step must re-anchor it.
+        let backwards = before.last_ms != 0 && now_ms < before.last_ms;
+        if backwards || before.last_ms == 0 {
+            self.last_ms = now_ms.max(1);
+            (Take::Refuse { wait_ms }, true)
+        } else {
+            *self = before;
+            (Take::Refuse { wait_ms }, false)
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(17);
+        out.push(ENCODING_VERSION);
+        out.extend_from_slice(&self.tokens.to_le_bytes());
+        out.extend_from_slice(&self.last_ms.to_le_bytes());
+        out
+    }
+
+    /// `None` for bytes this version did not write (the bucket then starts full again).
+    pub fn decode(bytes: &[u8]) -> Option<Bucket> {
+        if bytes.len() != 17 || bytes[0] != ENCODING_VERSION {
+            return None;
+        }
+        let tokens = u64::from_le_bytes(bytes[1..9].try_into().ok()?);
+        let last_ms = u64::from_le_bytes(bytes[9..17].try_into().ok()?);
+        Some(Bucket { tokens, last_ms })
+    }
+}
+
+/// `retry-after` for a refusal, in milliseconds that are whole seconds (at least one): the
+/// time to the next token, rounded up, plus a share of the bucket's refill window picked by
+/// `unit` (uniform in [0, 1)). Whole seconds are drawn directly, so the spread survives the
+/// rounding a `retry-after` header imposes: clients refused together come back spread over the
+/// seconds the bucket needs to admit them.
+pub fn retry_after_ms(budget: Budget, wait_ms: u64, unit: f64) -> u64 {
+    let base_s = wait_ms.div_ceil(1000).max(1);
+    let window_s = budget.refill_window_ms().div_ceil(1000);
+    let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.0 };
+    let extra_s = ((unit * (window_s + 1) as f64) as u64).min(window_s);
+    (base_s + extra_s) * 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(budget: Budget, times: &[u64]) -> Vec<bool> {
+        let mut b = Bucket::full(budget);
+        times
+            .iter()
+            .map(|&t| {
+                let (take, changed) = b.take(budget, t);
+                // What shared data holds must decide the same as what the caller kept.
+                if changed {
+                    b = Bucket::decode(&b.encode()).unwrap();
+                }
+                take == Take::Admit
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_full_bucket_admits_its_burst_at_once_then_refills_with_time() {
+        let budget = Budget { per_second: 10, burst: 5 };
+        let mut b = Bucket::full(budget);
+        let t0 = 1_000_000;
+        for _ in 0..5 {
+            assert_eq!(b.take(budget, t0).0, Take::Admit);
+        }
+        assert_eq!(b.take(budget, t0), (Take::Refuse { wait_ms: 100 }, false));
+        assert_eq!(b.take(budget, t0 + 99).0, Take::Refuse { wait_ms: 1 });
+        assert_eq!(b.take(budget, t0 + 100).0, Take::Admit);
+        // A long idle time refills to the burst, not beyond.
+        let admitted = (0..20).filter(|_| b.take(budget, t0 + 3_600_000).0 == Take::Admit).count();
+        assert_eq!(admitted, 5);
+    }
+
+    #[test]
+    fn burst_zero_means_one_seconds_worth() {
+        let budget = Budget { per_second: 3, burst: 0 };
+        assert_eq!(run(budget, &[7; 5]), [true, true, true, false, false]);
+        assert_eq!(budget.refill_window_ms(), 1000);
+        assert_eq!(Budget { per_second: 10, burst: 50 }.refill_window_ms(), 5000);
+    }
+
+    #[test]
+    fn decode_rejects_foreign_bytes() {
+        let b = Bucket { tokens: 12_345, last_ms: 99 };
+        assert_eq!(Bucket::decode(&b.encode()), Some(b));
+        let bytes = b.encode();
+        for n in 0..bytes.len() {
+            assert_eq!(Bucket::decode(&bytes[..n]), None);
+        }
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert_eq!(Bucket::decode(&v2), None);
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_spread_over_the_refill_window() {
+        let budget = Budget { per_second: 100, burst: 300 };
+        let values: std::collections::BTreeSet<u64> =
+            (0..1000).map(|i| retry_after_ms(budget, 7, f64::from(i) / 1000.0)).collect();
+        assert_eq!(values.into_iter().collect::<Vec<_>>(), [1000, 2000, 3000, 4000]);
+        assert_eq!(retry_after_ms(budget, 1500, 0.0), 2000);
+        assert_eq!(retry_after_ms(budget, 0, f64::NAN), 1000);
+    }
+
+    /// Arrival gaps in ms, some bursts (gap 0), some long idles.
+    fn gaps() -> impl Strategy<Value = Vec<u64>> {
+        proptest::collection::vec(prop_oneof![Just(0u64), 0u64..50, 0u64..2_000, Just(10_000)], 1..200)
+    }
+
+    fn times(start: u64, gaps: &[u64]) -> Vec<u64> {
+        gaps.iter()
+            .scan(start, |t, g| {
+                *t += g;
+                Some(*t)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn never_more_than_burst_plus_rate_times_t_over_any_interval(
+            per_second in 1u32..500, burst in 0u32..50, gaps in gaps()
+        ) {
+            let budget = Budget { per_second, burst };
+            let ts = times(1_000, &gaps);
+            let admitted = run(budget, &ts);
+            for i in 0..ts.len() {
+                let mut n = 0u64;
+                for j in i..ts.len() {
+                    n += u64::from(admitted[j]);
+                    let allowance = budget.capacity() + (ts[j] - ts[i]) * u64::from(per_second);
+                    prop_assert!(n * MILLI <= allowance, "{n} admitted in [{}, {}] ms", ts[i], ts[j]);
+                }
+            }
+        }
+
+        #[test]
+        fn calls_at_or_below_the_rate_are_all_admitted(per_second in 1u32..500, burst in 1u32..50, n in 1usize..100) {
+            let budget = Budget { per_second, burst };
+            let gap = 1000u64.div_ceil(u64::from(per_second));
+            let ts: Vec<u64> = (0..n as u64).map(|i| 5_000 + i * gap).collect();
+            prop_assert!(run(budget, &ts).into_iter().all(|a| a));
+        }
+
+        #[test]
+        fn a_clock_stepping_backwards_decides_as_if_it_had_stood_still(
+            per_second in 1u32..500, burst in 0u32..50,
+            steps in proptest::collection::vec(-5_000i64..3_000, 1..200)
+        ) {
+            let budget = Budget { per_second, burst };
+            // The clock as read (it may step back), and the same clock with every backward step
+            // replaced by no step at all.
+            let (mut read, mut still) = (1_000_000i64, 1_000_000u64);
+            let (mut reads, mut stills) = (vec![], vec![]);
+            for s in steps {
+                read = (read + s).max(1);
+                still += s.max(0) as u64;
+                reads.push(read as u64);
+                stills.push(still);
+            }
+            let stepping = run(budget, &reads);
+            let standing = run(budget, &stills);
+            prop_assert_eq!(&stepping, &standing);
+            // So it never refuses more than a clock that stood still.
+            prop_assert!(stepping.iter().filter(|a| !**a).count() <= standing.iter().filter(|a| !**a).count());
+        }
+
+        #[test]
+        fn retry_after_is_at_least_the_wait_and_whole_seconds(
+            per_second in 1u32..1000, burst in 0u32..1000, wait in 0u64..100_000, unit in 0.0f64..1.0
+        ) {
+            let budget = Budget { per_second, burst };
+            let r = retry_after_ms(budget, wait, unit);
+            prop_assert!(r >= 1000 && r % 1000 == 0 && r >= wait);
+            prop_assert!(r <= wait.div_ceil(1000).max(1) * 1000 + budget.refill_window_ms().div_ceil(1000) * 1000);
+        }
+    }
+}

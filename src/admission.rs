@@ -1,0 +1,78 @@
+//! The admission budget in shared data: one token bucket per breaker (`floodgate/a/<breaker>`),
+//! taken with compare-and-swap so every worker of the Envoy draws from the same budget. The
+//! bucket itself is pure (`floodgate_core::admission`); this adapter reads, steps and writes it.
+//!
+//! [`gate`] runs after the breaker admitted a new call, in every state: an upgrade the breaker
+//! refuses takes no token. A host error or lasting contention admits (and is counted as lost),
+//! as everywhere in the filter: the budget never refuses because shared data failed.
+
+use std::borrow::Cow;
+
+use crate::guard::{self, Refused, Verdict};
+use crate::metrics::RejectKind;
+use crate::store::{self, Step, StoreError};
+use crate::vm;
+use floodgate_core::admission::{self, Bucket, Budget, Take};
+use floodgate_core::{Mode, RefusedAs};
+
+pub const KEY_PREFIX: &str = "floodgate/a/";
+/// The reason an upgrade refused by the budget carries.
+pub const REASON: &str = "admission_budget";
+
+pub fn bucket_key(breaker: &str) -> String {
+    let mut k = String::with_capacity(KEY_PREFIX.len() + breaker.len());
+    k.push_str(KEY_PREFIX);
+    k.push_str(breaker);
+    k
+}
+
+/// Takes a token from the breaker's bucket at `now_ms`.
+pub fn take(breaker: &str, budget: Budget, now_ms: u64) -> Result<Take, StoreError> {
+    let full = Bucket::full(budget).encode();
+    store::cas_update(&bucket_key(breaker), Some(&full), |bytes| {
+        let mut bucket = bytes.and_then(Bucket::decode).unwrap_or_else(|| Bucket::full(budget));
+        let (take, changed) = bucket.take(budget, now_ms);
+        Ok::<_, StoreError>(if changed { Step::Write(bucket.encode(), take) } else { Step::Keep(take) })
+    })
+}
+
+/// Applies the breaker's admission budget to a call the breaker admitted.
+pub fn gate(breaker: &str, kind: RejectKind, verdict: Verdict) -> Verdict {
+    let Verdict::Admit(admitted) = verdict else { return verdict };
+    let budget = admitted.policy.admission;
+    if budget.is_off() {
+        return Verdict::Admit(admitted);
+    }
+    let now = admitted.start_ms;
+    let taken = take(breaker, budget, now);
+    let refusal = vm::with(|vm| match taken {
+        Ok(Take::Admit) => {
+            vm.metrics.admission_admitted(breaker);
+            None
+        }
+        Ok(Take::Refuse { .. }) if admitted.policy.policy.mode == Mode::DryRun => {
+            vm.metrics.would_reject(breaker, kind);
+            None
+        }
+        Ok(Take::Refuse { wait_ms }) => {
+            vm.metrics.admission_rejected(breaker, kind);
+            let retry_after_ms = admission::retry_after_ms(budget, wait_ms, vm.unit(now));
+            // The breaker admitted this call as a probe only in half-open.
+            let state = if admitted.probe.is_some() { RefusedAs::HalfOpen } else { RefusedAs::Closed };
+            Some(Refused { state, reason: Cow::Borrowed(REASON), retry_after_ms })
+        }
+        Err(e) => {
+            vm.metrics.lost(breaker);
+            log::warn!("breaker {breaker} admission budget not updated: {e:?}");
+            None
+        }
+    });
+    match refusal {
+        None => Verdict::Admit(admitted),
+        Some(refused) => {
+            // A probe slot taken for this call goes back.
+            guard::abandon(admitted);
+            Verdict::Refuse(refused)
+        }
+    }
+}
