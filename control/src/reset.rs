@@ -95,7 +95,7 @@ mod tests {
         let (outcome, events) = run(&mut s, reset("collab_ws"), &r, 1_000);
         let Outcome::Reset { event_id } = outcome else { panic!("{outcome:?}") };
         assert_eq!(events[0].kind, "reset");
-        assert_eq!(s.version, 1);
+        assert!(s.version > 0, "a reset moves the version");
         let listed: Vec<_> = entries(&s, 2_000).collect();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].state, EntryState::Other("reset".into()));
@@ -105,12 +105,13 @@ mod tests {
         assert_ne!(again, Outcome::Reset { event_id: event_id.clone() });
         assert_eq!(entries(&s, 2_000).count(), 2);
         // Expiry removes them and moves the version so proxies see the change.
+        let v = s.version;
         run(&mut s, Command::Expire, &r, 1_000 + RESET_KEEP_MS - 1);
         assert_eq!(s.resets.len(), 2);
-        let v = s.version;
+        assert_eq!(s.version, v, "nothing left the snapshot");
         run(&mut s, Command::Expire, &r, 1_500 + RESET_KEEP_MS);
         assert!(s.resets.is_empty());
-        assert_eq!(s.version, v + 1);
+        assert!(s.version > v, "the resets' leaving moves the version");
         assert_eq!(entries(&s, 1_500 + RESET_KEEP_MS).count(), 0);
     }
 

@@ -305,6 +305,9 @@ async fn invalid_configurations_are_refused_by_envoy_with_the_field_named() {
         (r#"{"defaults": {"failure_rate": 1.5}}"#, "defaults.failure_rate"),
         (r#"{"defaults": {"open": {"base_ms": "soon"}}}"#, "defaults.open.base_ms"),
         (r#"{"breakers": {"collab_ws": {"half_open": {"permits": 0}}}}"#, "breakers.collab_ws.half_open.permits"),
+        // Wider than the shared streak counter: it could never trip.
+        (r#"{"defaults": {"consecutive_failures": 70000}}"#, "defaults.consecutive_failures"),
+        (r#"{"breakers": {"collab_ws": {"answer_timeout_ms": 5}}}"#, "breakers.collab_ws.answer_timeout_ms"),
     ];
     for (plugin, field) in cases {
         let config = envoy::render("http-websocket.yaml", ports, &[plugin]).unwrap();
@@ -718,6 +721,56 @@ async fn a_429_from_a_filter_after_floodgate_is_not_a_failure() {
         1.0
     );
     assert_eq!(stats::value_or_zero(&text, "floodgate_state", &[("breaker", BREAKER)]), 0.0);
+}
+
+/// An RBAC filter after Floodgate that denies every request, so its 403 is another filter's reply.
+fn with_rbac_deny_after_floodgate(config: &str) -> String {
+    let router = "          - name: envoy.filters.http.router";
+    assert!(config.contains(router));
+    let rbac = "          - name: envoy.filters.http.rbac
+            typed_config:
+              \"@type\": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: DENY
+                policies:
+                  everyone:
+                    permissions: [{any: true}]
+                    principals: [{any: true}]
+";
+    config.replacen(router, &format!("{rbac}{router}"), 1)
+}
+
+#[tokio::test]
+async fn a_403_from_rbac_after_floodgate_is_not_a_failure() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    // 4xx count as failures here, so RBAC's 403 taken for the backend's answer would trip it.
+    let plugin =
+        cfg(serde_json::json!({"defaults": {"consecutive_failures": 2, "failure": {"statuses": ["4xx", "5xx"]}}}));
+    let config = with_rbac_deny_after_floodgate(&envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap());
+    let e = Envoy::start(&config, ports, 2).await.unwrap();
+    for _ in 0..6 {
+        let Upgrade::Refused(r) = client::upgrade(e.listen, "/ws").await.unwrap() else { panic!("RBAC admitted") };
+        assert_eq!(r.status, 403, "{}", r.body);
+        assert!(!r.headers.contains_key("x-floodgate"), "Floodgate refused: {}", r.body);
+    }
+    assert_eq!(backend.control.handshakes(), 0);
+    let text = e.prometheus().await.unwrap();
+    assert_eq!(
+        stats::value_or_zero(&text, "floodgate_calls_total", &[("breaker", BREAKER), ("outcome", "failure")]),
+        0.0
+    );
+    assert_eq!(stats::value_or_zero(&text, "floodgate_state", &[("breaker", BREAKER)]), 0.0);
+}
+
+#[tokio::test]
+async fn a_configured_forced_open_shows_in_floodgate_forced_and_refuses() {
+    let p = proxy(&cfg(serde_json::json!({"defaults": {"mode": "forced_open"}}))).await;
+    let Upgrade::Refused(r) = p.upgrade().await else { panic!("admitted while forced open") };
+    assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("forced_open"));
+    let text = p.envoy.prometheus().await.unwrap();
+    assert_eq!(stats::value_or_zero(&text, "floodgate_forced", &[("breaker", "*")]), 1.0, "{text}");
 }
 
 #[tokio::test]
