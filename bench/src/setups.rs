@@ -33,7 +33,8 @@ pub struct Setup {
     pub lua_open: bool,
 }
 
-fn wasm_filter(config: &str) -> String {
+/// The Floodgate HTTP filter with `config`, as an entry of `http_filters` (also used by the storm).
+pub(crate) fn wasm_filter(config: &str) -> String {
     format!(
         r#"- name: floodgate
             typed_config:

@@ -79,27 +79,6 @@ pub struct StormSetup {
     thresholds: String,
 }
 
-fn wasm(config: &str) -> String {
-    format!(
-        r#"- name: floodgate
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-              config:
-                name: floodgate
-                root_id: floodgate
-                vm_config:
-                  vm_id: floodgate
-                  runtime: envoy.wasm.runtime.v8
-                  code: {{local: {{filename: {}}}}}
-                configuration:
-                  "@type": type.googleapis.com/google.protobuf.StringValue
-                  value: '{}'
-          "#,
-        envoy::wasm_path().display(),
-        config
-    )
-}
-
 const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.admission_control.v3.AdmissionControl
@@ -148,13 +127,13 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
         StormSetup {
             name: "floodgate",
             what: "Floodgate local breaker (5 failures, open 5 s, jitter 0.5)".into(),
-            filters: wasm(&format!(r#"{{"defaults": {{{breaker}}}}}"#)),
+            filters: crate::setups::wasm_filter(&format!(r#"{{"defaults": {{{breaker}}}}}"#)),
             thresholds: OPEN_THRESHOLDS.into(),
         },
         StormSetup {
             name: "floodgate_ramp",
             what: format!("Floodgate local breaker + `recovery_ramp_ms: {ramp_ms}`"),
-            filters: wasm(&format!(r#"{{"defaults": {{{breaker}, "recovery_ramp_ms": {ramp_ms}}}}}"#)),
+            filters: crate::setups::wasm_filter(&format!(r#"{{"defaults": {{{breaker}, "recovery_ramp_ms": {ramp_ms}}}}}"#)),
             thresholds: OPEN_THRESHOLDS.into(),
         },
         StormSetup {
@@ -162,7 +141,7 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             what: format!(
                 "Floodgate local breaker + `admission: {{per_second: {cap}, burst: {burst}}}` on the storm cluster"
             ),
-            filters: wasm(&format!(
+            filters: crate::setups::wasm_filter(&format!(
                 r#"{{"defaults": {{{breaker}}}, "breakers": {{"collab_ws": {{"admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
             )),
             thresholds: OPEN_THRESHOLDS.into(),
@@ -172,7 +151,7 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             what: format!(
                 "Floodgate `admission: {{per_second: {cap}, burst: {burst}}}` alone (no outcome counts as a failure: the breaker never opens)"
             ),
-            filters: wasm(&format!(
+            filters: crate::setups::wasm_filter(&format!(
                 r#"{{"breakers": {{"collab_ws": {{"failure": {{"statuses": [], "resets": false}}, "admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
             )),
             thresholds: OPEN_THRESHOLDS.into(),

@@ -326,7 +326,10 @@ fn enter_half_open(s: &mut BreakerState, now_ms: u64) -> Transition {
     Transition { from: Phase::Open, to: Phase::HalfOpen, reason: s.reason }
 }
 
-fn enter_closed(s: &mut BreakerState, now_ms: u64) -> Transition {
+/// Closes the breaker as its probes' successes do: the recovery ramp starts, the open-time
+/// backoff starts over, the window is cleared. Also what a fleet-wide reset does.
+pub(crate) fn enter_closed(s: &mut BreakerState, now_ms: u64) -> Transition {
+    let from = s.phase;
     let reason = s.reason;
     s.phase = Phase::Closed;
     s.reason = Reason::None;
@@ -337,5 +340,5 @@ fn enter_closed(s: &mut BreakerState, now_ms: u64) -> Transition {
     s.probe_successes = 0;
     s.probe_slots.iter_mut().for_each(|d| *d = 0);
     s.window.clear();
-    Transition { from: Phase::HalfOpen, to: Phase::Closed, reason }
+    Transition { from, to: Phase::Closed, reason }
 }

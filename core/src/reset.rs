@@ -82,19 +82,9 @@ pub fn close(s: &mut BreakerState, now_ms: u64) -> Option<Transition> {
     if s.phase == Phase::Closed {
         return None;
     }
-    let from = s.phase;
-    let reason = s.reason;
-    s.phase = Phase::Closed;
-    s.reason = crate::state::Reason::None;
-    s.since_ms = now_ms;
+    let transition = crate::breaker::enter_closed(s, now_ms);
     s.open_until_ms = 0;
-    s.closed_at_ms = now_ms.max(1);
-    s.reopens = 0;
-    s.consecutive_failures = 0;
-    s.probe_successes = 0;
-    s.probe_slots.iter_mut().for_each(|d| *d = 0);
-    s.window.clear();
-    Some(Transition { from, to: Phase::Closed, reason })
+    Some(transition)
 }
 
 #[cfg(test)]
