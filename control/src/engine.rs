@@ -22,6 +22,13 @@ const EVENTS_KEPT: usize = 100;
 /// then the firing ones seen least recently are forgotten.
 pub const MAX_TRACKS: usize = 2_000;
 pub const HOUR_MS: u64 = 3_600_000;
+/// The longest a notification is assumed to take to arrive (an HA peer's copy waits its
+/// `peer_timeout` per position, a retry its backoff). A firing of an episode that was resolved
+/// at `endsAt` and that arrives more than this after it was sent after the resolve: the alert
+/// fires again with the same `startsAt` (Prometheus restores it after an outage longer than
+/// the alert's `endsAt`), so the episode is open again. Alertmanager's webhook does not expose a
+/// firing alert's `endsAt` (it sends the zero time), so the arrival is all there is to go by.
+pub const REFIRE_AFTER_MS: u64 = 60_000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rules {
@@ -64,8 +71,12 @@ pub struct Track {
     pub reason: String,
     /// The episode's `startsAt`.
     pub starts_ms: u64,
-    /// The episode's `endsAt` once a resolve for it arrived.
+    /// The episode's `endsAt` once a resolve for it arrived (the latest of them).
     pub resolved_ms: Option<u64>,
+    /// While it fires: the newest firing's arrival less [`REFIRE_AFTER_MS`] (when it was sent at
+    /// the latest); a resolve whose `endsAt` is before it is older than that firing.
+    #[serde(default)]
+    pub fired_ms: u64,
     /// When a firing notification of this episode last arrived (the lapse counts from here).
     pub seen_ms: u64,
     /// Hysteresis: counts from a level >= activate_level (or no level) until one < deactivate_level.
@@ -375,12 +386,26 @@ fn hot_after(hot: bool, level: Option<f64>, rules: &Rules) -> bool {
 }
 
 fn alert_firing(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>, f: Firing) -> Outcome {
+    let sent_by = now.saturating_sub(REFIRE_AFTER_MS);
     match s.alerts.get_mut(&f.fingerprint) {
-        Some(t) if f.starts_ms < t.starts_ms || (f.starts_ms == t.starts_ms && t.resolved_ms.is_some()) => {
+        Some(t) if f.starts_ms < t.starts_ms => return Outcome::Stale,
+        // A copy of a firing sent before the resolve (a late duplicate, a retry).
+        Some(t) if f.starts_ms == t.starts_ms && t.resolved_ms.is_some_and(|r| sent_by <= r) => {
             return Outcome::Stale;
+        }
+        Some(t) if f.starts_ms == t.starts_ms && t.resolved_ms.is_some() => {
+            // Sent after the resolve: the alert fires again with the same `startsAt` (Prometheus
+            // restored it after an outage longer than its `endsAt`). The episode opens again.
+            t.resolved_ms = None;
+            t.fired_ms = sent_by;
+            t.seen_ms = now;
+            t.hot = hot_after(false, f.level, rules);
+            t.level = f.level;
+            t.reason = f.reason;
         }
         Some(t) if f.starts_ms == t.starts_ms => {
             // A repeat (or an HA peer's duplicate) of the episode: it still fires.
+            t.fired_ms = t.fired_ms.max(sent_by);
             t.seen_ms = t.seen_ms.max(now);
             t.hot = hot_after(t.hot, f.level, rules);
             t.level = f.level.or(t.level);
@@ -392,6 +417,7 @@ fn alert_firing(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>,
                 reason: f.reason,
                 starts_ms: f.starts_ms,
                 resolved_ms: None,
+                fired_ms: sent_by,
                 seen_ms: now,
                 hot: hot_after(false, f.level, rules),
                 level: f.level,
@@ -428,9 +454,15 @@ fn alert_resolved(
     ends_ms: u64,
 ) -> Outcome {
     match s.alerts.get_mut(&fingerprint) {
-        Some(t) if starts_ms < t.starts_ms || (starts_ms == t.starts_ms && t.resolved_ms.is_some()) => {
+        Some(t) if starts_ms < t.starts_ms => return Outcome::Stale,
+        Some(t) if starts_ms == t.starts_ms && t.resolved_ms.is_some() => {
+            // Already resolved: a duplicate, or a later end of it (kept: firings sent before it
+            // are older).
+            t.resolved_ms = t.resolved_ms.max(Some(ends_ms));
             return Outcome::Stale;
         }
+        // It ended before a firing known was sent: that firing is newer (the alert fired again).
+        Some(t) if starts_ms == t.starts_ms && ends_ms < t.fired_ms => return Outcome::Stale,
         Some(t) if starts_ms == t.starts_ms => t.resolved_ms = Some(ends_ms),
         _ => {
             let t = Track {
@@ -438,6 +470,7 @@ fn alert_resolved(
                 reason,
                 starts_ms,
                 resolved_ms: Some(ends_ms),
+                fired_ms: 0,
                 seen_ms: now,
                 hot: false,
                 level: None,
@@ -761,6 +794,37 @@ mod tests {
         run(&mut s, Command::Expire, &r, T + 500_000);
         assert!(s.activations.contains_key("ws"));
         assert!(s.activations["ws"].alert.as_ref().unwrap().deactivate_at_ms.is_none());
+    }
+
+    #[test]
+    fn a_re_fire_with_the_same_starts_at_after_a_resolve_activates_again() {
+        let r = Rules::default();
+        let mut s = State::new(T, 0);
+        let resolved_at = |ends_ms| Command::AlertResolved {
+            key: "ws".into(),
+            reason: "backpressure_critical".into(),
+            fingerprint: "f1".into(),
+            starts_ms: T,
+            ends_ms,
+        };
+        assert!(matches!(run(&mut s, firing("ws", "f1", T, None), &r, T), Outcome::Activated { .. }));
+        // Prometheus goes down; Alertmanager resolves the alert at its endsAt.
+        let ends = T + 240_000;
+        assert!(matches!(run(&mut s, resolved_at(ends), &r, ends + 30_000), Outcome::DeactivationScheduled { .. }));
+        // A copy of a firing sent before the resolve, arriving late, is older.
+        assert_eq!(run(&mut s, firing("ws", "f1", T, None), &r, ends + 40_000), Outcome::Stale);
+        run(&mut s, Command::Expire, &r, ends + 200_000);
+        assert!(s.activations.is_empty());
+        // Prometheus is back, restores the alert's start time and it fires again.
+        let back = T + 900_000;
+        assert!(matches!(run(&mut s, firing("ws", "f1", T, None), &r, back), Outcome::Activated { .. }));
+        assert!(s.activations.contains_key("ws"));
+        // The late HA copy of the old resolve changes nothing; a new resolve ends it.
+        assert_eq!(run(&mut s, resolved_at(ends), &r, back + 1_000), Outcome::Stale);
+        assert!(matches!(
+            run(&mut s, resolved_at(back + 5_000), &r, back + 6_000),
+            Outcome::DeactivationScheduled { .. }
+        ));
     }
 
     #[test]
