@@ -345,6 +345,11 @@ fn event(s: &mut State, kind: &str, key: &str, reason: &str, source: Source, lev
 /// Applies one command. Returns what happened and the events to publish (each once).
 pub fn apply(s: &mut State, cmd: Command, rules: &Rules, now: u64) -> (Outcome, Vec<Event>) {
     s.recent_activations_ms.retain(|&t| t.saturating_add(HOUR_MS) > now);
+    // Only the cooldown (and the hour's cap window, which the original status object counts
+    // over) looks at when a key was last activated: older entries go, so one entry per key ever
+    // activated does not pile up in the state (and in every Redis round trip).
+    let keep_ms = rules.cooldown_ms.max(HOUR_MS);
+    s.last_activated_ms.retain(|_, t| t.saturating_add(keep_ms) > now);
     let before = projection(s, rules);
     let mut events = vec![];
     let outcome = match cmd {
@@ -678,7 +683,9 @@ fn alert_activate(
         }
     }
     if let Some(refused) = room_for(s, rules, now, key) {
-        if refused == Outcome::RateLimited && cause == Cause::Notification {
+        // Once per hold-back: duplicates and repeats of the notification record nothing more.
+        let told = s.events.iter().rev().find(|e| e.key == key).is_some_and(|e| e.kind == "rate_limited");
+        if refused == Outcome::RateLimited && cause == Cause::Notification && !told {
             event(s, "rate_limited", key, &reason, Source::Alert, level, now);
         }
         return refused;
@@ -895,6 +902,39 @@ mod tests {
         run(&mut s, Command::Expire, &r, T + HOUR_MS);
         assert!(s.activations.contains_key("ws"));
         assert!(!s.activations.contains_key("chat"));
+    }
+
+    #[test]
+    fn duplicate_notifications_held_back_by_the_cap_record_rate_limited_once() {
+        let r = Rules { max_activations_per_hour: 1, cooldown_ms: 0, ..Rules::default() };
+        let mut s = State::new(T, 0);
+        run(&mut s, manual("x", None), &r, T);
+        for i in 0..5 {
+            // The notification, its HA peer's copy and Alertmanager's repeats.
+            assert_eq!(run(&mut s, firing("ws", "a", T, None), &r, T + 10 + i), Outcome::RateLimited);
+        }
+        assert_eq!(s.events.iter().filter(|e| e.kind == "rate_limited").count(), 1);
+    }
+
+    #[test]
+    fn last_activation_times_are_pruned_past_the_cooldown_and_the_hour() {
+        let r = Rules { max_activations_per_hour: u32::MAX, cooldown_ms: 0, ..Rules::default() };
+        let mut s = State::new(T, 0);
+        for i in 0..50 {
+            run(&mut s, manual(&format!("k{i}"), Some(1_000)), &r, T);
+        }
+        assert_eq!(s.last_activated_ms.len(), 50);
+        run(&mut s, Command::Expire, &r, T + HOUR_MS - 1);
+        assert_eq!(s.last_activated_ms.len(), 50, "within the hour: kept");
+        run(&mut s, Command::Expire, &r, T + HOUR_MS);
+        assert!(s.last_activated_ms.is_empty(), "{:?}", s.last_activated_ms);
+        // A cooldown longer than the hour keeps them for the cooldown.
+        let r = Rules { cooldown_ms: 2 * HOUR_MS, ..r };
+        run(&mut s, manual("k", Some(1_000)), &r, T + HOUR_MS);
+        run(&mut s, Command::Expire, &r, T + 2 * HOUR_MS + 1);
+        assert!(s.last_activated_ms.contains_key("k"));
+        run(&mut s, Command::Expire, &r, T + 3 * HOUR_MS);
+        assert!(s.last_activated_ms.is_empty());
     }
 
     #[test]

@@ -282,3 +282,42 @@ async fn a_proxy_holding_a_higher_version_than_a_restarted_control_plane_gets_a_
     let cap = floodgate_core::version::floor_cap(floodgate_control::now_ms());
     assert!(snap["version"].as_u64().unwrap() <= cap + 1, "{snap}");
 }
+
+#[test]
+fn a_poll_token_equal_to_the_webhook_token_is_refused_at_startup() {
+    use floodgate_control::settings::load;
+    let env = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("admin".to_string()),
+        "FLOODGATE_POLL_TOKEN" | "FLOODGATE_WEBHOOK_TOKEN" => Some("shared".to_string()),
+        _ => None,
+    };
+    let err = load(None, &env, false).unwrap_err();
+    assert!(err.contains("FLOODGATE_POLL_TOKEN") && err.contains("FLOODGATE_WEBHOOK_TOKEN"), "{err}");
+    // Also when they differ only by the whitespace a presented token is trimmed of.
+    let spaced = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("admin".to_string()),
+        "FLOODGATE_POLL_TOKEN" => Some("shared\n".to_string()),
+        "FLOODGATE_WEBHOOK_TOKEN" => Some(" shared".to_string()),
+        _ => None,
+    };
+    assert!(load(None, &spaced, false).is_err());
+}
+
+#[tokio::test]
+async fn configured_tokens_are_trimmed_like_presented_ones() {
+    use floodgate_control::settings::load;
+    let env = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("s3cret\n".to_string()),
+        "FLOODGATE_POLL_TOKEN" => Some(" poll-only ".to_string()),
+        _ => None,
+    };
+    let s = load(None, &env, false).unwrap();
+    assert_eq!((s.token.as_deref(), s.poll_token.as_deref()), (Some("s3cret"), Some("poll-only")));
+    // A token from a file with a trailing newline still authorizes its holder.
+    let mut st = state(Arc::new(MemoryStore::default()), Rules::default());
+    Arc::get_mut(&mut st).unwrap().tokens =
+        floodgate_control::app::Tokens { admin: s.token.clone(), poll: s.poll_token.clone(), webhook: None };
+    let r = app_for(st);
+    assert_eq!(call(&r, "GET", "/api/v1/breakers", bearer(), "").await.0, StatusCode::OK);
+    assert_eq!(call(&r, "GET", "/v1/snapshot", Some("Bearer poll-only"), "").await.0, StatusCode::OK);
+}

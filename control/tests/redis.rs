@@ -77,9 +77,10 @@ async fn a_scheduled_deactivation_fires_once_with_two_replicas_running() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(EVENTS_CHANNEL).await.unwrap();
-    let fire = alert("firing", "CollaborationBackpressureCritical", Some("ws"), "97%", "fp");
+    // The global breaker (`*`, no breaker label): the one the original channel carries.
+    let fire = alert("firing", "CollaborationBackpressureCritical", None, "97%", "fp");
     call(&ra, "POST", "/webhook/alertmanager", bearer(), &fire).await;
-    let resolve = alert("resolved", "CollaborationBackpressureCritical", Some("ws"), "97%", "fp");
+    let resolve = alert("resolved", "CollaborationBackpressureCritical", None, "97%", "fp");
     call(&rb, "POST", "/webhook/alertmanager", bearer(), &resolve).await;
     // Both replicas run their expiry loop.
     let loops: Vec<_> = [ra.clone(), rb.clone()]
@@ -95,7 +96,7 @@ async fn a_scheduled_deactivation_fires_once_with_two_replicas_running() {
             Ok(Some(m)) => {
                 let v: serde_json::Value = serde_json::from_str(&m.get_payload::<String>().unwrap()).unwrap();
                 kinds.push(v["event_type"].as_str().unwrap().to_string());
-                assert!(v["timestamp"].is_string() && v["key"] == "ws", "{v}");
+                assert!(v["timestamp"].is_string() && v["key"] == "*", "{v}");
             }
             _ => continue,
         }
@@ -510,4 +511,29 @@ async fn a_store_whose_version_went_back_never_makes_a_proxys_version_stale() {
     assert!(snap["version"].as_u64().unwrap() > held, "{snap} after {held}");
     assert_eq!(snap["breakers"].as_array().unwrap().len(), 1, "the restored content: {snap}");
     assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test]
+async fn events_of_other_keys_never_reach_the_original_channel() {
+    let redis = RedisServer::start();
+    let (_, r) = replica(&redis, Rules { cooldown_ms: 0, ..Rules::default() }).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(EVENTS_CHANNEL).await.unwrap();
+    // A breaker for one backend: the original subscribers would read it as the whole service.
+    call(&r, "POST", "/api/v1/breakers/collab_ws/activate", bearer(), "").await;
+    let fire = alert("firing", "CollaborationBackpressureCritical", Some("chat_ws"), "97%", "fp-chat");
+    call(&r, "POST", "/webhook/alertmanager", bearer(), &fire).await;
+    call(&r, "POST", "/api/v1/breakers/collab_ws/deactivate", bearer(), "").await;
+    // The global one, as the original service had.
+    call(&r, "POST", "/api/v1/breakers/*/activate", bearer(), "").await;
+    let mut messages = pubsub.on_message();
+    let m = tokio::time::timeout(Duration::from_secs(3), messages.next()).await.unwrap().unwrap();
+    let e: serde_json::Value = serde_json::from_str(&m.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!((e["event_type"].as_str(), e["key"].as_str()), (Some("activate"), Some("*")), "{e}");
+    assert!(tokio::time::timeout(Duration::from_millis(300), messages.next()).await.is_err(), "only `*` events");
+    // The others are kept for the API.
+    let (_, list, _) = call(&r, "GET", "/api/v1/breakers", bearer(), "").await;
+    let keys: Vec<&str> = list["events"].as_array().unwrap().iter().filter_map(|e| e["key"].as_str()).collect();
+    assert!(keys.contains(&"collab_ws") && keys.contains(&"chat_ws"), "{list}");
 }
