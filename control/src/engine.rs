@@ -73,8 +73,11 @@ pub struct Track {
     pub starts_ms: u64,
     /// The episode's `endsAt` once a resolve for it arrived (the latest of them).
     pub resolved_ms: Option<u64>,
-    /// While it fires: the newest firing's arrival less [`REFIRE_AFTER_MS`] (when it was sent at
-    /// the latest); a resolve whose `endsAt` is before it is older than that firing.
+    /// When the episode opened again after a resolve (see [`REFIRE_AFTER_MS`]): that firing's
+    /// arrival less the delay (when it was sent at the latest); a resolve whose `endsAt` is before
+    /// it is older than that firing (the late copy of the earlier resolve). 0 for an episode that
+    /// never resolved: its resolves are never judged by clocks (the sender's and this service's
+    /// may differ by a little).
     #[serde(default)]
     pub fired_ms: u64,
     /// When a firing notification of this episode last arrived (the lapse counts from here).
@@ -410,7 +413,6 @@ fn alert_firing(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>,
         }
         Some(t) if f.starts_ms == t.starts_ms => {
             // A repeat (or an HA peer's duplicate) of the episode: it still fires.
-            t.fired_ms = t.fired_ms.max(sent_by);
             t.seen_ms = t.seen_ms.max(now);
             t.hot = hot_after(t.hot, f.level, rules);
             t.level = f.level.or(t.level);
@@ -422,7 +424,7 @@ fn alert_firing(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>,
                 reason: f.reason,
                 starts_ms: f.starts_ms,
                 resolved_ms: None,
-                fired_ms: sent_by,
+                fired_ms: 0,
                 seen_ms: now,
                 hot: hot_after(false, f.level, rules),
                 level: f.level,
@@ -466,7 +468,7 @@ fn alert_resolved(
             t.resolved_ms = t.resolved_ms.max(Some(ends_ms));
             return Outcome::Stale;
         }
-        // It ended before a firing known was sent: that firing is newer (the alert fired again).
+        // It ended before the firing that opened the episode again was sent: that firing is newer.
         Some(t) if starts_ms == t.starts_ms && ends_ms < t.fired_ms => return Outcome::Stale,
         Some(t) if starts_ms == t.starts_ms => t.resolved_ms = Some(ends_ms),
         _ => {
@@ -832,6 +834,15 @@ mod tests {
             run(&mut s, resolved_at(back + 5_000), &r, back + 6_000),
             Outcome::DeactivationScheduled { .. }
         ));
+    }
+
+    #[test]
+    fn a_resolve_of_an_episode_that_never_resolved_is_not_judged_by_clocks() {
+        // The sender's clock is minutes behind: its endsAt is before the firing arrived here.
+        let r = Rules::default();
+        let mut s = State::new(T, 0);
+        run(&mut s, firing("ws", "f1", T, None), &r, T + 600_000);
+        assert!(matches!(run(&mut s, resolved("ws", "f1", T), &r, T + 601_000), Outcome::DeactivationScheduled { .. }));
     }
 
     #[test]

@@ -116,9 +116,10 @@ struct Delivered {
 #[derive(Default)]
 struct Model {
     /// (alert, starts, resolved, level, arrival, order, applied) in arrival order. `order` is a
-    /// resolve's `endsAt`, a firing's arrival less `REFIRE_AFTER_MS` (sent at the latest); what
-    /// is known of an alert is its greatest (starts, order, resolved). `applied`: it was newer
-    /// than what was known when it arrived (a firing of an open episode always is).
+    /// resolve's `endsAt`; for a firing that opens a resolved episode again its arrival less
+    /// `REFIRE_AFTER_MS` (sent at the latest), else 0; what is known of an alert is its greatest
+    /// (starts, order, resolved). `applied`: it was newer than what was known when it arrived (a
+    /// firing of an open episode always is).
     delivered: Vec<Delivered>,
     dismissed: BTreeMap<usize, u64>,
     keys: [KeyModel; 3],
@@ -144,6 +145,10 @@ impl Model {
             Some((s, _, false)) if !resolved && s == starts => true,
             Some(k) => (starts, order, resolved) > k,
         };
+        // Only a firing that opens a resolved episode again is ordered by its arrival; the
+        // others (a new episode, repeats) come before any resolve of their episode.
+        let reopens = !resolved && applied && known.is_some_and(|(s, _, r)| r && s == starts);
+        let order = if resolved || reopens { order } else { 0 };
         self.delivered.push(Delivered { alert, starts, resolved, level, arrival: now, order, applied });
     }
 
