@@ -280,6 +280,9 @@ pub struct AlertResult {
     pub result: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<Outcome>,
+    /// Why this alert was rejected (`result: "rejected"`); the others are applied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -309,46 +312,30 @@ async fn webhook_inner(s: &AppState, body: Result<Bytes, BytesRejection>) -> Res
         tracing::warn!(truncated = payload.truncated_alerts, "alertmanager truncated alerts (max_alerts)");
     }
     let now = now_ms();
-    // Check the whole payload before applying any of it: a 400 changes nothing.
+    // An alert that fails a check is rejected by itself (in its result): Alertmanager does not
+    // retry a 4xx, so a 400 would lose every valid alert of the group. Only a payload of the
+    // wrong shape is a 400 (above).
     let mut commands = vec![];
     let mut results = vec![];
     for (i, a) in payload.alerts.iter().enumerate() {
         let name = a.labels.get("alertname").cloned().unwrap_or_default();
         let Some(reason) = s.alerts.get(&name).cloned() else {
-            results.push(AlertResult { alert: name, key: None, result: Some("ignored"), outcome: None });
+            results.push(AlertResult { alert: name, key: None, result: Some("ignored"), outcome: None, error: None });
             continue;
         };
-        let key = a.labels.get(&s.key_label).cloned().filter(|k| !k.is_empty()).unwrap_or_else(|| "*".into());
-        check_key(&format!("alerts[{i}].labels.{}", s.key_label), &key)?;
-        let fingerprint = a.fingerprint.clone().filter(|f| !f.is_empty()).unwrap_or_else(|| format!("{name}/{key}"));
-        if fingerprint.len() > MAX_FINGERPRINT_BYTES {
-            return Err(bad_request(format!("alerts[{i}].fingerprint: at most {MAX_FINGERPRINT_BYTES} bytes")));
-        }
-        let starts_ms = a
-            .starts_at
-            .as_deref()
-            .and_then(time_ms)
-            .ok_or_else(|| bad_request(format!("alerts[{i}].startsAt: missing or not RFC 3339")))?;
-        let cmd = match a.status.as_str() {
-            "firing" => Command::AlertFiring {
-                key: key.clone(),
-                reason,
-                fingerprint,
-                starts_ms,
-                level: a.annotations.get("summary").and_then(|v| parse_level(v)),
-            },
-            "resolved" => Command::AlertResolved {
-                key: key.clone(),
-                reason,
-                fingerprint,
-                starts_ms,
-                ends_ms: a.ends_at.as_deref().and_then(time_ms).filter(|&t| t > 0).unwrap_or(now),
-            },
-            other => {
-                return Err(bad_request(format!("alerts[{i}].status: must be firing or resolved, got {other:?}")));
+        match alert_command(s, i, a, reason, now) {
+            Ok((key, cmd)) => commands.push((name, key, a.status.clone(), cmd)),
+            Err(AppError(_, error)) => {
+                tracing::warn!(alert = %name, %error, "alert rejected");
+                results.push(AlertResult {
+                    alert: name,
+                    key: None,
+                    result: Some("rejected"),
+                    outcome: None,
+                    error: Some(error),
+                });
             }
-        };
-        commands.push((name, key, a.status.clone(), cmd));
+        }
     }
     for (name, key, status, cmd) in commands {
         let outcome = match s.store.apply(cmd, &s.rules, now).await {
@@ -360,9 +347,43 @@ async fn webhook_inner(s: &AppState, body: Result<Bytes, BytesRejection>) -> Res
         };
         s.metrics.count(&outcome);
         tracing::info!(alert = %name, key = %key, status = %status, outcome = ?outcome, "alert applied");
-        results.push(AlertResult { alert: name, key: Some(key), result: None, outcome: Some(outcome) });
+        results.push(AlertResult { alert: name, key: Some(key), result: None, outcome: Some(outcome), error: None });
     }
     Ok(WebhookAnswer { results })
+}
+
+/// One alert's command and key, or why it is rejected (naming the field).
+fn alert_command(s: &AppState, i: usize, a: &AmAlert, reason: String, now: u64) -> Result<(String, Command), AppError> {
+    let name = a.labels.get("alertname").cloned().unwrap_or_default();
+    let key = a.labels.get(&s.key_label).cloned().filter(|k| !k.is_empty()).unwrap_or_else(|| "*".into());
+    check_key(&format!("alerts[{i}].labels.{}", s.key_label), &key)?;
+    let fingerprint = a.fingerprint.clone().filter(|f| !f.is_empty()).unwrap_or_else(|| format!("{name}/{key}"));
+    if fingerprint.len() > MAX_FINGERPRINT_BYTES {
+        return Err(bad_request(format!("alerts[{i}].fingerprint: at most {MAX_FINGERPRINT_BYTES} bytes")));
+    }
+    let starts_ms = a
+        .starts_at
+        .as_deref()
+        .and_then(time_ms)
+        .ok_or_else(|| bad_request(format!("alerts[{i}].startsAt: missing or not RFC 3339")))?;
+    let cmd = match a.status.as_str() {
+        "firing" => Command::AlertFiring {
+            key: key.clone(),
+            reason,
+            fingerprint,
+            starts_ms,
+            level: a.annotations.get("summary").and_then(|v| parse_level(v)),
+        },
+        "resolved" => Command::AlertResolved {
+            key: key.clone(),
+            reason,
+            fingerprint,
+            starts_ms,
+            ends_ms: a.ends_at.as_deref().and_then(time_ms).filter(|&t| t > 0).unwrap_or(now),
+        },
+        other => return Err(bad_request(format!("alerts[{i}].status: must be firing or resolved, got {other:?}"))),
+    };
+    Ok((key, cmd))
 }
 
 // ---- snapshot long-poll ----
@@ -444,33 +465,71 @@ fn fleet_entry(headers: &HeaderMap, known: Option<u64>) -> Option<FleetEntry> {
     Some(FleetEntry { proxy: proxy.to_string(), last_poll_ms: now_ms(), version: known.unwrap_or(0), breakers })
 }
 
+/// How long a poll may take to learn the store's version (and read the snapshot): past it, the
+/// answer is 503 (DESIGN: within one second when the store cannot be reached).
+pub const STORE_DEADLINE: Duration = Duration::from_millis(800);
+
+/// How long a poll waits for its fleet entry to be recorded before it goes on without it.
+const POLL_RECORD_HEAD_START: Duration = Duration::from_millis(50);
+
+/// Runs `f` within [`STORE_DEADLINE`] from `started`; 503 past it.
+async fn by_deadline<T>(
+    started: tokio::time::Instant,
+    f: impl std::future::Future<Output = Result<T, AppError>>,
+) -> Result<T, AppError> {
+    tokio::time::timeout_at(started + STORE_DEADLINE, f).await.unwrap_or_else(|_| {
+        Err(AppError(StatusCode::SERVICE_UNAVAILABLE, "store unavailable: no answer within the deadline".into()))
+    })
+}
+
+/// The store's version now, confirmed with the store; lifted above the proxy's `known` version
+/// when that is higher (the store restarted or lost its data): the proxy follows at once.
+async fn confirmed_version(s: &AppState, known: Option<u64>) -> Result<u64, AppError> {
+    let current = s.store.version().await?;
+    match known {
+        Some(k) if k > current => {
+            let floor = k.min(floodgate_core::version::floor_cap(now_ms()));
+            Ok(s.store.lift(floor).await?)
+        }
+        _ => Ok(current),
+    }
+}
+
 async fn snapshot(
     AxState(s): AxState<Arc<AppState>>,
     headers: HeaderMap,
     RawQuery(q): RawQuery,
 ) -> Result<Response, AppError> {
+    let started = tokio::time::Instant::now();
     let (known, wait) = snapshot_query(q.as_deref())?;
     if let Some(entry) = fleet_entry(&headers, known) {
-        if let Err(e) = s.store.record_poll(entry).await {
-            tracing::warn!(error = %e, "fleet entry not recorded");
-        }
+        // Off the answer's path: a slow or hung store delays no poll (nor its 503) by more than
+        // a head start, in which a store that answers has recorded it.
+        let st = s.clone();
+        let recording = tokio::spawn(async move {
+            if let Err(e) = st.store.record_poll(entry).await {
+                tracing::warn!(error = %e, "fleet entry not recorded");
+            }
+        });
+        let _ = tokio::time::timeout(POLL_RECORD_HEAD_START, recording).await;
     }
     let mut versions = s.store.versions();
     versions.borrow_and_update();
     // The store's version, confirmed now: a replica that cannot reach it confirms nothing.
-    let current = s.store.version().await?;
-    let Some(known) = known else { return snapshot_response(&s, current).await };
+    let current = by_deadline(started, confirmed_version(&s, known)).await?;
+    let Some(known) = known else { return by_deadline(started, snapshot_response(&s, current)).await };
     if current != known {
         // Newer, or (after a clock step back) older: the proxy decides; it follows a newer epoch.
-        return snapshot_response(&s, current).await;
+        return by_deadline(started, snapshot_response(&s, current)).await;
     }
     if wait > 0 {
         let _waiting = Waiting::new(&s);
         let _ = tokio::time::timeout(Duration::from_secs(wait), versions.wait_for(|v| *v != known)).await;
     }
-    let current = s.store.version().await?;
+    let started = tokio::time::Instant::now();
+    let current = by_deadline(started, confirmed_version(&s, Some(known))).await?;
     if current != known {
-        snapshot_response(&s, current).await
+        by_deadline(started, snapshot_response(&s, current)).await
     } else {
         Ok(StatusCode::NOT_MODIFIED.into_response())
     }

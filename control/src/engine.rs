@@ -22,6 +22,13 @@ pub(crate) const EVENTS_KEPT: usize = 100;
 /// then the firing ones seen least recently are forgotten.
 pub const MAX_TRACKS: usize = 2_000;
 pub const HOUR_MS: u64 = 3_600_000;
+/// The longest a notification is assumed to take to arrive (an HA peer's copy waits its
+/// `peer_timeout` per position, a retry its backoff). A firing of an episode that was resolved
+/// at `endsAt` and that arrives more than this after it was sent after the resolve: the alert
+/// fires again with the same `startsAt` (Prometheus restores it after an outage longer than
+/// the alert's `endsAt`), so the episode is open again. Alertmanager's webhook does not expose a
+/// firing alert's `endsAt` (it sends the zero time), so the arrival is all there is to go by.
+pub const REFIRE_AFTER_MS: u64 = 60_000;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Rules {
@@ -64,8 +71,15 @@ pub struct Track {
     pub reason: String,
     /// The episode's `startsAt`.
     pub starts_ms: u64,
-    /// The episode's `endsAt` once a resolve for it arrived.
+    /// The episode's `endsAt` once a resolve for it arrived (the latest of them).
     pub resolved_ms: Option<u64>,
+    /// When the episode opened again after a resolve (see [`REFIRE_AFTER_MS`]): that firing's
+    /// arrival less the delay (when it was sent at the latest); a resolve whose `endsAt` is before
+    /// it is older than that firing (the late copy of the earlier resolve). 0 for an episode that
+    /// never resolved: its resolves are never judged by clocks (the sender's and this service's
+    /// may differ by a little).
+    #[serde(default)]
+    pub fired_ms: u64,
     /// When a firing notification of this episode last arrived (the lapse counts from here).
     pub seen_ms: u64,
     /// Hysteresis: counts from a level >= activate_level (or no level) until one < deactivate_level.
@@ -346,6 +360,11 @@ fn event(s: &mut State, kind: &str, key: &str, reason: &str, source: Source, lev
 /// Applies one command. Returns what happened and the events to publish (each once).
 pub fn apply(s: &mut State, cmd: Command, rules: &Rules, now: u64) -> (Outcome, Vec<Event>) {
     s.recent_activations_ms.retain(|&t| t.saturating_add(HOUR_MS) > now);
+    // Only the cooldown (and the hour's cap window, which the original status object counts
+    // over) looks at when a key was last activated: older entries go, so one entry per key ever
+    // activated does not pile up in the state (and in every Redis round trip).
+    let keep_ms = rules.cooldown_ms.max(HOUR_MS);
+    s.last_activated_ms.retain(|_, t| t.saturating_add(keep_ms) > now);
     let before = projection(s, rules);
     let mut events = vec![];
     let outcome = match cmd {
@@ -394,9 +413,22 @@ fn hot_after(hot: bool, level: Option<f64>, rules: &Rules) -> bool {
 }
 
 fn alert_firing(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>, f: Firing) -> Outcome {
+    let sent_by = now.saturating_sub(REFIRE_AFTER_MS);
     match s.alerts.get_mut(&f.fingerprint) {
-        Some(t) if f.starts_ms < t.starts_ms || (f.starts_ms == t.starts_ms && t.resolved_ms.is_some()) => {
+        Some(t) if f.starts_ms < t.starts_ms => return Outcome::Stale,
+        // A copy of a firing sent before the resolve (a late duplicate, a retry).
+        Some(t) if f.starts_ms == t.starts_ms && t.resolved_ms.is_some_and(|r| sent_by <= r) => {
             return Outcome::Stale;
+        }
+        Some(t) if f.starts_ms == t.starts_ms && t.resolved_ms.is_some() => {
+            // Sent after the resolve: the alert fires again with the same `startsAt` (Prometheus
+            // restored it after an outage longer than its `endsAt`). The episode opens again.
+            t.resolved_ms = None;
+            t.fired_ms = sent_by;
+            t.seen_ms = now;
+            t.hot = hot_after(false, f.level, rules);
+            t.level = f.level;
+            t.reason = f.reason;
         }
         Some(t) if f.starts_ms == t.starts_ms => {
             // A repeat (or an HA peer's duplicate) of the episode: it still fires.
@@ -411,6 +443,7 @@ fn alert_firing(s: &mut State, rules: &Rules, now: u64, events: &mut Vec<Event>,
                 reason: f.reason,
                 starts_ms: f.starts_ms,
                 resolved_ms: None,
+                fired_ms: 0,
                 seen_ms: now,
                 hot: hot_after(false, f.level, rules),
                 level: f.level,
@@ -447,9 +480,15 @@ fn alert_resolved(
     ends_ms: u64,
 ) -> Outcome {
     match s.alerts.get_mut(&fingerprint) {
-        Some(t) if starts_ms < t.starts_ms || (starts_ms == t.starts_ms && t.resolved_ms.is_some()) => {
+        Some(t) if starts_ms < t.starts_ms => return Outcome::Stale,
+        Some(t) if starts_ms == t.starts_ms && t.resolved_ms.is_some() => {
+            // Already resolved: a duplicate, or a later end of it (kept: firings sent before it
+            // are older).
+            t.resolved_ms = t.resolved_ms.max(Some(ends_ms));
             return Outcome::Stale;
         }
+        // It ended before the firing that opened the episode again was sent: that firing is newer.
+        Some(t) if starts_ms == t.starts_ms && ends_ms < t.fired_ms => return Outcome::Stale,
         Some(t) if starts_ms == t.starts_ms => t.resolved_ms = Some(ends_ms),
         _ => {
             let t = Track {
@@ -457,6 +496,7 @@ fn alert_resolved(
                 reason,
                 starts_ms,
                 resolved_ms: Some(ends_ms),
+                fired_ms: 0,
                 seen_ms: now,
                 hot: false,
                 level: None,
@@ -664,7 +704,9 @@ fn alert_activate(
         }
     }
     if let Some(refused) = room_for(s, rules, now, key) {
-        if refused == Outcome::RateLimited && cause == Cause::Notification {
+        // Once per hold-back: duplicates and repeats of the notification record nothing more.
+        let told = s.events.iter().rev().find(|e| e.key == key).is_some_and(|e| e.kind == "rate_limited");
+        if refused == Outcome::RateLimited && cause == Cause::Notification && !told {
             event(s, "rate_limited", key, &reason, Source::Alert, level, now);
         }
         return refused;
@@ -783,6 +825,46 @@ mod tests {
     }
 
     #[test]
+    fn a_re_fire_with_the_same_starts_at_after_a_resolve_activates_again() {
+        let r = Rules::default();
+        let mut s = State::new(T, 0);
+        let resolved_at = |ends_ms| Command::AlertResolved {
+            key: "ws".into(),
+            reason: "backpressure_critical".into(),
+            fingerprint: "f1".into(),
+            starts_ms: T,
+            ends_ms,
+        };
+        assert!(matches!(run(&mut s, firing("ws", "f1", T, None), &r, T), Outcome::Activated { .. }));
+        // Prometheus goes down; Alertmanager resolves the alert at its endsAt.
+        let ends = T + 240_000;
+        assert!(matches!(run(&mut s, resolved_at(ends), &r, ends + 30_000), Outcome::DeactivationScheduled { .. }));
+        // A copy of a firing sent before the resolve, arriving late, is older.
+        assert_eq!(run(&mut s, firing("ws", "f1", T, None), &r, ends + 40_000), Outcome::Stale);
+        run(&mut s, Command::Expire, &r, ends + 200_000);
+        assert!(s.activations.is_empty());
+        // Prometheus is back, restores the alert's start time and it fires again.
+        let back = T + 900_000;
+        assert!(matches!(run(&mut s, firing("ws", "f1", T, None), &r, back), Outcome::Activated { .. }));
+        assert!(s.activations.contains_key("ws"));
+        // The late HA copy of the old resolve changes nothing; a new resolve ends it.
+        assert_eq!(run(&mut s, resolved_at(ends), &r, back + 1_000), Outcome::Stale);
+        assert!(matches!(
+            run(&mut s, resolved_at(back + 5_000), &r, back + 6_000),
+            Outcome::DeactivationScheduled { .. }
+        ));
+    }
+
+    #[test]
+    fn a_resolve_of_an_episode_that_never_resolved_is_not_judged_by_clocks() {
+        // The sender's clock is minutes behind: its endsAt is before the firing arrived here.
+        let r = Rules::default();
+        let mut s = State::new(T, 0);
+        run(&mut s, firing("ws", "f1", T, None), &r, T + 600_000);
+        assert!(matches!(run(&mut s, resolved("ws", "f1", T), &r, T + 601_000), Outcome::DeactivationScheduled { .. }));
+    }
+
+    #[test]
     fn a_firing_delivered_after_its_own_resolve_is_stale() {
         let r = Rules::default();
         let mut s = State::new(T, 0);
@@ -850,6 +932,39 @@ mod tests {
         run(&mut s, Command::Expire, &r, T + HOUR_MS);
         assert!(s.activations.contains_key("ws"));
         assert!(!s.activations.contains_key("chat"));
+    }
+
+    #[test]
+    fn duplicate_notifications_held_back_by_the_cap_record_rate_limited_once() {
+        let r = Rules { max_activations_per_hour: 1, cooldown_ms: 0, ..Rules::default() };
+        let mut s = State::new(T, 0);
+        run(&mut s, manual("x", None), &r, T);
+        for i in 0..5 {
+            // The notification, its HA peer's copy and Alertmanager's repeats.
+            assert_eq!(run(&mut s, firing("ws", "a", T, None), &r, T + 10 + i), Outcome::RateLimited);
+        }
+        assert_eq!(s.events.iter().filter(|e| e.kind == "rate_limited").count(), 1);
+    }
+
+    #[test]
+    fn last_activation_times_are_pruned_past_the_cooldown_and_the_hour() {
+        let r = Rules { max_activations_per_hour: u32::MAX, cooldown_ms: 0, ..Rules::default() };
+        let mut s = State::new(T, 0);
+        for i in 0..50 {
+            run(&mut s, manual(&format!("k{i}"), Some(1_000)), &r, T);
+        }
+        assert_eq!(s.last_activated_ms.len(), 50);
+        run(&mut s, Command::Expire, &r, T + HOUR_MS - 1);
+        assert_eq!(s.last_activated_ms.len(), 50, "within the hour: kept");
+        run(&mut s, Command::Expire, &r, T + HOUR_MS);
+        assert!(s.last_activated_ms.is_empty(), "{:?}", s.last_activated_ms);
+        // A cooldown longer than the hour keeps them for the cooldown.
+        let r = Rules { cooldown_ms: 2 * HOUR_MS, ..r };
+        run(&mut s, manual("k", Some(1_000)), &r, T + HOUR_MS);
+        run(&mut s, Command::Expire, &r, T + 2 * HOUR_MS + 1);
+        assert!(s.last_activated_ms.contains_key("k"));
+        run(&mut s, Command::Expire, &r, T + 3 * HOUR_MS);
+        assert!(s.last_activated_ms.is_empty());
     }
 
     #[test]

@@ -72,8 +72,13 @@ pub struct ChannelEvent {
 }
 
 /// The event as published on `collab:circuit_breaker:events`; `None` for events the original
-/// channel does not carry (scheduled deactivations, refusals by the cap).
+/// channel does not carry: those of keys other than `*` (the original service had one global
+/// breaker: its subscribers take every `activate` for the whole service being forced open),
+/// scheduled deactivations and refusals by the cap. Those are in `GET /api/v1/breakers`.
 pub fn channel_event(e: &Event) -> Option<ChannelEvent> {
+    if e.key != KEY {
+        return None;
+    }
     let event_type = match e.kind.as_str() {
         "activated" => "activate",
         "deactivated" => "deactivate",

@@ -37,7 +37,8 @@ pub const ACTIVE_KEY: &str = "collab:circuit_breaker:active";
 pub const STATUS_KEY: &str = "collab:circuit_breaker:status";
 /// Floodgate's own keys: one hash tag, one cluster slot.
 pub const TAGGED: &str = "collab:circuit_breaker:{floodgate}:";
-const CHANGES_CHANNEL: &str = "collab:circuit_breaker:{floodgate}:changes";
+/// Each commit publishes its new version here (what wakes the long-polls of every replica).
+pub const CHANGES_CHANNEL: &str = "collab:circuit_breaker:{floodgate}:changes";
 const MAX_ATTEMPTS: usize = 32;
 /// Every store call answers within this (then: unavailable).
 pub const OP_TIMEOUT: Duration = Duration::from_millis(600);
@@ -587,6 +588,13 @@ impl Store for RedisStore {
 
     async fn version(&self) -> Result<u64, StoreError> {
         let floor = *self.version.borrow();
+        let v = within(read_version(&self.target, self.con()?, floor)).await?;
+        raise(&self.version, v);
+        Ok(v)
+    }
+
+    async fn lift(&self, floor: u64) -> Result<u64, StoreError> {
+        let floor = floor.max(*self.version.borrow());
         let v = within(read_version(&self.target, self.con()?, floor)).await?;
         raise(&self.version, v);
         Ok(v)

@@ -82,9 +82,13 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, no_auth: 
     let listen_text = env("FLOODGATE_LISTEN").or(f.listen).unwrap_or_else(|| "127.0.0.1:8080".into());
     let listen = listen_text.parse().map_err(|_| format!("listen: not an address: {listen_text:?}"))?;
     let auth = !no_auth && f.auth.unwrap_or(true);
-    let token = env("FLOODGATE_TOKEN").or(f.token).filter(|t| !t.is_empty());
-    let poll_token = env("FLOODGATE_POLL_TOKEN").or(f.poll_token).filter(|t| !t.is_empty());
-    let webhook_token = env("FLOODGATE_WEBHOOK_TOKEN").or(f.webhook_token).filter(|t| !t.is_empty());
+    // Trimmed as presented tokens are (`Bearer  x ` is checked as `x`): a token configured with
+    // a stray space or newline would otherwise match nothing.
+    let tok =
+        |name: &str, file: Option<String>| env(name).or(file).map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+    let token = tok("FLOODGATE_TOKEN", f.token);
+    let poll_token = tok("FLOODGATE_POLL_TOKEN", f.poll_token);
+    let webhook_token = tok("FLOODGATE_WEBHOOK_TOKEN", f.webhook_token);
     if auth && token.is_none() {
         return Err("FLOODGATE_TOKEN (or `token` in the config file) is required; \
                     disable auth explicitly with --no-auth or `auth = false`"
@@ -96,6 +100,11 @@ pub fn load(file: Option<&Path>, env: &dyn Fn(&str) -> Option<String>, no_auth: 
                 "{name}: must differ from FLOODGATE_TOKEN (a scoped token that equals the admin token has no scope)"
             ));
         }
+    }
+    if poll_token.is_some() && poll_token == webhook_token {
+        return Err("FLOODGATE_POLL_TOKEN: must differ from FLOODGATE_WEBHOOK_TOKEN (every proxy config \
+                    carries the poll token: it must not post alerts)"
+            .into());
     }
     let secs = |env_name: &str, file: Option<u64>, default_ms: u64| -> Result<u64, String> {
         Ok(env_num::<u64>(env, env_name)?.or(file).map(|s| s.saturating_mul(1000)).unwrap_or(default_ms))

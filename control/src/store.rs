@@ -43,6 +43,12 @@ pub trait Store: Send + Sync {
     /// The store's snapshot version now, read from the store itself (a store that lost its
     /// state starts a new epoch here).
     async fn version(&self) -> Result<u64, StoreError>;
+    /// The store's version, first lifted above `floor` (a new epoch, content unchanged) when it
+    /// is below: a proxy that holds a higher version than a restarted store (a failover, a
+    /// restored backup, an in-memory restart with the clock stepped back) follows at once instead
+    /// of refusing lower versions until its view is stale. The caller caps `floor`
+    /// ([`floodgate_core::version::floor_cap`]).
+    async fn lift(&self, floor: u64) -> Result<u64, StoreError>;
     /// Records a poll; expired entries go, and a new proxy beyond [`MAX_FLEET`] is not recorded.
     async fn record_poll(&self, entry: FleetEntry) -> Result<(), StoreError>;
     /// The proxies polled within [`FLEET_TTL_MS`] of `now_ms`.
@@ -90,6 +96,20 @@ impl Store for MemoryStore {
 
     async fn version(&self) -> Result<u64, StoreError> {
         Ok(self.state.lock().map_err(poisoned)?.version)
+    }
+
+    async fn lift(&self, floor: u64) -> Result<u64, StoreError> {
+        let version = {
+            let mut s = self.state.lock().map_err(poisoned)?;
+            if s.version < floor {
+                let before = s.version;
+                s.version = floodgate_core::version::next(floor, crate::now_ms());
+                tracing::warn!(from = before, to = s.version, "a proxy holds a higher version: started a new epoch");
+            }
+            s.version
+        };
+        self.version.send_if_modified(|v| std::mem::replace(v, version) != version);
+        Ok(version)
     }
 
     async fn record_poll(&self, entry: FleetEntry) -> Result<(), StoreError> {

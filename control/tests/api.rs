@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::*;
 use floodgate_control::engine::Rules;
-use floodgate_control::store::MemoryStore;
+use floodgate_control::store::{MemoryStore, Store};
 
 fn router() -> axum::Router {
     app_for(state(Arc::new(MemoryStore::default()), Rules::default()))
@@ -79,11 +79,13 @@ async fn malformed_payloads_get_400_naming_the_problem_and_big_ones_413() {
         serde_json::from_str(&alert("firing", "CollaborationBackpressureCritical", None, "", "f")).unwrap();
     bad_status["alerts"][0]["status"] = "weird".into();
     let bad_status = bad_status.to_string();
+    // A bad alert is rejected by itself (Alertmanager does not retry a 400): 200, named.
     let (status, json, _) = call(&r, "POST", "/webhook/alertmanager", bearer(), &bad_status).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{json}");
-    assert!(json["error"].as_str().unwrap().contains("alerts[0].status"), "{json}");
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["results"][0]["result"], "rejected", "{json}");
+    assert!(json["results"][0]["error"].as_str().unwrap().contains("alerts[0].status"), "{json}");
     let (_, list, _) = call(&r, "GET", "/api/v1/breakers", bearer(), "").await;
-    assert_eq!(list["activations"], serde_json::json!([]), "a rejected payload must change nothing");
+    assert_eq!(list["activations"], serde_json::json!([]), "a rejected alert must change nothing");
     let big = format!(r#"{{"alerts":[],"pad":"{}"}}"#, "x".repeat(1 << 20));
     assert_eq!(call(&r, "POST", "/webhook/alertmanager", bearer(), &big).await.0, StatusCode::PAYLOAD_TOO_LARGE);
     let (status, json, _) = call(&r, "POST", "/api/v1/breakers/ws/activate", bearer(), r#"{"ttl":5}"#).await;
@@ -245,4 +247,77 @@ fn settings_empty_variables_never_override_the_file_and_scoped_tokens_load() {
     };
     assert!(load(None, &long, false).unwrap_err().contains("max_active_s"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_proxy_holding_a_higher_version_than_a_restarted_control_plane_gets_a_higher_one_at_once() {
+    // The proxy followed a control plane whose store is gone (a Redis failover or restored
+    // backup, an in-memory restart with the clock stepped back): it holds a version above the
+    // fresh store's, and its view is live.
+    let store = Arc::new(MemoryStore::default());
+    let r = app_for(state(store.clone(), Rules::default()));
+    let fresh = store.version().await.unwrap();
+    let held = fresh + 10_000_000;
+    let now = floodgate_control::now_ms();
+    let view = floodgate_core::remote::RemoteView { version: held, confirmed_ms: now, ..Default::default() };
+    let t = Instant::now();
+    let (status, snap, text) =
+        call(&r, "GET", &format!("/v1/snapshot?version={held}&wait=20"), Some("Bearer poll-only"), "").await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    assert!(t.elapsed() < Duration::from_secs(1), "at once, not after the wait: {:?}", t.elapsed());
+    let got = snap["version"].as_u64().unwrap();
+    assert!(got > held, "{got} above the proxy's {held}");
+    // The filter's parser and live view take it (no waiting for stale_after_s).
+    let parsed = floodgate_core::remote::parse_snapshot(text.as_bytes()).unwrap();
+    assert_eq!(view.apply(parsed, floodgate_control::now_ms(), 120_000).unwrap().version, got);
+    // The next poll with that version waits as usual; writes go on above it.
+    let (status, _, _) = call(&r, "GET", &format!("/v1/snapshot?version={got}&wait=0"), bearer(), "").await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    call(&r, "POST", "/api/v1/breakers/ws/activate", bearer(), "").await;
+    assert!(store.version().await.unwrap() > got);
+    // A forged version cannot push the numbering towards u64::MAX: at most a day ahead.
+    let (status, snap, _) =
+        call(&r, "GET", &format!("/v1/snapshot?version={}", u64::MAX), Some("Bearer poll-only"), "").await;
+    assert_eq!(status, StatusCode::OK);
+    let cap = floodgate_core::version::floor_cap(floodgate_control::now_ms());
+    assert!(snap["version"].as_u64().unwrap() <= cap + 1, "{snap}");
+}
+
+#[test]
+fn a_poll_token_equal_to_the_webhook_token_is_refused_at_startup() {
+    use floodgate_control::settings::load;
+    let env = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("admin".to_string()),
+        "FLOODGATE_POLL_TOKEN" | "FLOODGATE_WEBHOOK_TOKEN" => Some("shared".to_string()),
+        _ => None,
+    };
+    let err = load(None, &env, false).unwrap_err();
+    assert!(err.contains("FLOODGATE_POLL_TOKEN") && err.contains("FLOODGATE_WEBHOOK_TOKEN"), "{err}");
+    // Also when they differ only by the whitespace a presented token is trimmed of.
+    let spaced = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("admin".to_string()),
+        "FLOODGATE_POLL_TOKEN" => Some("shared\n".to_string()),
+        "FLOODGATE_WEBHOOK_TOKEN" => Some(" shared".to_string()),
+        _ => None,
+    };
+    assert!(load(None, &spaced, false).is_err());
+}
+
+#[tokio::test]
+async fn configured_tokens_are_trimmed_like_presented_ones() {
+    use floodgate_control::settings::load;
+    let env = |k: &str| match k {
+        "FLOODGATE_TOKEN" => Some("s3cret\n".to_string()),
+        "FLOODGATE_POLL_TOKEN" => Some(" poll-only ".to_string()),
+        _ => None,
+    };
+    let s = load(None, &env, false).unwrap();
+    assert_eq!((s.token.as_deref(), s.poll_token.as_deref()), (Some("s3cret"), Some("poll-only")));
+    // A token from a file with a trailing newline still authorizes its holder.
+    let mut st = state(Arc::new(MemoryStore::default()), Rules::default());
+    Arc::get_mut(&mut st).unwrap().tokens =
+        floodgate_control::app::Tokens { admin: s.token.clone(), poll: s.poll_token.clone(), webhook: None };
+    let r = app_for(st);
+    assert_eq!(call(&r, "GET", "/api/v1/breakers", bearer(), "").await.0, StatusCode::OK);
+    assert_eq!(call(&r, "GET", "/v1/snapshot", Some("Bearer poll-only"), "").await.0, StatusCode::OK);
 }

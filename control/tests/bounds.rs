@@ -51,11 +51,20 @@ async fn keys_are_1_to_256_printable_ascii_bytes_without_spaces() {
     }
     // Not UTF-8 at all.
     assert_400(&r, "POST", "/api/v1/breakers/%FF/activate", "", "key").await;
-    // From an alert's label.
+    // From an alert's label: that alert is rejected, by itself.
     let body = alert("firing", "CollaborationBackpressureCritical", Some("a b"), "99%", "fp");
-    assert_400(&r, "POST", "/webhook/alertmanager", &body, "alerts[0].labels.breaker").await;
+    assert_rejected(&r, &body, 0, "alerts[0].labels.breaker").await;
     let body = alert("firing", "CollaborationBackpressureCritical", Some(&long), "99%", "fp");
-    assert_400(&r, "POST", "/webhook/alertmanager", &body, "alerts[0].labels.breaker").await;
+    assert_rejected(&r, &body, 0, "alerts[0].labels.breaker").await;
+}
+
+/// The webhook answers 200, with alert `i` rejected naming `field`.
+async fn assert_rejected(r: &axum::Router, body: &str, i: usize, field: &str) {
+    let (status, json, text) = call(r, "POST", "/webhook/alertmanager", bearer(), body).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let result = &json["results"][i];
+    assert_eq!(result["result"], "rejected", "{json}");
+    assert!(result["error"].as_str().unwrap().contains(field), "the error names {field}: {json}");
 }
 
 #[tokio::test]
@@ -86,25 +95,43 @@ async fn reasons_ttls_and_levels_are_bounded() {
 }
 
 #[tokio::test]
-async fn webhook_fields_are_checked_before_anything_is_applied() {
+async fn one_bad_alert_in_a_notification_is_rejected_alone_and_the_valid_ones_apply() {
     let (store, r) = router();
-    let mut v: serde_json::Value =
+    let v: serde_json::Value =
         serde_json::from_str(&alert("firing", "CollaborationBackpressureCritical", Some("ws"), "99%", "fp")).unwrap();
     let good = v["alerts"][0].clone();
-    v["alerts"][0]["startsAt"] = serde_json::Value::Null;
-    v["alerts"].as_array_mut().unwrap().insert(0, good.clone());
-    assert_400(&r, "POST", "/webhook/alertmanager", &v.to_string(), "alerts[1].startsAt").await;
-    let mut v2 = serde_json::json!({"alerts": [good.clone()]});
-    v2["alerts"][0]["startsAt"] = "yesterday".into();
-    assert_400(&r, "POST", "/webhook/alertmanager", &v2.to_string(), "alerts[0].startsAt").await;
-    let mut v3 = serde_json::json!({"alerts": [good.clone()]});
-    v3["alerts"][0]["fingerprint"] = "f".repeat(257).into();
-    assert_400(&r, "POST", "/webhook/alertmanager", &v3.to_string(), "alerts[0].fingerprint").await;
-    let mut v4 = serde_json::json!({"alerts": [good]});
-    v4["alerts"][0]["status"] = "weird".into();
-    assert_400(&r, "POST", "/webhook/alertmanager", &v4.to_string(), "alerts[0].status").await;
+    let with = |field: &str, value: serde_json::Value| {
+        let mut a = good.clone();
+        a[field] = value;
+        a
+    };
+    let mut space = good.clone();
+    space["labels"]["breaker"] = "a b".into();
+    let mut long = good.clone();
+    long["labels"]["breaker"] = "k".repeat(257).into();
+    let bad = [
+        (with("startsAt", serde_json::Value::Null), "startsAt"),
+        (with("startsAt", "yesterday".into()), "startsAt"),
+        (with("fingerprint", "f".repeat(257).into()), "fingerprint"),
+        (with("status", "weird".into()), "status"),
+        (space, "labels.breaker"),
+        (long, "labels.breaker"),
+    ];
+    for (n, (bad, field)) in bad.into_iter().enumerate() {
+        // The bad alert first, then a valid one for another key: Alertmanager does not retry a
+        // 4xx, so a 400 would lose the valid one.
+        let key = format!("k{n}");
+        let mut ok = good.clone();
+        ok["labels"]["breaker"] = key.clone().into();
+        ok["fingerprint"] = format!("fp{n}").into();
+        let body = serde_json::json!({"alerts": [bad, ok]}).to_string();
+        assert_rejected(&r, &body, 0, &format!("alerts[0].{field}")).await;
+        assert!(store.state().await.unwrap().activations.contains_key(&key), "{field}: the valid alert applied");
+    }
+    // A payload of the wrong shape is still a 400, and changes nothing.
+    let before = store.state().await.unwrap().activations.len();
     assert_400(&r, "POST", "/webhook/alertmanager", r#"{"alerts": 7}"#, "alerts").await;
-    assert!(store.state().await.unwrap().activations.is_empty(), "a refused payload changes nothing");
+    assert_eq!(store.state().await.unwrap().activations.len(), before);
 }
 
 #[tokio::test]
@@ -223,6 +250,9 @@ impl Store for DownStore {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn version(&self) -> Result<u64, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn lift(&self, _: u64) -> Result<u64, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn record_poll(&self, _: FleetEntry) -> Result<(), StoreError> {

@@ -59,13 +59,23 @@ fn history() -> impl Strategy<Value = Vec<(usize, Action, Option<usize>)>> {
     proptest::collection::vec((0..STEPS_MS.len(), action(), proptest::option::of(0..6usize)), 1..50)
 }
 
-/// The deliveries in order: duplicates of notifications land later (an HA peer, a retry).
-fn deliveries(steps: &[(usize, Action, Option<usize>)]) -> Vec<(u64, Action)> {
-    let mut out: Vec<(u64, Action)> = steps.iter().map(|(dt, a, _)| (STEPS_MS[*dt], *a)).collect();
+/// The deliveries in order, each with when it was sent (a resolve's `endsAt`): duplicates of
+/// notifications land later (an HA peer, a retry). An alert may fire again with the `startsAt`
+/// of an episode that resolved (Prometheus restores it after an outage longer than its `endsAt`).
+fn deliveries(steps: &[(usize, Action, Option<usize>)]) -> Vec<(u64, Action, u64)> {
+    let mut sent = T0;
+    let mut out: Vec<(u64, Action, u64)> = steps
+        .iter()
+        .map(|(dt, a, _)| {
+            sent += STEPS_MS[*dt];
+            (STEPS_MS[*dt], *a, sent)
+        })
+        .collect();
     for (i, (_, a, dup)) in steps.iter().enumerate().rev() {
         if let (Action::Notify { .. }, Some(lag)) = (a, dup) {
             let at = (i + 1 + lag).min(out.len());
-            out.insert(at, (0, *a));
+            let original = out[i].2;
+            out.insert(at, (0, *a, original));
         }
     }
     out
@@ -92,10 +102,25 @@ struct KeyModel {
     deactivations: usize,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Delivered {
+    alert: usize,
+    starts: u64,
+    resolved: bool,
+    level: Option<f64>,
+    arrival: u64,
+    order: u64,
+    applied: bool,
+}
+
 #[derive(Default)]
 struct Model {
-    /// (alert, starts, resolved, level, arrival) in arrival order.
-    delivered: Vec<(usize, u64, bool, Option<f64>, u64)>,
+    /// (alert, starts, resolved, level, arrival, order, applied) in arrival order. `order` is a
+    /// resolve's `endsAt`; for a firing that opens a resolved episode again its arrival less
+    /// `REFIRE_AFTER_MS` (sent at the latest), else 0; what is known of an alert is its greatest
+    /// (starts, order, resolved). `applied`: it was newer than what was known when it arrived (a
+    /// firing of an open episode always is).
+    delivered: Vec<Delivered>,
     dismissed: BTreeMap<usize, u64>,
     keys: [KeyModel; 3],
     last_activated: BTreeMap<usize, u64>,
@@ -104,8 +129,27 @@ struct Model {
 
 impl Model {
     /// The newest episode known of `alert`, and whether it resolved.
+    fn newest_order(&self, alert: usize) -> Option<(u64, u64, bool)> {
+        self.delivered.iter().filter(|d| d.alert == alert).map(|d| (d.starts, d.order, d.resolved)).max()
+    }
+
     fn newest(&self, alert: usize) -> Option<(u64, bool)> {
-        self.delivered.iter().filter(|d| d.0 == alert).map(|d| (d.1, d.2)).max()
+        self.newest_order(alert).map(|(starts, _, resolved)| (starts, resolved))
+    }
+
+    fn deliver(&mut self, alert: usize, starts: u64, resolved: bool, level: Option<f64>, now: u64, sent: u64) {
+        let order = if resolved { sent } else { now.saturating_sub(engine::REFIRE_AFTER_MS) };
+        let known = self.newest_order(alert);
+        let applied = match known {
+            None => true,
+            Some((s, _, false)) if !resolved && s == starts => true,
+            Some(k) => (starts, order, resolved) > k,
+        };
+        // Only a firing that opens a resolved episode again is ordered by its arrival; the
+        // others (a new episode, repeats) come before any resolve of their episode.
+        let reopens = !resolved && applied && known.is_some_and(|(s, _, r)| r && s == starts);
+        let order = if resolved || reopens { order } else { 0 };
+        self.delivered.push(Delivered { alert, starts, resolved, level, arrival: now, order, applied });
     }
 
     fn fires(&self, alert: usize, r: &Rules, now: u64) -> bool {
@@ -113,16 +157,19 @@ impl Model {
         if self.dismissed.get(&alert).is_some_and(|&d| starts <= d) {
             return false;
         }
-        let firings = self.delivered.iter().filter(|d| d.0 == alert && d.1 == starts && !d.2);
+        // The hysteresis folds the firings applied since the episode last opened.
+        let of_episode: Vec<&Delivered> =
+            self.delivered.iter().filter(|d| d.alert == alert && d.starts == starts && d.applied).collect();
+        let opened = of_episode.iter().rposition(|d| d.resolved).map_or(0, |i| i + 1);
         let (mut hot, mut seen) = (false, 0);
-        for d in firings {
-            hot = match d.3 {
+        for d in &of_episode[opened..] {
+            hot = match d.level {
                 None => true,
                 Some(l) if l >= r.activate_level => true,
                 Some(l) if l < r.deactivate_level => false,
                 Some(_) => hot,
             };
-            seen = d.4;
+            seen = d.arrival;
         }
         hot && now < seen + r.max_active_ms
     }
@@ -197,11 +244,11 @@ impl Model {
         }
     }
 
-    fn act(&mut self, a: Action, r: &Rules, now: u64) {
+    fn act(&mut self, a: Action, r: &Rules, now: u64, sent: u64) {
         match a {
             Action::Notify { alert, episode, resolved, level } => {
                 let level = if resolved { None } else { LEVELS[level] };
-                self.delivered.push((alert, starts(alert, episode), resolved, level, now));
+                self.deliver(alert, starts(alert, episode), resolved, level, now, sent);
                 self.settle(ALERT_KEY[alert], r, now, Cause::Notification);
             }
             Action::Activate { key, ttl } => {
@@ -232,7 +279,7 @@ impl Model {
     }
 }
 
-fn command(a: Action) -> Command {
+fn command(a: Action, sent: u64) -> Command {
     match a {
         Action::Notify { alert, episode, resolved: false, level } => Command::AlertFiring {
             key: KEYS[ALERT_KEY[alert]].into(),
@@ -246,7 +293,7 @@ fn command(a: Action) -> Command {
             reason: "backpressure_critical".into(),
             fingerprint: format!("fp{alert}"),
             starts_ms: starts(alert, episode),
-            ends_ms: starts(alert, episode) + 1,
+            ends_ms: sent,
         },
         Action::Activate { key, ttl } => Command::Activate {
             key: KEYS[key].into(),
@@ -313,12 +360,12 @@ proptest! {
         };
         let mut model = Model::default();
         let mut now = T0;
-        for (i, (dt, a)) in deliveries(&steps).into_iter().enumerate() {
+        for (i, (dt, a, sent)) in deliveries(&steps).into_iter().enumerate() {
             now += dt;
             run.apply(Command::Expire, now)?;
             model.tick(&r, now);
-            let outcome = run.apply(command(a), now)?;
-            model.act(a, &r, now);
+            let outcome = run.apply(command(a, sent), now)?;
+            model.act(a, &r, now, sent);
             run.apply(Command::Expire, now)?;
             model.tick(&r, now);
             let snapshot = engine::snapshot(&run.s, &r, now);

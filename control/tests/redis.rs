@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::*;
 use floodgate_control::engine::{Command, Forced, Rules};
-use floodgate_control::redis_store::{RedisStore, EVENTS_CHANNEL};
+use floodgate_control::redis_store::{RedisStore, CHANGES_CHANNEL, EVENTS_CHANNEL};
 use floodgate_control::store::Store;
 use futures_util::StreamExt;
 
@@ -77,9 +77,10 @@ async fn a_scheduled_deactivation_fires_once_with_two_replicas_running() {
     let client = redis::Client::open(redis.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(EVENTS_CHANNEL).await.unwrap();
-    let fire = alert("firing", "CollaborationBackpressureCritical", Some("ws"), "97%", "fp");
+    // The global breaker (`*`, no breaker label): the one the original channel carries.
+    let fire = alert("firing", "CollaborationBackpressureCritical", None, "97%", "fp");
     call(&ra, "POST", "/webhook/alertmanager", bearer(), &fire).await;
-    let resolve = alert("resolved", "CollaborationBackpressureCritical", Some("ws"), "97%", "fp");
+    let resolve = alert("resolved", "CollaborationBackpressureCritical", None, "97%", "fp");
     call(&rb, "POST", "/webhook/alertmanager", bearer(), &resolve).await;
     // Both replicas run their expiry loop.
     let loops: Vec<_> = [ra.clone(), rb.clone()]
@@ -95,7 +96,7 @@ async fn a_scheduled_deactivation_fires_once_with_two_replicas_running() {
             Ok(Some(m)) => {
                 let v: serde_json::Value = serde_json::from_str(&m.get_payload::<String>().unwrap()).unwrap();
                 kinds.push(v["event_type"].as_str().unwrap().to_string());
-                assert!(v["timestamp"].is_string() && v["key"] == "ws", "{v}");
+                assert!(v["timestamp"].is_string() && v["key"] == "*", "{v}");
             }
             _ => continue,
         }
@@ -288,19 +289,68 @@ async fn concurrent_writers_on_two_replicas_issue_strictly_growing_versions() {
     let rules = Rules { cooldown_ms: 0, max_activations_per_hour: u32::MAX, ..Rules::default() };
     let (_, a) = replica(&redis, rules.clone()).await;
     let (_, b) = replica(&redis, rules).await;
+    // Every commit publishes its version, in commit order: a subscriber sees them all.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(CHANGES_CHANNEL).await.unwrap();
+    let start = snapshot_version(&a).await;
     let calls = (0..20).map(|i| {
         let r = if i % 2 == 0 { a.clone() } else { b.clone() };
         async move {
-            call(&r, "POST", &format!("/api/v1/breakers/k{i}/activate"), bearer(), "").await;
+            let (status, _, text) = call(&r, "POST", &format!("/api/v1/breakers/k{i}/activate"), bearer(), "").await;
+            assert_eq!(status, StatusCode::OK, "{text}");
             snapshot_version(&r).await
         }
     });
     let seen = futures_util::future::join_all(calls).await;
     let last = snapshot_version(&a).await;
-    assert!(seen.iter().all(|&v| v <= last));
-    // Each activation produced its own version: 20 writes, 20 distinct versions in the log.
+    assert!(seen.iter().all(|&v| v > start && v <= last), "{seen:?} within ({start}, {last}]");
+    let mut published = vec![];
+    let mut messages = pubsub.on_message();
+    while published.len() < 20 {
+        let msg = tokio::time::timeout(Duration::from_secs(5), messages.next()).await.expect("20 commits published");
+        published.push(msg.unwrap().get_payload::<String>().unwrap().parse::<u64>().unwrap());
+    }
+    // Each activation produced its own version: 20 writes, 20 versions, strictly growing in
+    // commit order (so all distinct), the last one the store's.
+    assert!(published.windows(2).all(|w| w[0] < w[1]), "not strictly growing: {published:?}");
+    assert!(published[0] > start, "{published:?} after {start}");
+    assert_eq!(*published.last().unwrap(), last, "{published:?}");
     let st: serde_json::Value = call(&a, "GET", "/api/v1/breakers", bearer(), "").await.1;
     assert_eq!(st["activations"].as_array().unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn a_hung_redis_is_answered_within_one_second_by_polls_that_carry_the_proxy_header() {
+    use axum::body::Body;
+    use tower::ServiceExt;
+    let redis = RedisServer::start();
+    let (_, r) = replica(&redis, Rules::default()).await;
+    let held = snapshot_version(&r).await;
+    // Hung, not refused: connections stay open and nothing answers.
+    redis.signal("STOP");
+    let held_poll = format!("/v1/snapshot?version={held}&wait=20");
+    for uri in [held_poll.as_str(), "/v1/snapshot"] {
+        for attempt in 0..3 {
+            let req = axum::http::Request::get(uri)
+                .header("authorization", "Bearer s3cret")
+                .header(floodgate_core::wire::PROXY_HEADER, "envoy-1")
+                .header(floodgate_core::wire::FLEET_HEADER, "collab_ws=closed")
+                .body(Body::empty())
+                .unwrap();
+            let t = Instant::now();
+            let status = r.clone().oneshot(req).await.unwrap().status();
+            let took = t.elapsed();
+            println!("hung: {uri} attempt {attempt}: {status} in {took:?}");
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+            assert!(took < Duration::from_secs(1), "{uri} took {took:?}");
+        }
+    }
+    redis.signal("CONT");
+    eventually(10, "polls to answer again", async || {
+        call(&r, "GET", "/v1/snapshot", bearer(), "").await.0 == StatusCode::OK
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -461,4 +511,29 @@ async fn a_store_whose_version_went_back_never_makes_a_proxys_version_stale() {
     assert!(snap["version"].as_u64().unwrap() > held, "{snap} after {held}");
     assert_eq!(snap["breakers"].as_array().unwrap().len(), 1, "the restored content: {snap}");
     assert!(took < Duration::from_secs(2), "{took:?}");
+}
+
+#[tokio::test]
+async fn events_of_other_keys_never_reach_the_original_channel() {
+    let redis = RedisServer::start();
+    let (_, r) = replica(&redis, Rules { cooldown_ms: 0, ..Rules::default() }).await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(EVENTS_CHANNEL).await.unwrap();
+    // A breaker for one backend: the original subscribers would read it as the whole service.
+    call(&r, "POST", "/api/v1/breakers/collab_ws/activate", bearer(), "").await;
+    let fire = alert("firing", "CollaborationBackpressureCritical", Some("chat_ws"), "97%", "fp-chat");
+    call(&r, "POST", "/webhook/alertmanager", bearer(), &fire).await;
+    call(&r, "POST", "/api/v1/breakers/collab_ws/deactivate", bearer(), "").await;
+    // The global one, as the original service had.
+    call(&r, "POST", "/api/v1/breakers/*/activate", bearer(), "").await;
+    let mut messages = pubsub.on_message();
+    let m = tokio::time::timeout(Duration::from_secs(3), messages.next()).await.unwrap().unwrap();
+    let e: serde_json::Value = serde_json::from_str(&m.get_payload::<String>().unwrap()).unwrap();
+    assert_eq!((e["event_type"].as_str(), e["key"].as_str()), (Some("activate"), Some("*")), "{e}");
+    assert!(tokio::time::timeout(Duration::from_millis(300), messages.next()).await.is_err(), "only `*` events");
+    // The others are kept for the API.
+    let (_, list, _) = call(&r, "GET", "/api/v1/breakers", bearer(), "").await;
+    let keys: Vec<&str> = list["events"].as_array().unwrap().iter().filter_map(|e| e["key"].as_str()).collect();
+    assert!(keys.contains(&"collab_ws") && keys.contains(&"chat_ws"), "{list}");
 }

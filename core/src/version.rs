@@ -15,9 +15,23 @@ pub fn epoch_start(now_ms: u64) -> u64 {
     now_ms.saturating_mul(PER_MS)
 }
 
-/// The version after `previous`, at `now_ms`: strictly greater, and at least [`epoch_start`].
+/// The version after `previous`, at `now_ms`: never `previous` again. Strictly greater, and at
+/// least [`epoch_start`], for every `previous` below `u64::MAX`; `u64::MAX` (only a forged or
+/// corrupt number: real versions stay below 2^53 until the year 2255) has nothing above it, so
+/// the numbering starts over at the epoch of `now_ms`, which a live proxy refuses as going back
+/// until its view is stale, rather than a repeat it would take for the content it holds.
 pub fn next(previous: u64, now_ms: u64) -> u64 {
-    previous.saturating_add(1).max(epoch_start(now_ms))
+    match previous.checked_add(1) {
+        Some(v) => v.max(epoch_start(now_ms)),
+        None => epoch_start(now_ms).min(u64::MAX - 1),
+    }
+}
+
+/// The highest version a client may ask a control plane to lift its numbering to at `now_ms`
+/// (a proxy holding a version above a restarted control plane's): a day of clock ahead, so a
+/// forged number cannot push versions towards `u64::MAX`.
+pub fn floor_cap(now_ms: u64) -> u64 {
+    epoch_start(now_ms.saturating_add(24 * 3_600_000))
 }
 
 /// The epoch (ms since the Unix epoch) a version was issued in, for logs and the UI.
@@ -43,6 +57,10 @@ mod tests {
         assert!(next(burst, t0 - 60_000) > burst);
         assert!(epoch_start(t0) < 1 << 53);
         assert_eq!(epoch_ms(v1), t0);
-        assert_eq!(next(u64::MAX, 0), u64::MAX);
+        // Never a repeat, even where nothing is greater.
+        assert_ne!(next(u64::MAX, 0), u64::MAX);
+        assert_ne!(next(u64::MAX, u64::MAX), u64::MAX);
+        assert_eq!(next(u64::MAX - 1, 0), u64::MAX);
+        assert!(floor_cap(t0) > epoch_start(t0) && floor_cap(t0) < 1 << 53);
     }
 }

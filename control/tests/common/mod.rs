@@ -67,7 +67,13 @@ pub fn alert(status: &str, name: &str, breaker: Option<&str>, summary: &str, fin
         "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
         "alerts": [{"status": status, "labels": labels, "annotations": {"summary": summary},
                     "startsAt": "2026-11-22T10:00:00Z",
-                    "endsAt": if status == "resolved" { "2026-11-22T10:05:00Z" } else { "0001-01-01T00:00:00Z" },
+                    // As Alertmanager sends them: a resolve ends when it is sent (at the latest);
+                    // a firing alert's endsAt is not exposed (the zero time).
+                    "endsAt": if status == "resolved" {
+                        floodgate_control::rfc3339(floodgate_control::now_ms())
+                    } else {
+                        "0001-01-01T00:00:00Z".to_string()
+                    },
                     "generatorURL": "http://prom", "fingerprint": fingerprint}]
     })
     .to_string()
@@ -114,7 +120,19 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    fn signal_quietly(&self, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+        std::process::Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status()
+    }
+
+    /// Sends `signal` (`STOP`: the server hangs, connections stay open; `CONT`: it goes on).
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill").args(["-s", signal, &pid]).status().unwrap().success();
+        assert!(ok, "kill -s {signal} {pid}");
+    }
+
     pub fn stop(&mut self) {
+        let _ = self.signal_quietly("CONT");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
