@@ -102,6 +102,13 @@ pub fn update<T>(
 /// Keys longer than this are never tracked (as the control plane's keys are bounded).
 pub const MAX_KEY_BYTES: usize = 256;
 
+/// Whether a key may get its own state and stats: bounded in length, no control characters (the
+/// registry separates keys with '\n'), and none of the tag delimiters `=.=` and `;.;`, which would
+/// let a client-chosen key forge another breaker's labels in Envoy's stats.
+pub fn trackable(key: &str) -> bool {
+    key.len() <= MAX_KEY_BYTES && !key.chars().any(char::is_control) && !key.contains("=.=") && !key.contains(";.;")
+}
+
 /// Which breaker keys are tracked, as this VM knows it. Memory stays bounded whatever keys
 /// clients send: only tracked keys are remembered (at most `max_breakers` plus the keys named in
 /// `breakers`); once the shared registry is full, its keys are loaded once and every other key
@@ -120,7 +127,7 @@ impl Registry {
         if self.known.contains(breaker) {
             return Ok(true);
         }
-        if breaker.len() > MAX_KEY_BYTES || breaker.contains('\n') {
+        if !trackable(breaker) {
             return Ok(false);
         }
         if !reserved && self.full_at.is_some_and(|m| max_breakers <= m) {
@@ -172,4 +179,20 @@ fn register(breaker: &str, max_breakers: u32, reserved: bool) -> Result<Register
         next.push(b'\n');
         Ok(Step::Write(next, Registered::Tracked))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_would_forge_stat_labels_or_break_the_registry_are_never_tracked() {
+        for key in ["collab_ws", "outbound|80||collab.default.svc.cluster.local", "route with spaces", "*"] {
+            assert!(trackable(key), "{key}");
+        }
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        for key in ["x;.;kind=.=http", "a=.=b", "line\nbreak", "tab\there", long.as_str()] {
+            assert!(!trackable(key), "{key:?}");
+        }
+    }
 }
