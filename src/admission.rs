@@ -20,16 +20,14 @@ pub const KEY_PREFIX: &str = "floodgate/a/";
 pub const REASON: &str = "admission_budget";
 
 pub fn bucket_key(breaker: &str) -> String {
-    let mut k = String::with_capacity(KEY_PREFIX.len() + breaker.len());
-    k.push_str(KEY_PREFIX);
-    k.push_str(breaker);
-    k
+    store::prefixed(KEY_PREFIX, breaker)
 }
 
 /// Takes a token from the breaker's bucket at `now_ms`.
 pub fn take(breaker: &str, budget: Budget, now_ms: u64) -> Result<Take, StoreError> {
-    let full = Bucket::full(budget).encode();
-    store::cas_update(&bucket_key(breaker), Some(&full), |bytes| {
+    // The full bucket is encoded only when the key is missing, not on every upgrade.
+    let full = || Bucket::full(budget).encode();
+    store::cas_update_lazy(&bucket_key(breaker), Some(full), |bytes| {
         let mut bucket = bytes.and_then(Bucket::decode).unwrap_or_else(|| Bucket::full(budget));
         let (take, changed) = bucket.take(budget, now_ms);
         Ok::<_, StoreError>(if changed { Step::Write(bucket.encode(), take) } else { Step::Keep(take) })

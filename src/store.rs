@@ -26,8 +26,13 @@ impl From<HostError> for StoreError {
 }
 
 pub fn state_key(breaker: &str) -> String {
-    let mut k = String::with_capacity(KEY_PREFIX.len() + breaker.len());
-    k.push_str(KEY_PREFIX);
+    prefixed(KEY_PREFIX, breaker)
+}
+
+/// A shared-data key: `prefix` followed by the breaker's name.
+pub fn prefixed(prefix: &str, breaker: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + breaker.len());
+    k.push_str(prefix);
     k.push_str(breaker);
     k
 }
