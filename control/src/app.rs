@@ -166,6 +166,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/api/v1/breakers/{key}/activate", post(activate))
         .route("/api/v1/breakers/{key}/deactivate", post(deactivate))
         .route("/api/v1/breakers/{key}/reset", post(reset))
+        .route("/api/v1/breakers/{key}/drain", post(drain))
         .route("/api/v1/fleet", get(fleet))
         .route("/api/circuit-breaker/status", get(legacy_status))
         .route("/api/circuit-breaker/activate", post(legacy_activate))
@@ -655,6 +656,41 @@ async fn reset(
     Ok(Json(ResetAnswer { key, outcome }).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainBody {
+    per_second: u64,
+    duration_s: u64,
+    reason: Option<String>,
+}
+
+/// `POST /api/v1/breakers/{key}/drain`: every proxy closes its upgraded streams to `key` (or all,
+/// `*`) at most `per_second` per second, for `duration_s`. The token was checked by the layer.
+async fn drain(
+    AxState(s): AxState<Arc<AppState>>,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, AppError> {
+    let Path(key) = key?;
+    let body = body?;
+    check_key("key", &key)?;
+    if body.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(bad_request("per_second: required (body {\"per_second\": N, \"duration_s\": S})"));
+    }
+    let b: DrainBody = parse_json(&body).map_err(|e| bad_request(format!("invalid drain body: {e}")))?;
+    let (per_second, duration_ms) = crate::drain::check(b.per_second, b.duration_s).map_err(bad_request)?;
+    let reason = b.reason.unwrap_or_else(|| "manual".into());
+    check_reason("reason", &reason)?;
+    let cmd = Command::Drain(crate::drain::Request { key: key.clone(), reason, per_second, duration_ms });
+    let (outcome, _) = s.store.apply(cmd, &s.rules, now_ms()).await?;
+    s.metrics.count(&outcome);
+    let status = match outcome {
+        Outcome::SnapshotFull => StatusCode::INSUFFICIENT_STORAGE,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(KeyAnswer { key, outcome })).into_response())
+}
+
 #[derive(Debug, Serialize)]
 pub struct ResetAnswer {
     pub key: String,
@@ -700,10 +736,22 @@ pub struct WaitingView {
     pub starts_at: String,
 }
 
+/// A drain in progress in `GET /api/v1/breakers`.
+#[derive(Debug, Serialize)]
+pub struct DrainView {
+    pub key: String,
+    pub per_second: u32,
+    pub reason: String,
+    pub since: String,
+    pub until: String,
+    pub event_id: String,
+}
+
 #[derive(Debug, Serialize)]
 pub struct BreakersAnswer {
     pub version: u64,
     pub activations: Vec<ActivationView>,
+    pub drains: Vec<DrainView>,
     pub waiting: Vec<WaitingView>,
     pub events: Vec<EventView>,
 }
@@ -759,7 +807,20 @@ async fn breakers(AxState(s): AxState<Arc<AppState>>) -> Result<Response, AppErr
             timestamp: rfc3339(e.timestamp_ms),
         })
         .collect();
-    Ok(Json(BreakersAnswer { version: st.version, activations, waiting, events }).into_response())
+    let drains = st
+        .drains
+        .iter()
+        .filter(|d| d.until_ms > now)
+        .map(|d| DrainView {
+            key: d.key.clone(),
+            per_second: d.per_second,
+            reason: d.reason.clone(),
+            since: rfc3339(d.since_ms),
+            until: rfc3339(d.until_ms),
+            event_id: d.event_id.clone(),
+        })
+        .collect();
+    Ok(Json(BreakersAnswer { version: st.version, activations, drains, waiting, events }).into_response())
 }
 
 #[derive(Debug, Serialize)]

@@ -189,6 +189,9 @@ pub struct State {
     /// Fleet-wide resets still in the snapshot (see `crate::reset`).
     #[serde(default)]
     pub resets: Vec<crate::reset::Reset>,
+    /// Drains still in the snapshot (see `crate::drain`).
+    #[serde(default)]
+    pub drains: Vec<crate::drain::Drain>,
 }
 
 impl State {
@@ -230,6 +233,8 @@ pub enum Command {
         key: String,
         reason: String,
     },
+    /// Every proxy closes its upgraded streams to `key` (or all, `*`) gradually, until it ends.
+    Drain(crate::drain::Request),
     /// Ends what is due, and activates held-back alerts the rules now allow.
     Expire,
 }
@@ -266,6 +271,12 @@ pub enum Outcome {
     NotActive,
     Reset {
         event_id: String,
+    },
+    /// A drain holds (or replaced the key's drain) until `until`.
+    Draining {
+        event_id: String,
+        per_second: u32,
+        until: String,
     },
 }
 
@@ -325,14 +336,16 @@ pub fn snapshot(s: &State, rules: &Rules, now: u64) -> SnapshotBody {
                 since: Some(crate::rfc3339(a.since_ms)),
                 until: ends.map(crate::rfc3339),
                 event_id: Some(a.event_id.clone()),
+                per_second: None,
             })
         })
         .chain(crate::reset::entries(s, now))
+        .chain(crate::drain::entries(s, now))
         .collect();
     SnapshotBody { version: s.version, generated_at: Some(crate::rfc3339(now)), breakers }
 }
 
-fn snapshot_len(s: &State, rules: &Rules, now: u64) -> usize {
+pub(crate) fn snapshot_len(s: &State, rules: &Rules, now: u64) -> usize {
     serde_json::to_vec(&snapshot(s, rules, now)).map_or(usize::MAX, |b| b.len())
 }
 
@@ -379,10 +392,11 @@ pub fn apply(s: &mut State, cmd: Command, rules: &Rules, now: u64) -> (Outcome, 
             manual_activate(s, rules, now, &mut events, key, Manual { state, reason, until_ms, level })
         }
         Command::Reset { key, reason } => crate::reset::apply(s, key, reason, now, &mut events),
+        Command::Drain(request) => crate::drain::apply(s, rules, request, now, &mut events),
         Command::Deactivate { key } => manual_deactivate(s, now, &mut events, &key),
         Command::Expire => {
-            if crate::reset::expire(s, now) {
-                // Resets are not part of the projection below: their leaving moves the version.
+            // Resets and drains are not part of the projection below: their leaving moves the version.
+            if crate::reset::expire(s, now) | crate::drain::expire(s, now) {
                 s.version = floodgate_core::version::next(s.version, now);
             }
             expire(s, rules, now, &mut events)

@@ -2,6 +2,7 @@
 //! and serves them to every Envoy through a long-poll snapshot.
 
 pub mod app;
+pub mod drain;
 pub mod engine;
 pub mod legacy;
 pub mod metrics;

@@ -66,6 +66,18 @@ enum Ctl {
         #[arg(long, default_value = "manual")]
         reason: String,
     },
+    /// Close every proxy's existing WebSockets to a key (or `*`) gradually: at most
+    /// `--per-second` per second per proxy, for `--for` seconds.
+    Drain {
+        key: String,
+        #[arg(long)]
+        per_second: u32,
+        /// How long the drain lasts, in seconds.
+        #[arg(long = "for", value_name = "SECONDS")]
+        duration_s: u64,
+        #[arg(long, default_value = "manual")]
+        reason: String,
+    },
     /// Proxies and their local breaker states.
     Fleet,
 }
@@ -130,6 +142,11 @@ async fn ctl(url: &str, token: &str, action: Ctl) -> anyhow::Result<()> {
         Ctl::Deactivate { key } => {
             ("POST", format!("/api/v1/breakers/{}/deactivate", percent_encode(&key)), String::new())
         }
+        Ctl::Drain { key, per_second, duration_s, reason } => (
+            "POST",
+            format!("/api/v1/breakers/{}/drain", percent_encode(&key)),
+            serde_json::json!({"per_second": per_second, "duration_s": duration_s, "reason": reason}).to_string(),
+        ),
         Ctl::Reset { key, reason } => (
             "POST",
             format!("/api/v1/breakers/{}/reset", percent_encode(&key)),

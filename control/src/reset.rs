@@ -68,6 +68,7 @@ pub fn entries(s: &State, now: u64) -> impl Iterator<Item = SnapshotEntry> + '_ 
         since: Some(rfc3339(r.at_ms)),
         until: Some(rfc3339(r.at_ms + RESET_KEEP_MS)),
         event_id: Some(r.event_id.clone()),
+        per_second: None,
     })
 }
 

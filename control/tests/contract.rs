@@ -71,6 +71,44 @@ proptest! {
     }
 
     #[test]
+    fn every_drain_the_control_plane_serves_reaches_the_filter_with_its_pace_and_end(
+        activations in proptest::collection::btree_map(key(), activation(), 0..10),
+        drains in proptest::collection::btree_map(key(), (1u32..=10_000, 1u64..=30 * 86_400), 0..20)
+    ) {
+        runtime().block_on(async {
+            let r = app_for(state(Arc::new(MemoryStore::default()), unlimited()));
+            for (key, (state, reason, ttl_s)) in &activations {
+                let body = serde_json::json!({"state": state, "reason": reason, "ttl_s": ttl_s}).to_string();
+                let uri = format!("/api/v1/breakers/{}/activate", percent_encode(key));
+                prop_assert!(call(&r, "POST", &uri, bearer(), &body).await.0.is_success());
+            }
+            let started = floodgate_control::now_ms();
+            for (key, (per_second, duration_s)) in &drains {
+                let body = serde_json::json!({"per_second": per_second, "duration_s": duration_s}).to_string();
+                let uri = format!("/api/v1/breakers/{}/drain", percent_encode(key));
+                let (status, json, _) = call(&r, "POST", &uri, bearer(), &body).await;
+                prop_assert!(status.is_success(), "{uri}: {status} {json}");
+            }
+            let (status, _, text) = call(&r, "GET", "/v1/snapshot", bearer(), "").await;
+            prop_assert_eq!(status, StatusCode::OK);
+            let snapshot = parse_snapshot(text.as_bytes());
+            prop_assert!(snapshot.is_ok(), "the filter refused {text}: {snapshot:?}");
+            let snapshot = snapshot.unwrap();
+            prop_assert_eq!(snapshot.overrides.len(), activations.len(), "drains are not overrides");
+            prop_assert_eq!(snapshot.drains.len(), drains.len());
+            for d in &snapshot.drains {
+                let (per_second, duration_s) = drains[&d.key];
+                prop_assert_eq!(d.per_second, per_second);
+                // `until` is in whole seconds: within the second before the drain's end.
+                let end = started + duration_s * 1000;
+                prop_assert!(d.until_ms + 1000 > end && d.until_ms <= end + 1000, "{d:?} vs {end}");
+                prop_assert!(!d.event_id.is_empty());
+            }
+            Ok(())
+        })?;
+    }
+
+    #[test]
     fn every_fleet_header_the_filter_sends_shows_in_the_fleet_table(
         states in proptest::collection::btree_map(key(), prop_oneof!["closed", "open", "half_open"], 0..20)
     ) {

@@ -1,110 +1,287 @@
-//! Drains (DESIGN, "draining"), the per-worker part as pure logic: the live upgraded streams a
-//! worker holds, which of them a drain closes next (its oldest, for the drained key only), and
-//! how each ends, so a stream is closed at most once and counted in `floodgate_drained_total`
-//! only when the drain closed it.
+//! Drains (DESIGN, "draining"), the proxy's side as pure logic: the snapshot's drain entries,
+//! the shared bucket that paces a drain across the workers of one proxy, and the live upgraded
+//! streams a worker holds, which of them a drain closes next (its oldest, for the drained key
+//! only), and how each ends, so a stream is closed at most once and counted in
+//! `floodgate_drained_total` at most once.
 //!
 //! A drain closes in two steps, as checked in Envoy 1.36.4 and 1.40: on a tick the worker
-//! [`LiveStreams::choose`]s streams (as many as the drain's shared bucket granted); server data
-//! that passes a chosen stream before the next tick carries a 1012 close frame instead; at the
-//! next tick the worker closes the chosen streams ([`LiveStreams::take_chosen`]).
-//! The shared bucket that paces drains across workers is the admission budget's, not this file's.
+//! [`LiveStreams::choose`]s streams (as many as the drain's shared bucket granted); the first
+//! server data that passes a chosen stream before the next tick is replaced by a 1012 close frame
+//! ([`LiveStreams::on_server_data`]); at the next tick the worker closes the chosen streams
+//! ([`LiveStreams::take_chosen`]).
 
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
-/// One live upgraded stream.
+use serde::{Deserialize, Serialize};
+
+use crate::admission::{Bucket, Budget, MILLI};
+use crate::time::parse_rfc3339_ms;
+use crate::wire::{EntryState, SnapshotBody, WILDCARD};
+
+/// The snapshot's state name for a drain.
+pub const STATE: &str = "draining";
+/// Close code 1012, Service Restart: what a client of a drained stream reads.
+pub const SERVICE_RESTART: u16 = 1012;
+/// The close frame's reason.
+pub const CLOSE_REASON: &str = r#"{"reason":"draining"}"#;
+/// A worker tracks at most this many live upgraded streams; later ones are not drained.
+pub const MAX_STREAMS: usize = 65_536;
+/// At most this many drains are acted on from one snapshot (the control plane keeps 100).
+pub const MAX_DRAINS: usize = 128;
+/// Event ids longer than this (in characters) are cut (they only tell one drain of a key from the next).
+pub const MAX_EVENT_ID: usize = 128;
+
+/// One drain as the proxy keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainEntry {
+    pub key: String,
+    pub event_id: String,
+    pub per_second: u32,
+    pub until_ms: u64,
+}
+
+impl DrainEntry {
+    pub fn holds(&self, now_ms: u64) -> bool {
+        now_ms < self.until_ms
+    }
+
+    /// Whether a stream to `key` is this drain's to close.
+    pub fn covers(&self, key: &str) -> bool {
+        self.key == WILDCARD || self.key == key
+    }
+}
+
+/// The well-formed drain entries of a snapshot (a key, `per_second` > 0 and an RFC 3339
+/// `until`), at most [`MAX_DRAINS`]; the others are skipped, never refused.
+pub fn parse_drains(body: &[u8]) -> Vec<DrainEntry> {
+    let Ok(raw) = serde_json::from_slice::<SnapshotBody>(body) else { return vec![] };
+    drains_of(raw.breakers)
+}
+
+/// [`parse_drains`] over parsed entries.
+pub fn drains_of(entries: Vec<crate::wire::SnapshotEntry>) -> Vec<DrainEntry> {
+    entries
+        .into_iter()
+        .filter(|e| matches!(&e.state, EntryState::Other(s) if s == STATE))
+        .filter_map(|e| {
+            let until_ms = parse_rfc3339_ms(e.until.as_deref()?)?;
+            let per_second = e.per_second.filter(|&p| p > 0)?;
+            let event_id: String = e.event_id.unwrap_or_default().chars().take(MAX_EVENT_ID).collect();
+            (!e.key.is_empty()).then_some(DrainEntry { key: e.key, event_id, per_second, until_ms })
+        })
+        .take(MAX_DRAINS)
+        .collect()
+}
+
+/// The budget that paces a drain: `per_second` tokens a second, holding at most what one tick of
+/// `tick_ms` earns (at least one token), so no burst builds up while a worker waits: in any
+/// second a drain takes at most `per_second` tokens, plus at most one tick's worth when its
+/// ticks are late.
+pub fn budget(per_second: u32, tick_ms: u32) -> Budget {
+    let burst = (u64::from(per_second) * u64::from(tick_ms)).div_ceil(1000).max(1);
+    Budget { per_second, burst: u32::try_from(burst).unwrap_or(u32::MAX) }
+}
+
+/// One drain's bucket as shared data holds it: the bucket, and the event id of the drain it
+/// paces (a new drain of the key starts a new, empty bucket).
 #[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DrainBucket {
+    pub bucket: Bucket,
+    pub event_id: String,
+}
+
+impl DrainBucket {
+    /// Takes up to `want` tokens for drain `d` at `now_ms`: how many it got, and the bucket to
+    /// write back. A bucket of another drain (or unreadable bytes) starts empty now: a drain never
+    /// begins with a burst, however late its snapshot arrived.
+    pub fn take(bytes: Option<&[u8]>, d: &DrainEntry, tick_ms: u32, now_ms: u64, want: u32) -> (u32, DrainBucket) {
+        let mut b = bytes
+            .and_then(DrainBucket::decode)
+            .filter(|b| b.event_id == d.event_id)
+            .unwrap_or_else(|| DrainBucket { bucket: Bucket { tokens: 0, last_ms: now_ms.max(1) }, event_id: d.event_id.clone() });
+        let got = b.bucket.take_up_to(budget(d.per_second, tick_ms), now_ms, want);
+        (got, b)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = self.bucket.encode();
+        out.extend_from_slice(self.event_id.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<DrainBucket> {
+        let bucket = Bucket::decode(bytes.get(..17)?)?;
+        let event_id = String::from_utf8(bytes.get(17..)?.to_vec()).ok()?;
+        Some(DrainBucket { bucket, event_id })
+    }
+}
+
+impl Bucket {
+    /// Takes up to `want` whole tokens at `now_ms` and re-anchors the bucket there; returns how
+    /// many it took. Refills as [`Bucket::take`] does (a clock that went backwards refills
+    /// nothing).
+    pub fn take_up_to(&mut self, budget: Budget, now_ms: u64, want: u32) -> u32 {
+        let cap = budget.capacity();
+        if self.last_ms == 0 {
+            self.tokens = self.tokens.min(cap);
+        } else {
+            let refill = now_ms.saturating_sub(self.last_ms).saturating_mul(u64::from(budget.per_second));
+            self.tokens = self.tokens.saturating_add(refill).min(cap);
+        }
+        let got = (self.tokens / MILLI).min(u64::from(want));
+        self.tokens -= got * MILLI;
+        self.last_ms = now_ms.max(1);
+        u32::try_from(got).unwrap_or(0)
+    }
+}
+
+/// Where a live stream is in a drain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Live,
+    /// To be closed at the next tick.
+    Chosen,
+    /// Chosen, and the client was sent the 1012 close frame.
+    Framed,
+}
+
+#[derive(Clone, Debug)]
 struct Live {
-    key: String,
-    since_ms: u64,
-    chosen: bool,
+    key: Rc<str>,
+    step: Step,
 }
 
 /// How a stream left [`LiveStreams`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
     /// It was not (or no longer) tracked: nothing to count.
     Unknown,
     /// It ended by itself (client, server, or a chosen stream that ended before its close).
     ByItself,
+    /// It ended after the drain's 1012 close frame reached it: the drain's doing, counted once.
+    Drained(Rc<str>),
 }
 
-/// The live upgraded streams of one worker, by context id.
+/// What to do with server data passing a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Data {
+    Pass,
+    /// Replace it by the 1012 close frame (the stream is chosen).
+    Frame,
+    /// Drop it: the close frame went out, nothing may follow it.
+    Drop,
+}
+
+/// The live upgraded streams of one worker, oldest first, bounded by [`MAX_STREAMS`].
 #[derive(Clone, Debug, Default)]
 pub struct LiveStreams {
-    streams: BTreeMap<u32, Live>,
+    /// `(since_ms, ctx)` -> stream: iteration is oldest first.
+    streams: BTreeMap<(u64, u32), Live>,
+    /// ctx -> since_ms.
+    index: BTreeMap<u32, u64>,
+    /// How many streams are chosen or framed (the tick skips closing when 0).
+    chosen: usize,
 }
 
 impl LiveStreams {
-    /// A stream that just upgraded (101 from the backend).
-    pub fn insert(&mut self, ctx: u32, key: &str, now_ms: u64) {
-        self.streams.insert(ctx, Live { key: key.to_string(), since_ms: now_ms, chosen: false });
+    /// A stream that just upgraded (101 from the backend); false when the worker tracks
+    /// [`MAX_STREAMS`] already (that stream is not drained).
+    pub fn insert(&mut self, ctx: u32, key: &str, since_ms: u64) -> bool {
+        if self.index.len() >= MAX_STREAMS && !self.index.contains_key(&ctx) {
+            return false;
+        }
+        self.remove(ctx);
+        self.streams.insert((since_ms, ctx), Live { key: Rc::from(key), step: Step::Live });
+        self.index.insert(ctx, since_ms);
+        true
     }
 
-    /// The stream ended by itself (its log callback). A chosen stream that ends before the drain
-    /// closed it is not the drain's doing: it is forgotten, not counted.
+    /// The stream ended (its log callback). A chosen stream that ends before the drain closed it
+    /// is forgotten, not counted; one that got the 1012 close frame is the drain's.
     pub fn remove(&mut self, ctx: u32) -> Ended {
-        match self.streams.remove(&ctx) {
+        let Some(since) = self.index.remove(&ctx) else { return Ended::Unknown };
+        match self.streams.remove(&(since, ctx)) {
+            Some(s) if s.step != Step::Live => {
+                self.chosen -= 1;
+                if s.step == Step::Framed {
+                    Ended::Drained(s.key)
+                } else {
+                    Ended::ByItself
+                }
+            }
             Some(_) => Ended::ByItself,
             None => Ended::Unknown,
         }
     }
 
-    /// Whether server data on `ctx` should carry a 1012 close frame (the stream is to be closed).
-    pub fn is_chosen(&self, ctx: u32) -> bool {
-        self.streams.get(&ctx).is_some_and(|s| s.chosen)
+    /// Server data passes `ctx`: whether it goes through, becomes the close frame, or is dropped.
+    pub fn on_server_data(&mut self, ctx: u32) -> Data {
+        let Some(&since) = self.index.get(&ctx) else { return Data::Pass };
+        match self.streams.get_mut(&(since, ctx)) {
+            Some(s) if s.step == Step::Chosen => {
+                s.step = Step::Framed;
+                Data::Frame
+            }
+            Some(s) if s.step == Step::Framed => Data::Drop,
+            _ => Data::Pass,
+        }
     }
 
-    /// Chooses up to `n` of the oldest not yet chosen streams to `key` (`*`: every key); returns
-    /// how many it chose (the caller gives unused tokens back to the shared bucket).
-    pub fn choose(&mut self, key: &str, n: usize) -> usize {
-        let mut candidates: Vec<(u64, u32)> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| !s.chosen && (key == "*" || s.key == key))
-            .map(|(&ctx, s)| (s.since_ms, ctx))
-            .collect();
-        candidates.sort_unstable();
+    /// Live (not chosen) streams `drain` covers.
+    pub fn pending(&self, drain: &DrainEntry) -> usize {
+        self.streams.values().filter(|s| s.step == Step::Live && drain.covers(&s.key)).count()
+    }
+
+    /// Chooses up to `n` of the oldest live streams `drain` covers; returns how many it chose.
+    pub fn choose(&mut self, drain: &DrainEntry, n: usize) -> usize {
         let mut chosen = 0;
-        for (_, ctx) in candidates.into_iter().take(n) {
-            if let Some(s) = self.streams.get_mut(&ctx) {
-                s.chosen = true;
-                chosen += 1;
-            }
+        for s in self.streams.values_mut().filter(|s| s.step == Step::Live && drain.covers(&s.key)).take(n) {
+            s.step = Step::Chosen;
+            chosen += 1;
         }
+        self.chosen += chosen;
         chosen
     }
 
     /// The chosen streams to close now, with their keys; they leave the registry, so each is
-    /// closed and counted once. `draining(key)` says whether the drain for `key` still holds: a
-    /// stream chosen by a drain that has ended since is not closed, it goes back to live.
-    pub fn take_chosen(&mut self, draining: impl Fn(&str) -> bool) -> Vec<(u32, String)> {
+    /// closed and counted once. `draining(key)` says whether a drain still covers `key`: a stream
+    /// chosen by a drain that has ended since goes back to live, unless it was already sent the
+    /// close frame (then it is closed: its client was told).
+    pub fn take_chosen(&mut self, draining: impl Fn(&str) -> bool) -> Vec<(u32, Rc<str>)> {
+        if self.chosen == 0 {
+            return vec![];
+        }
         let mut out = Vec::new();
-        self.streams.retain(|&ctx, s| {
-            if !s.chosen {
-                return true;
-            }
-            if draining(&s.key) {
-                out.push((ctx, std::mem::take(&mut s.key)));
-                false
-            } else {
-                s.chosen = false;
+        self.streams.retain(|&(_, ctx), s| match s.step {
+            Step::Live => true,
+            Step::Chosen if !draining(&s.key) => {
+                s.step = Step::Live;
                 true
             }
+            _ => {
+                out.push((ctx, s.key.clone()));
+                false
+            }
         });
+        for (ctx, _) in &out {
+            self.index.remove(ctx);
+        }
+        self.chosen = 0;
         out
     }
 
     /// Live streams to `key`.
     pub fn count(&self, key: &str) -> usize {
-        self.streams.values().filter(|s| s.key == key).count()
+        self.streams.values().filter(|s| &*s.key == key).count()
     }
 
     pub fn len(&self) -> usize {
-        self.streams.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
+        self.index.is_empty()
     }
 }
 
@@ -114,6 +291,10 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::BTreeSet;
 
+    fn drain(key: &str) -> DrainEntry {
+        DrainEntry { key: key.into(), event_id: "e1".into(), per_second: 20, until_ms: u64::MAX }
+    }
+
     #[test]
     fn chooses_the_oldest_of_the_drained_key_only() {
         let mut l = LiveStreams::default();
@@ -121,38 +302,108 @@ mod tests {
         l.insert(2, "b", 10);
         l.insert(3, "a", 20);
         l.insert(4, "a", 40);
-        assert_eq!(l.choose("a", 2), 2);
-        assert!(l.is_chosen(3) && l.is_chosen(1) && !l.is_chosen(4) && !l.is_chosen(2));
-        assert_eq!(l.take_chosen(|_| true), vec![(1, "a".to_string()), (3, "a".to_string())]);
+        assert_eq!(l.pending(&drain("a")), 3);
+        assert_eq!(l.choose(&drain("a"), 2), 2);
+        assert_eq!(l.pending(&drain("a")), 1);
+        let closed: Vec<(u32, String)> = l.take_chosen(|_| true).into_iter().map(|(c, k)| (c, k.to_string())).collect();
+        assert_eq!(closed, vec![(3, "a".to_string()), (1, "a".to_string())], "oldest first");
         assert_eq!((l.count("a"), l.count("b")), (1, 1));
-        assert_eq!(l.choose("a", 5), 1, "only what is left");
-        assert_eq!(l.choose("*", 5), 1, "the wildcard reaches the other key");
+        assert_eq!(l.choose(&drain("a"), 5), 1, "only what is left");
+        assert_eq!(l.choose(&drain("*"), 5), 1, "the wildcard reaches the other key");
     }
 
     #[test]
     fn a_chosen_stream_that_ends_by_itself_is_not_closed_or_counted() {
         let mut l = LiveStreams::default();
         l.insert(1, "a", 0);
-        assert_eq!(l.choose("a", 1), 1);
+        assert_eq!(l.choose(&drain("a"), 1), 1);
         assert_eq!(l.remove(1), Ended::ByItself);
         assert!(l.take_chosen(|_| true).is_empty());
         assert_eq!(l.remove(1), Ended::Unknown);
     }
 
     #[test]
-    fn a_drain_that_ended_stops_closing() {
+    fn server_data_on_a_chosen_stream_becomes_one_close_frame_then_nothing() {
         let mut l = LiveStreams::default();
         l.insert(1, "a", 0);
-        l.choose("a", 1);
-        assert!(l.take_chosen(|_| false).is_empty());
-        assert!(!l.is_chosen(1), "back to live");
-        assert_eq!(l.count("a"), 1);
+        l.insert(2, "a", 1);
+        assert_eq!(l.on_server_data(1), Data::Pass, "not chosen yet");
+        l.choose(&drain("a"), 1);
+        assert_eq!(l.on_server_data(1), Data::Frame);
+        assert_eq!(l.on_server_data(1), Data::Drop);
+        assert_eq!(l.on_server_data(2), Data::Pass);
+        // A framed stream whose client closes before the tick is the drain's, counted once.
+        assert_eq!(l.remove(1), Ended::Drained(Rc::from("a")));
+        assert!(l.take_chosen(|_| true).is_empty());
+    }
+
+    #[test]
+    fn a_drain_that_ended_stops_closing_but_a_framed_stream_is_still_closed() {
+        let mut l = LiveStreams::default();
+        l.insert(1, "a", 0);
+        l.insert(2, "a", 1);
+        l.choose(&drain("a"), 2);
+        l.on_server_data(2);
+        let closed: Vec<u32> = l.take_chosen(|_| false).into_iter().map(|(c, _)| c).collect();
+        assert_eq!(closed, [2], "its client was sent the close frame");
+        assert_eq!(l.pending(&drain("a")), 1, "the other is live again");
+    }
+
+    #[test]
+    fn the_registry_is_bounded() {
+        let mut l = LiveStreams::default();
+        for ctx in 0..MAX_STREAMS as u32 {
+            assert!(l.insert(ctx, "a", 0));
+        }
+        assert!(!l.insert(u32::MAX, "a", 0));
+        assert_eq!(l.len(), MAX_STREAMS);
+        assert_eq!(l.remove(0), Ended::ByItself);
+        assert!(l.insert(u32::MAX, "a", 0));
+    }
+
+    #[test]
+    fn drain_entries_are_picked_from_the_snapshot_and_malformed_ones_skipped() {
+        let body = br#"{"version":3,"breakers":[
+            {"key":"a","state":"forced_open"},
+            {"key":"b","state":"draining","per_second":20,"until":"2026-11-22T10:00:00Z","event_id":"d1"},
+            {"key":"c","state":"draining","until":"2026-11-22T10:00:00Z"},
+            {"key":"d","state":"draining","per_second":0,"until":"2026-11-22T10:00:00Z"},
+            {"key":"e","state":"draining","per_second":5,"until":"soon"},
+            {"key":"","state":"draining","per_second":5,"until":"2026-11-22T10:00:00Z"}]}"#;
+        let d = parse_drains(body);
+        assert_eq!(
+            d,
+            [DrainEntry { key: "b".into(), event_id: "d1".into(), per_second: 20, until_ms: 1_795_341_600_000 }]
+        );
+        assert!(parse_drains(b"{nope").is_empty());
+    }
+
+    #[test]
+    fn a_drain_bucket_starts_empty_and_never_gives_more_than_its_pace() {
+        let d = DrainEntry { key: "a".into(), event_id: "e1".into(), per_second: 20, until_ms: u64::MAX };
+        let (got, b) = DrainBucket::take(None, &d, 100, 1_000, 1_000);
+        assert_eq!(got, 0, "no burst at the start");
+        let mut bytes = b.encode();
+        let mut total = 0;
+        for t in 1..=100u64 {
+            let (got, b) = DrainBucket::take(Some(&bytes), &d, 100, 1_000 + t * 100, 1_000);
+            total += got;
+            bytes = b.encode();
+        }
+        assert_eq!(total, 200, "20 a second for 10 s");
+        // A late tick earns no more than one tick's worth.
+        let (got, _) = DrainBucket::take(Some(&bytes), &d, 100, 1_000 + 100 * 100 + 5_000, 1_000);
+        assert_eq!(got, 2);
+        // Another drain of the key starts over, empty.
+        let other = DrainEntry { event_id: "e2".into(), ..d };
+        assert_eq!(DrainBucket::take(Some(&bytes), &other, 100, 20_000, 1_000).0, 0);
     }
 
     #[derive(Clone, Debug)]
     enum Op {
         Insert(u8, bool),
         End(u8),
+        Data(u8),
         Choose(bool, u8),
         Close(bool),
     }
@@ -161,20 +412,23 @@ mod tests {
         prop_oneof![
             (any::<u8>(), any::<bool>()).prop_map(|(c, k)| Op::Insert(c, k)),
             any::<u8>().prop_map(Op::End),
+            any::<u8>().prop_map(Op::Data),
             (any::<bool>(), 0u8..5).prop_map(|(k, n)| Op::Choose(k, n)),
             any::<bool>().prop_map(Op::Close),
         ]
     }
 
     proptest! {
-        /// Whatever happens: a stream is closed at most once, only streams of the drained key are
-        /// closed, never more than chosen, and closed + ended by itself + live = inserted.
+        /// Whatever happens: a stream is closed at most once, counted as drained at most once, only
+        /// streams of the drained key are closed, never more than chosen, and closed + ended +
+        /// live = inserted.
         #[test]
-        fn every_stream_is_closed_at_most_once_and_only_for_its_key(ops in proptest::collection::vec(op(), 0..200)) {
+        fn every_stream_is_closed_and_counted_at_most_once(ops in proptest::collection::vec(op(), 0..200)) {
             let mut l = LiveStreams::default();
             let mut inserted = BTreeSet::new();
-            let (mut closed, mut ended) = (BTreeSet::new(), 0usize);
+            let (mut closed, mut ended, mut drained) = (BTreeSet::new(), 0usize, BTreeSet::new());
             let mut chosen_total = 0usize;
+            let pick = |set: &BTreeSet<u32>, i: u8| set.iter().nth(usize::from(i) % set.len().max(1)).copied();
             for (t, o) in ops.into_iter().enumerate() {
                 match o {
                     Op::Insert(c, k) => {
@@ -183,23 +437,27 @@ mod tests {
                         inserted.insert(ctx);
                         l.insert(ctx, if k { "a" } else { "b" }, t as u64);
                     }
-                    Op::End(i) => {
-                        if let Some(&ctx) = inserted.iter().nth(usize::from(i) % inserted.len().max(1)) {
-                            if l.remove(ctx) == Ended::ByItself {
-                                ended += 1;
-                            }
+                    Op::End(i) => match pick(&inserted, i).map(|ctx| (ctx, l.remove(ctx))) {
+                        Some((ctx, Ended::Drained(_))) => prop_assert!(drained.insert(ctx), "counted twice: {ctx}"),
+                        Some((_, Ended::ByItself)) => ended += 1,
+                        _ => {}
+                    },
+                    Op::Data(i) => {
+                        if let Some(ctx) = pick(&inserted, i) {
+                            l.on_server_data(ctx);
                         }
                     }
-                    Op::Choose(k, n) => chosen_total += l.choose(if k { "a" } else { "*" }, usize::from(n)),
+                    Op::Choose(k, n) => chosen_total += l.choose(&drain(if k { "a" } else { "*" }), usize::from(n)),
                     Op::Close(holds) => {
                         for (ctx, key) in l.take_chosen(|_| holds) {
                             prop_assert!(closed.insert(ctx), "closed twice: {ctx}");
-                            prop_assert!(key == "a" || key == "b");
+                            prop_assert!(!drained.contains(&ctx), "closed after it was counted: {ctx}");
+                            prop_assert!(&*key == "a" || &*key == "b");
                         }
                     }
                 }
-                prop_assert!(closed.len() <= chosen_total);
-                prop_assert_eq!(closed.len() + ended + l.len(), inserted.len());
+                prop_assert!(closed.len() + drained.len() <= chosen_total);
+                prop_assert_eq!(closed.len() + drained.len() + ended + l.len(), inserted.len());
             }
         }
     }

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::drain::DrainEntry;
 use crate::time::parse_rfc3339_ms;
 use crate::wire::{EntryState, SnapshotBody};
 pub use crate::wire::{Forced, MAX_SNAPSHOT_BYTES};
@@ -42,12 +43,16 @@ pub struct RemoteView {
     pub confirmed_ms: u64,
     pub overrides: Vec<Override>,
     pub ended: Vec<Ended>,
+    /// The snapshot's drains (DESIGN, "draining").
+    #[serde(default)]
+    pub drains: Vec<DrainEntry>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub version: u64,
     pub overrides: Vec<Override>,
+    pub drains: Vec<DrainEntry>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -69,8 +74,12 @@ pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, SnapshotError> {
     }
     let raw: SnapshotBody = serde_json::from_slice(body).map_err(|e| SnapshotError::Malformed(e.to_string()))?;
     let mut overrides = Vec::with_capacity(raw.breakers.len());
+    let mut others = Vec::new();
     for (i, e) in raw.breakers.into_iter().enumerate() {
-        let EntryState::Forced(state) = e.state else { continue };
+        let EntryState::Forced(state) = e.state else {
+            others.push(e);
+            continue;
+        };
         if e.key.is_empty() {
             return Err(SnapshotError::Malformed(format!("breakers[{i}].key: empty")));
         }
@@ -83,7 +92,7 @@ pub fn parse_snapshot(body: &[u8]) -> Result<Snapshot, SnapshotError> {
         let reason = e.reason.filter(|r| !r.is_empty()).unwrap_or_else(|| "forced".to_string());
         overrides.push(Override { key: e.key, state, reason, until_ms });
     }
-    Ok(Snapshot { version: raw.version, overrides })
+    Ok(Snapshot { version: raw.version, overrides, drains: crate::drain::drains_of(others) })
 }
 
 impl RemoteView {
@@ -139,7 +148,14 @@ impl RemoteView {
             ended.push(Ended { key: old.key.clone(), at_ms });
         }
         ended.retain(|e| !snap.overrides.iter().any(|n| n.key == e.key && n.state == Forced::ForcedOpen));
-        Ok(RemoteView { version: snap.version, confirmed_ms: now_ms, overrides: snap.overrides, ended })
+        Ok(RemoteView { version: snap.version, confirmed_ms: now_ms, overrides: snap.overrides, ended, drains: snap.drains })
+    }
+
+    /// The drains that hold at `now_ms` in a live view (a stale view drains nothing: an
+    /// unreachable control plane never closes connections by itself).
+    pub fn draining(&self, now_ms: u64, stale_after_ms: u64) -> impl Iterator<Item = &DrainEntry> {
+        let live = self.live(now_ms, stale_after_ms);
+        self.drains.iter().filter(move |d| live && d.holds(now_ms))
     }
 }
 
@@ -220,7 +236,7 @@ mod tests {
     }
 
     fn view(overrides: Vec<Override>) -> RemoteView {
-        RemoteView { version: 3, confirmed_ms: T0, overrides, ended: vec![] }
+        RemoteView { version: 3, confirmed_ms: T0, overrides, ..RemoteView::default() }
     }
 
     #[test]
@@ -350,7 +366,7 @@ mod tests {
     #[test]
     fn a_live_view_does_not_go_backwards_but_a_stale_one_starts_over() {
         let v = view(vec![]);
-        let old = Snapshot { version: 2, overrides: vec![open("a", 0)] };
+        let old = Snapshot { version: 2, overrides: vec![open("a", 0)], ..Snapshot::default() };
         assert_eq!(v.apply(old.clone(), T0 + 1, STALE), Err(SnapshotError::Backwards { got: 2, have: 3 }));
         let applied = v.apply(old, T0 + STALE, STALE).unwrap();
         assert_eq!((applied.version, applied.confirmed_ms), (2, T0 + STALE));
@@ -360,15 +376,15 @@ mod tests {
     #[test]
     fn ending_a_forced_open_starts_its_ramp() {
         let v = view(vec![open("a", 0), open("b", 0)]);
-        let next = v.apply(Snapshot { version: 4, overrides: vec![open("b", 0)] }, T0 + 5_000, STALE).unwrap();
+        let next = v.apply(Snapshot { version: 4, overrides: vec![open("b", 0)], ..Snapshot::default() }, T0 + 5_000, STALE).unwrap();
         assert_eq!(next.ended, vec![Ended { key: "a".into(), at_ms: T0 + 5_000 }]);
         let p = params(10_000);
         assert_eq!(decide(&next, "a", T0 + 6_000, &p, 0.5), RemoteDecision::Ramp { retry_after_ms: 1_000 });
         assert_eq!(decide(&next, "a", T0 + 6_000, &p, 0.05), RemoteDecision::Local);
         // Re-opened: the ramp is forgotten; long after: pruned.
-        let again = next.apply(Snapshot { version: 5, overrides: vec![open("a", 0)] }, T0 + 7_000, STALE).unwrap();
+        let again = next.apply(Snapshot { version: 5, overrides: vec![open("a", 0)], ..Snapshot::default() }, T0 + 7_000, STALE).unwrap();
         assert_eq!(again.ended, vec![Ended { key: "b".into(), at_ms: T0 + 7_000 }]);
-        let later = next.apply(Snapshot { version: 5, overrides: vec![] }, T0 + 5_000 + MAX_RAMP_MS, STALE).unwrap();
+        let later = next.apply(Snapshot { version: 5, overrides: vec![], ..Snapshot::default() }, T0 + 5_000 + MAX_RAMP_MS, STALE).unwrap();
         assert_eq!(later.ended.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["b"]);
     }
 

@@ -58,6 +58,9 @@ pub struct SnapshotEntry {
     pub until: Option<String>,
     #[serde(default)]
     pub event_id: Option<String>,
+    /// A drain's pace (`"state": "draining"`): upgraded streams closed per second per proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_second: Option<u32>,
 }
 
 /// `GET /v1/snapshot`'s body. Unknown fields are ignored, so either side may add some.

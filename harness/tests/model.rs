@@ -394,7 +394,7 @@ fn snapshot(r: &mut Rng, now: u64) -> (View, RemoteView) {
             until_ms: *until,
         })
         .collect();
-    let view = RemoteView { version: r.below(1_000), confirmed_ms: now, overrides, ended: vec![] };
+    let view = RemoteView { version: r.below(1_000), confirmed_ms: now, overrides, ..RemoteView::default() };
     (View { confirmed: now, entries }, view)
 }
 

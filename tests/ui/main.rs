@@ -146,3 +146,19 @@ async fn the_status_page_shows_an_activation_and_a_click_deactivates_it() {
     assert_eq!(events["events"][0]["type"], "deactivated", "{events}");
     page.wait_for(&format!("document.querySelector({row:?}) === null || null"), "the row to go").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_drain_in_progress_with_its_pace_and_end() {
+    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
+    let answer = control
+        .json("POST", "/api/v1/breakers/collab_ws/drain", r#"{"per_second":20,"duration_s":600,"reason":"deploy"}"#)
+        .await
+        .unwrap();
+    let until = answer["outcome"]["until"].as_str().unwrap().to_string();
+    let chromium = Chromium::start().await;
+    let mut page = chromium.open(&format!("http://{}/ui#token={TOKEN}", control.addr)).await;
+    let row = r#"#drains tr[data-key="collab_ws"]"#;
+    let shown = page.wait_for(&format!("document.querySelector({row:?})?.innerText ?? null"), "the drain").await;
+    let shown = shown.as_str().unwrap().to_string();
+    assert!(shown.contains("20") && shown.contains("deploy") && shown.contains(&until), "row: {shown} (until {until})");
+}
