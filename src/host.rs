@@ -116,6 +116,8 @@ extern "C" {
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, size: usize, data: *const u8, data_size: usize) -> u32;
 }
 
 #[link(wasm_import_module = "wasi_snapshot_preview1")]
@@ -270,6 +272,28 @@ pub fn close_downstream() -> HostResult<()> {
     const DOWNSTREAM: u32 = 2;
     // SAFETY: plain value.
     HostError::from_status(unsafe { proxy_close_stream(DOWNSTREAM) })
+}
+
+/// Makes `context_id` the context later host calls of this callback apply to (a root context
+/// acting on one of its worker's streams).
+pub fn set_effective_context(context_id: u32) -> HostResult<()> {
+    // SAFETY: plain value.
+    HostError::from_status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Resets the current HTTP stream (`proxy_close_stream(HttpRequest)`): for an upgraded stream,
+/// Envoy closes the downstream connection.
+pub fn close_http_stream() -> HostResult<()> {
+    const HTTP_REQUEST: u32 = 0;
+    // SAFETY: plain value.
+    HostError::from_status(unsafe { proxy_close_stream(HTTP_REQUEST) })
+}
+
+/// Replaces the `size` bytes of the current response body chunk by `data`.
+pub fn replace_response_body(size: usize, data: &[u8]) -> HostResult<()> {
+    const HTTP_RESPONSE_BODY: u32 = 1;
+    // SAFETY: valid input slice.
+    HostError::from_status(unsafe { proxy_set_buffer_bytes(HTTP_RESPONSE_BODY, 0, size, data.as_ptr(), data.len()) })
 }
 
 pub fn define_metric(kind: MetricKind, name: &str) -> HostResult<u32> {

@@ -18,11 +18,12 @@ pub struct HttpFilter {
     admitted: Option<Admitted>,
     /// This stream's answer is Floodgate's own 101 + close frame (`reject.websocket`).
     close_frame_sent: bool,
+    drain: crate::drain::Stream,
 }
 
 impl HttpFilter {
-    pub fn new(config: Rc<Config>) -> Self {
-        HttpFilter { config, admitted: None, close_frame_sent: false }
+    pub fn new(config: Rc<Config>, context_id: u32) -> Self {
+        HttpFilter { config, admitted: None, close_frame_sent: false, drain: crate::drain::Stream::new(context_id) }
     }
 }
 
@@ -136,7 +137,10 @@ impl HttpContext for HttpFilter {
                 .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()));
             match status {
                 // Only the upstream answers an upgrade with 101: no need to ask who answered.
-                Some(101) => guard::finish(a, false),
+                Some(101) => {
+                    self.drain.upgraded(&a.breaker, a.start_ms);
+                    guard::finish(a, false)
+                }
                 Some(status) => match answered_by() {
                     Answer::Upstream => {
                         let failure = a.policy.failure.is_failure(status);
@@ -151,7 +155,12 @@ impl HttpContext for HttpFilter {
         Action::Continue
     }
 
+    fn on_http_response_body(&mut self, body_size: usize, _: bool) -> Action {
+        self.drain.on_server_data(body_size)
+    }
+
     fn on_log(&mut self) {
+        self.drain.ended();
         // The stream ended with no response through this filter: an upstream that never
         // answered (reset, connect failure, timeout: Envoy's flags say so), or a client that
         // went away before the upstream answered, which decides nothing.

@@ -10,6 +10,7 @@
 
 pub mod admission;
 pub mod config;
+pub mod drain;
 pub mod guard;
 pub mod host;
 pub mod http;
@@ -24,5 +25,5 @@ pub mod websocket;
 
 proxy_wasm::main! {{
     host::install_logging();
-    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::new()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn proxy_wasm::traits::RootContext> { Box::new(root::Root::with_id(id)) });
 }}

@@ -22,6 +22,8 @@ pub const UNTRACKED: &str = "floodgate_untracked_total";
 pub const ADMISSION_ADMITTED: &str = "floodgate_admission_admitted_total";
 /// New upgrades the admission budget refused (also counted in `floodgate_rejected_total`).
 pub const ADMISSION_REJECTED: &str = "floodgate_admission_rejected_total";
+/// Existing WebSockets closed by a drain (DESIGN, `floodgate_drained_total`).
+pub const DRAINED: &str = "floodgate_drained_total";
 pub const CONTROL_POLLS: &str = "floodgate_control_polls_total";
 pub const CONTROL_VERSION: &str = "floodgate_control_version";
 pub const CONTROL_STALE: &str = "floodgate_control_stale";
@@ -90,6 +92,7 @@ struct BreakerIds {
     rejected: [Option<Option<u32>>; 3],
     would_reject: [Option<Option<u32>>; 3],
     lost: Option<Option<u32>>,
+    drained: Option<Option<u32>>,
     transitions: [[Option<Option<u32>>; 3]; 3],
 }
 
@@ -102,6 +105,7 @@ impl BreakerIds {
             rejected: [None; 3],
             would_reject: [None; 3],
             lost: None,
+            drained: None,
             transitions: [[None; 3]; 3],
         }
     }
@@ -159,6 +163,11 @@ impl Metrics {
 
     /// `floodgate_forced` for `breaker` (a key of the control plane or the configuration, which
     /// may not be tracked: only this gauge is defined for it then).
+    pub fn drained(&mut self, breaker: &str) {
+        let slot = &mut self.breaker(breaker).drained;
+        add(on_first_use(slot, MetricKind::Counter, || tagged(&[("breaker", breaker)], DRAINED)), 1);
+    }
+
     pub fn forced(&mut self, breaker: &str, on: bool) {
         let name = || tagged(&[("breaker", breaker)], FORCED);
         let id = match self.breakers.get_mut(breaker) {

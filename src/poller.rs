@@ -67,7 +67,7 @@ impl Poller {
         }
     }
 
-    fn stale_after_ms(&self) -> u64 {
+    pub fn stale_after_ms(&self) -> u64 {
         self.config.stale_after_s.saturating_mul(1000)
     }
 

@@ -24,11 +24,17 @@ pub struct Root {
     kind: FilterKind,
     config: Option<Rc<Config>>,
     poller: Option<Poller>,
+    /// This root context's id (a drain acts as other contexts, then as this one again).
+    id: u32,
 }
 
 impl Root {
     pub fn new() -> Self {
-        Root { kind: FilterKind::Http, config: None, poller: None }
+        Self::with_id(0)
+    }
+
+    pub fn with_id(id: u32) -> Self {
+        Root { kind: FilterKind::Http, config: None, poller: None, id }
     }
 }
 
@@ -103,14 +109,15 @@ impl RootContext for Root {
                 self.dispatch_http_call(cluster, headers, None, vec![], Duration::from_millis(timeout_ms.into()))
                     .map_err(host::HostError::from_sdk)
             });
+            crate::drain::on_tick(self.id, p.stale_after_ms());
             self.poller = Some(p);
         }
     }
 
-    fn create_http_context(&self, _: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // The SDK aborts on None; without a configuration, pass everything through.
         let config = self.config.clone().unwrap_or_else(|| Rc::new(passthrough()));
-        Some(Box::new(HttpFilter::new(config)))
+        Some(Box::new(HttpFilter::new(config, context_id)))
     }
 
     fn create_stream_context(&self, _: u32) -> Option<Box<dyn StreamContext>> {

@@ -21,6 +21,8 @@ pub struct Vm {
     pub remote: RemoteCache,
     /// Admitted calls waiting for their upstream answer (for `answer_timeout_ms`).
     pub calls: Calls,
+    /// This worker's live upgraded streams, for drains.
+    pub live: floodgate_core::drain::LiveStreams,
     rng: u64,
 }
 

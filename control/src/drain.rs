@@ -164,8 +164,14 @@ mod tests {
             assert!(matches!(run(&mut s, drain(&format!("k{i}"), 1, 60_000), &r, 1_000).0, Outcome::Draining { .. }));
         }
         assert_eq!(run(&mut s, drain("one_more", 1, 60_000), &r, 1_000).0, Outcome::SnapshotFull);
-        assert!(matches!(run(&mut s, drain("k0", 2, 60_000), &r, 1_000).0, Outcome::Draining { .. }), "a replacement fits");
-        assert!(matches!(run(&mut s, drain("one_more", 1, 60_000), &r, 61_000).0, Outcome::Draining { .. }), "room again once they ended");
+        assert!(
+            matches!(run(&mut s, drain("k0", 2, 60_000), &r, 1_000).0, Outcome::Draining { .. }),
+            "a replacement fits"
+        );
+        assert!(
+            matches!(run(&mut s, drain("one_more", 1, 60_000), &r, 61_000).0, Outcome::Draining { .. }),
+            "room again once they ended"
+        );
     }
 
     #[test]

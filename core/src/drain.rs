@@ -96,10 +96,9 @@ impl DrainBucket {
     /// write back. A bucket of another drain (or unreadable bytes) starts empty now: a drain never
     /// begins with a burst, however late its snapshot arrived.
     pub fn take(bytes: Option<&[u8]>, d: &DrainEntry, tick_ms: u32, now_ms: u64, want: u32) -> (u32, DrainBucket) {
-        let mut b = bytes
-            .and_then(DrainBucket::decode)
-            .filter(|b| b.event_id == d.event_id)
-            .unwrap_or_else(|| DrainBucket { bucket: Bucket { tokens: 0, last_ms: now_ms.max(1) }, event_id: d.event_id.clone() });
+        let mut b = bytes.and_then(DrainBucket::decode).filter(|b| b.event_id == d.event_id).unwrap_or_else(|| {
+            DrainBucket { bucket: Bucket { tokens: 0, last_ms: now_ms.max(1) }, event_id: d.event_id.clone() }
+        });
         let got = b.bucket.take_up_to(budget(d.per_second, tick_ms), now_ms, want);
         (got, b)
     }

@@ -148,7 +148,13 @@ impl RemoteView {
             ended.push(Ended { key: old.key.clone(), at_ms });
         }
         ended.retain(|e| !snap.overrides.iter().any(|n| n.key == e.key && n.state == Forced::ForcedOpen));
-        Ok(RemoteView { version: snap.version, confirmed_ms: now_ms, overrides: snap.overrides, ended, drains: snap.drains })
+        Ok(RemoteView {
+            version: snap.version,
+            confirmed_ms: now_ms,
+            overrides: snap.overrides,
+            ended,
+            drains: snap.drains,
+        })
     }
 
     /// The drains that hold at `now_ms` in a live view (a stale view drains nothing: an
@@ -376,15 +382,21 @@ mod tests {
     #[test]
     fn ending_a_forced_open_starts_its_ramp() {
         let v = view(vec![open("a", 0), open("b", 0)]);
-        let next = v.apply(Snapshot { version: 4, overrides: vec![open("b", 0)], ..Snapshot::default() }, T0 + 5_000, STALE).unwrap();
+        let next = v
+            .apply(Snapshot { version: 4, overrides: vec![open("b", 0)], ..Snapshot::default() }, T0 + 5_000, STALE)
+            .unwrap();
         assert_eq!(next.ended, vec![Ended { key: "a".into(), at_ms: T0 + 5_000 }]);
         let p = params(10_000);
         assert_eq!(decide(&next, "a", T0 + 6_000, &p, 0.5), RemoteDecision::Ramp { retry_after_ms: 1_000 });
         assert_eq!(decide(&next, "a", T0 + 6_000, &p, 0.05), RemoteDecision::Local);
         // Re-opened: the ramp is forgotten; long after: pruned.
-        let again = next.apply(Snapshot { version: 5, overrides: vec![open("a", 0)], ..Snapshot::default() }, T0 + 7_000, STALE).unwrap();
+        let again = next
+            .apply(Snapshot { version: 5, overrides: vec![open("a", 0)], ..Snapshot::default() }, T0 + 7_000, STALE)
+            .unwrap();
         assert_eq!(again.ended, vec![Ended { key: "b".into(), at_ms: T0 + 7_000 }]);
-        let later = next.apply(Snapshot { version: 5, overrides: vec![], ..Snapshot::default() }, T0 + 5_000 + MAX_RAMP_MS, STALE).unwrap();
+        let later = next
+            .apply(Snapshot { version: 5, overrides: vec![], ..Snapshot::default() }, T0 + 5_000 + MAX_RAMP_MS, STALE)
+            .unwrap();
         assert_eq!(later.ended.iter().map(|e| e.key.as_str()).collect::<Vec<_>>(), ["b"]);
     }
 

@@ -147,6 +147,8 @@ pub(crate) struct StreamState {
     pub(crate) local_response: Option<LocalResponse>,
     pub(crate) closed_downstream: bool,
     pub(crate) closed_upstream: bool,
+    /// `proxy_close_stream(HttpRequest | HttpResponse)`: Envoy resets the stream.
+    pub(crate) closed_http: bool,
 }
 
 /// One worker's view: what Envoy keeps per worker and per context.

@@ -221,6 +221,17 @@ impl Worker {
         self.store.data().streams.get(&ctx).and_then(|s| s.local_response.clone())
     }
 
+    /// Whether the module reset HTTP stream `ctx` (`proxy_close_stream(HttpRequest)`).
+    pub fn closed_http(&self, ctx: u32) -> bool {
+        self.store.data().streams.get(&ctx).is_some_and(|s| s.closed_http)
+    }
+
+    /// The response body chunk of `ctx` as the module left it (what goes on to the client).
+    pub fn response_body_sent(&self, ctx: u32) -> Vec<u8> {
+        let st = self.store.data();
+        st.streams.get(&ctx).and_then(|s| s.buffers.get(&buffer::HTTP_RESPONSE_BODY)).cloned().unwrap_or_default()
+    }
+
     pub fn closed_downstream(&self, ctx: u32) -> bool {
         self.store.data().streams.get(&ctx).is_some_and(|s| s.closed_downstream)
     }

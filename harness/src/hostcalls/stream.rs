@@ -1,4 +1,5 @@
-//! Acting on the current stream: a local reply, closing (TCP) or continuing it.
+//! Acting on the current stream: a local reply, closing (an HTTP stream or a TCP side) or
+//! continuing it.
 
 use wasmtime::Linker;
 
@@ -31,6 +32,8 @@ pub(super) fn link(linker: &mut Linker<WorkerState>) -> wasmtime::Result<()> {
         let cur = st.current;
         let stream = st.streams.entry(cur).or_default();
         match kind {
+            // HttpRequest, HttpResponse: Envoy resets the HTTP stream.
+            0 | 1 => stream.closed_http = true,
             2 => stream.closed_downstream = true,
             3 => stream.closed_upstream = true,
             _ => return Ok(status::BAD_ARGUMENT as i32),
