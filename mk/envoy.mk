@@ -9,6 +9,7 @@ ENVOY_SUITE = cargo test -p floodgate-tests --test envoy --test capacity --test 
 
 test-envoy: wasm
 	scripts/deps.sh envoy envoy-oldest
+	cargo build -p floodgate-control
 	FLOODGATE_ENVOY=$(call envoy_of,$(FLOODGATE_ENVOY_OLDEST)) FLOODGATE_ENVOY_VERSION=$(FLOODGATE_ENVOY_OLDEST) $(ENVOY_SUITE)
 	FLOODGATE_ENVOY=$(FLOODGATE_ENVOY) FLOODGATE_ENVOY_VERSION=1.40 $(ENVOY_SUITE)
 

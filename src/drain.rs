@@ -116,7 +116,9 @@ fn choose(d: &DrainEntry, now: u64) {
     match take(d, now, want) {
         Ok(0) => {}
         Ok(got) => {
-            vm::with(|vm| vm.live.choose(d, got as usize));
+            let chosen = vm::with(|vm| vm.live.choose(d, got as usize));
+            // One line per tick that chose (tests read the pace from it).
+            log::debug!("drain of {}: chose {chosen} stream(s) at {now}", d.key);
         }
         Err(e) => log::debug!("drain of {}: bucket not updated, nothing closed: {e:?}", d.key),
     }

@@ -83,36 +83,71 @@ pub fn budget(per_second: u32, tick_ms: u32) -> Budget {
     Budget { per_second, burst: u32::try_from(burst).unwrap_or(u32::MAX) }
 }
 
-/// One drain's bucket as shared data holds it: the bucket, and the event id of the drain it
-/// paces (a new drain of the key starts a new, empty bucket).
+/// The longest the record of a drain's recent grants gets (entries within the last second; each
+/// grant of at least one stream adds one).
+pub const MAX_RECENT: usize = 1024;
+
+/// One drain's pacing state as shared data holds it: a token bucket that spreads the closes, the
+/// grants of the last second (so no window of one second ever sees more than `per_second`, however
+/// late the workers' ticks come), and the event id of the drain it paces (a new drain of the key
+/// starts over, empty).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DrainBucket {
     pub bucket: Bucket,
+    /// `(ms, streams granted)` of the grants of the last second, oldest first.
+    pub recent: Vec<(u64, u32)>,
     pub event_id: String,
 }
 
 impl DrainBucket {
-    /// Takes up to `want` tokens for drain `d` at `now_ms`: how many it got, and the bucket to
-    /// write back. A bucket of another drain (or unreadable bytes) starts empty now: a drain never
-    /// begins with a burst, however late its snapshot arrived.
+    /// Takes up to `want` tokens for drain `d` at `now_ms`: how many it got, and the state to
+    /// write back. The state of another drain (or unreadable bytes) starts empty now: a drain
+    /// never begins with a burst, however late its snapshot arrived.
     pub fn take(bytes: Option<&[u8]>, d: &DrainEntry, tick_ms: u32, now_ms: u64, want: u32) -> (u32, DrainBucket) {
-        let mut b = bytes.and_then(DrainBucket::decode).filter(|b| b.event_id == d.event_id).unwrap_or_else(|| {
-            DrainBucket { bucket: Bucket { tokens: 0, last_ms: now_ms.max(1) }, event_id: d.event_id.clone() }
-        });
-        let got = b.bucket.take_up_to(budget(d.per_second, tick_ms), now_ms, want);
+        let mut b =
+            bytes.and_then(DrainBucket::decode).filter(|b| b.event_id == d.event_id).unwrap_or_else(|| DrainBucket {
+                bucket: Bucket { tokens: 0, last_ms: now_ms.max(1) },
+                recent: vec![],
+                event_id: d.event_id.clone(),
+            });
+        // Grants of the last second (and any "in the future": a clock that stepped back by less
+        // than a second keeps them; more than that, they are forgotten).
+        b.recent.retain(|&(t, _)| t + 1000 > now_ms && t <= now_ms + 1000);
+        let used: u64 = b.recent.iter().map(|&(_, n)| u64::from(n)).sum();
+        let room = u64::from(d.per_second).saturating_sub(used);
+        let room = if b.recent.len() >= MAX_RECENT { 0 } else { u32::try_from(room).unwrap_or(u32::MAX) };
+        let got = b.bucket.take_up_to(budget(d.per_second, tick_ms), now_ms, want.min(room));
+        if got > 0 {
+            b.recent.push((now_ms, got));
+        }
         (got, b)
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = self.bucket.encode();
+        let n = u16::try_from(self.recent.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&n.to_le_bytes());
+        for &(t, c) in self.recent.iter().take(usize::from(n)) {
+            out.extend_from_slice(&t.to_le_bytes());
+            out.extend_from_slice(&c.to_le_bytes());
+        }
         out.extend_from_slice(self.event_id.as_bytes());
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Option<DrainBucket> {
         let bucket = Bucket::decode(bytes.get(..17)?)?;
-        let event_id = String::from_utf8(bytes.get(17..)?.to_vec()).ok()?;
-        Some(DrainBucket { bucket, event_id })
+        let n = usize::from(u16::from_le_bytes(bytes.get(17..19)?.try_into().ok()?));
+        let mut recent = Vec::with_capacity(n.min(MAX_RECENT));
+        let mut at = 19;
+        for _ in 0..n {
+            let t = u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
+            let c = u32::from_le_bytes(bytes.get(at + 8..at + 12)?.try_into().ok()?);
+            recent.push((t, c));
+            at += 12;
+        }
+        let event_id = String::from_utf8(bytes.get(at..)?.to_vec()).ok()?;
+        Some(DrainBucket { bucket, recent, event_id })
     }
 }
 
@@ -393,6 +428,22 @@ mod tests {
         // A late tick earns no more than one tick's worth.
         let (got, _) = DrainBucket::take(Some(&bytes), &d, 100, 1_000 + 100 * 100 + 5_000, 1_000);
         assert_eq!(got, 2);
+        // However late and bunched the ticks, no window of one second gets more than 20.
+        let mut grants = vec![];
+        let mut t = 20_000;
+        // A late tick finds a full bucket (two tokens), then ticks come every 50 ms: a bucket alone
+        // would give 2 + 19 within 950 ms.
+        for gap in [1_000u64].into_iter().chain([50; 19]).chain([10, 990, 5, 5, 700, 300, 1]) {
+            t += gap;
+            let (got, b) = DrainBucket::take(Some(&bytes), &d, 100, t, 1_000);
+            grants.push((t, got));
+            bytes = b.encode();
+        }
+        for &(a, _) in &grants {
+            let in_window: u32 = grants.iter().filter(|(b, _)| *b >= a && *b < a + 1_000).map(|(_, n)| n).sum();
+            assert!(in_window <= 20, "{in_window} in the second from {a}: {grants:?}");
+        }
+        assert_eq!(DrainBucket::decode(&bytes).map(|b| b.encode()), Some(bytes.clone()), "round trip");
         // Another drain of the key starts over, empty.
         let other = DrainEntry { event_id: "e2".into(), ..d };
         assert_eq!(DrainBucket::take(Some(&bytes), &other, 100, 20_000, 1_000).0, 0);

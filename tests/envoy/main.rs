@@ -13,6 +13,7 @@ use floodgate_tests::{eventually, require_wasm, stats};
 const BREAKER: &str = "collab_ws";
 
 mod close_frame;
+mod drain;
 
 struct Proxy {
     backend: Backend,

@@ -1,0 +1,197 @@
+//! A drain through floodgate-control in the real Envoy (`--concurrency 2`): 200 WebSockets to
+//! one cluster are closed at 20 a second across both workers, the sessions whose server is
+//! sending read a 1012 close frame first, sessions to another cluster stay, new upgrades are not
+//! refused, and `floodgate_drained_total` counts the 200.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use floodgate_tests::backend::Backend;
+use floodgate_tests::client::{self, Session};
+use floodgate_tests::envoy::{self, Envoy, Ports};
+use floodgate_tests::procs::ControlPlane;
+use floodgate_tests::{eventually, require_wasm, stats};
+
+const TOKEN: &str = "drain-test-token";
+
+async fn metric(envoy: &Envoy, name: &str, labels: &[(&str, &str)]) -> f64 {
+    stats::value_or_zero(&envoy.prometheus().await.unwrap(), name, labels)
+}
+
+async fn control_envoy(backend: &Backend, control: &ControlPlane) -> Envoy {
+    let plugin = json!({"control": {"cluster": "floodgate_control", "token": TOKEN, "wait_s": 5,
+                                    "timeout_ms": 7000, "retry_ms": 200, "stale_after_s": 30}})
+    .to_string();
+    let ports = Ports { control: control.addr.port(), ..Ports::free(backend.addr.port()).unwrap() };
+    let config = envoy::render("control.yaml", ports, &[&plugin]).unwrap();
+    Envoy::start(&config, ports, 2).await.unwrap()
+}
+
+async fn open(envoy: &Envoy, path: &str) -> Session {
+    match client::upgrade(envoy.listen, path).await.unwrap() {
+        client::Upgrade::Open(s) => *s,
+        client::Upgrade::Refused(r) => panic!("refused: {} {}\n{}", r.status, r.body, envoy.log()),
+    }
+}
+
+/// How a session ended: when, and the close frame's code if one came first.
+#[derive(Debug)]
+struct End {
+    at: Instant,
+    close_code: Option<u16>,
+}
+
+/// Holds `s` until it ends. A chatty session sends a message every 20 ms, so its server (an echo
+/// backend) sends all the time.
+async fn hold(mut s: Session, chatty: bool) -> End {
+    let mut every = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            msg = s.next() => match msg {
+                Some(Ok(Message::Close(frame))) => {
+                    let close_code = Some(frame.map_or(1005, |f| u16::from(f.code)));
+                    return End { at: Instant::now(), close_code };
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return End { at: Instant::now(), close_code: None },
+            },
+            _ = every.tick(), if chatty => {
+                let _ = s.send(Message::text("tick")).await;
+            }
+        }
+    }
+}
+
+/// The filter's own record of its pace: `(host ms, streams chosen)` per tick that chose, from
+/// its debug log, and the worker threads those lines came from.
+fn chosen(log: &str, key: &str) -> (Vec<(u64, usize)>, std::collections::BTreeSet<String>) {
+    let marker = format!("drain of {key}: chose ");
+    let mut threads = std::collections::BTreeSet::new();
+    let record = log
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find(&marker)? + marker.len()..];
+            let (n, rest) = rest.split_once(" stream(s) at ")?;
+            // Envoy's default log format: `[time][thread id][level][logger] ...`.
+            if let Some(thread) = l.split(']').nth(1) {
+                threads.insert(thread.trim_start_matches('[').to_string());
+            }
+            Some((rest.trim().parse().ok()?, n.parse().ok()?))
+        })
+        .collect();
+    (record, threads)
+}
+
+/// The most streams chosen within any one second (by the proxy's clock).
+fn most_chosen_in_one_second(chosen: &[(u64, usize)]) -> usize {
+    chosen
+        .iter()
+        .map(|(a, _)| chosen.iter().filter(|(b, _)| *b >= *a && *b < a + 1000).map(|(_, n)| n).sum())
+        .max()
+        .unwrap_or(0)
+}
+
+/// The most ends within any one second.
+fn most_in_one_second(ends: &[Instant]) -> usize {
+    let window = Duration::from_secs(1);
+    ends.iter().map(|a| ends.iter().filter(|b| **b >= *a && **b - *a < window).count()).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_closes_200_websockets_at_20_a_second_with_1012_for_those_whose_server_sends() {
+    require_wasm();
+    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
+    let backend = Backend::start(0).await.unwrap();
+    let proxy = control_envoy(&backend, &control).await;
+    eventually(Duration::from_secs(15), "the first snapshot", || async {
+        (metric(&proxy, "floodgate_control_version", &[]).await > 0.0).then_some(())
+    })
+    .await;
+    let mut drained = vec![];
+    for i in 0..200 {
+        drained.push(tokio::spawn(hold(open(&proxy, "/ws").await, i % 2 == 0)));
+    }
+    let mut others = vec![];
+    for _ in 0..20 {
+        others.push(open(&proxy, "/chat").await);
+    }
+
+    let started = Instant::now();
+    let answer = control.json("POST", "/api/v1/breakers/collab_ws/drain", r#"{"per_second":20,"duration_s":60}"#);
+    assert_eq!(answer.await.unwrap()["outcome"]["result"], "draining");
+    let mut ends = vec![];
+    for (i, task) in drained.into_iter().enumerate() {
+        let end = tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap_or_else(|_| panic!("session {i} still open 30 s into the drain\n{}", proxy.log()))
+            .unwrap();
+        ends.push((i, end));
+    }
+    let times: Vec<Instant> = ends.iter().map(|(_, e)| e.at).collect();
+    let first = *times.iter().min().unwrap();
+    let last = *times.iter().max().unwrap();
+    let most = most_in_one_second(&times);
+    let mut per_second = [0usize; 16];
+    for t in &times {
+        per_second[((*t - started).as_secs() as usize).min(15)] += 1;
+    }
+    println!(
+        "drain: first close {:?} after the POST, last {:?}, span {:?}, at most {most} in any one second; \
+         per second since the POST: {per_second:?}",
+        first - started,
+        last - started,
+        last - first
+    );
+    for (kind, parity) in [("sending", 0), ("idle", 1)] {
+        let t: Vec<Instant> = ends.iter().filter(|(i, _)| i % 2 == parity).map(|(_, e)| e.at).collect();
+        let mut bins = [0usize; 16];
+        for x in &t {
+            bins[((*x - started).as_secs() as usize).min(15)] += 1;
+        }
+        println!("drain: {kind}: at most {} in one second, per second {bins:?}", most_in_one_second(&t));
+    }
+    let (record, threads) = chosen(&proxy.log(), "collab_ws");
+    println!("drain: closes chosen on worker threads {threads:?}");
+    assert_eq!(threads.len(), 2, "both workers drain their own streams: {threads:?}");
+    let most_chosen = most_chosen_in_one_second(&record);
+    println!(
+        "drain: the filter chose {} streams in {} ticks, at most {most_chosen} in any one second",
+        record.iter().map(|(_, n)| n).sum::<usize>(),
+        record.len()
+    );
+    assert_eq!(record.iter().map(|(_, n)| n).sum::<usize>(), 200, "the filter's record");
+    assert!(most_chosen <= 20, "{most_chosen} streams chosen within one second across both workers");
+    // 200 at 20 a second: the filter chooses over about 10 s; clients see the ends over that plus
+    // Envoy's delayed close (about 1 s) for the sessions it resets without a close frame.
+    let filter_span = record.last().unwrap().0 - record[0].0;
+    println!("drain: the filter chose over {filter_span} ms; clients saw the ends over {:?}", last - first);
+    assert!((9_000..=12_000).contains(&filter_span), "filter span {filter_span} ms");
+    let span = last - first;
+    assert!(span >= Duration::from_millis(9_000) && span <= Duration::from_millis(13_500), "span {span:?}");
+
+    let chatty_1012 = ends.iter().filter(|(i, e)| i % 2 == 0 && e.close_code == Some(1012)).count();
+    let idle_framed = ends.iter().filter(|(i, e)| i % 2 == 1 && e.close_code.is_some()).count();
+    println!(
+        "drain: {chatty_1012} of 100 sending sessions read a 1012 close frame; {idle_framed} idle ones got a frame"
+    );
+    for (i, e) in ends.iter().filter(|(i, _)| i % 2 == 0) {
+        assert_eq!(e.close_code, Some(1012), "sending session {i} ended without the 1012 close frame");
+    }
+    assert_eq!(idle_framed, 0, "a session whose server sent nothing is closed without a frame");
+
+    let b = ("breaker", "collab_ws");
+    eventually(Duration::from_secs(5), "floodgate_drained_total 200", || async {
+        (metric(&proxy, "floodgate_drained_total", &[b]).await == 200.0).then_some(())
+    })
+    .await;
+    assert_eq!(metric(&proxy, "floodgate_drained_total", &[("breaker", "chat_ws")]).await, 0.0);
+    for s in others.iter_mut() {
+        client::echo(s, "untouched").await.unwrap();
+    }
+    // The drain refuses no new upgrade.
+    let mut fresh = open(&proxy, "/ws").await;
+    client::echo(&mut fresh, "welcome").await.unwrap();
+}
