@@ -251,6 +251,9 @@ impl LiveStreams {
 
     /// Server data passes `ctx`: whether it goes through, becomes the close frame, or is dropped.
     pub fn on_server_data(&mut self, ctx: u32) -> Data {
+        if self.chosen == 0 {
+            return Data::Pass; // no drain has chosen anything: the common case, no lookup
+        }
         let Some(&since) = self.index.get(&ctx) else { return Data::Pass };
         match self.streams.get_mut(&(since, ctx)) {
             Some(s) if s.step == Step::Chosen => {

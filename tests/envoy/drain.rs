@@ -130,57 +130,9 @@ async fn a_drain_closes_200_websockets_at_20_a_second_with_1012_for_those_whose_
             .unwrap();
         ends.push((i, end));
     }
-    let times: Vec<Instant> = ends.iter().map(|(_, e)| e.at).collect();
-    let first = *times.iter().min().unwrap();
-    let last = *times.iter().max().unwrap();
-    let most = most_in_one_second(&times);
-    let mut per_second = [0usize; 16];
-    for t in &times {
-        per_second[((*t - started).as_secs() as usize).min(15)] += 1;
-    }
-    println!(
-        "drain: first close {:?} after the POST, last {:?}, span {:?}, at most {most} in any one second; \
-         per second since the POST: {per_second:?}",
-        first - started,
-        last - started,
-        last - first
-    );
-    for (kind, parity) in [("sending", 0), ("idle", 1)] {
-        let t: Vec<Instant> = ends.iter().filter(|(i, _)| i % 2 == parity).map(|(_, e)| e.at).collect();
-        let mut bins = [0usize; 16];
-        for x in &t {
-            bins[((*x - started).as_secs() as usize).min(15)] += 1;
-        }
-        println!("drain: {kind}: at most {} in one second, per second {bins:?}", most_in_one_second(&t));
-    }
-    let (record, threads) = chosen(&proxy.log(), "collab_ws");
-    println!("drain: closes chosen on worker threads {threads:?}");
-    assert_eq!(threads.len(), 2, "both workers drain their own streams: {threads:?}");
-    let most_chosen = most_chosen_in_one_second(&record);
-    println!(
-        "drain: the filter chose {} streams in {} ticks, at most {most_chosen} in any one second",
-        record.iter().map(|(_, n)| n).sum::<usize>(),
-        record.len()
-    );
-    assert_eq!(record.iter().map(|(_, n)| n).sum::<usize>(), 200, "the filter's record");
-    assert!(most_chosen <= 20, "{most_chosen} streams chosen within one second across both workers");
-    // 200 at 20 a second: the filter chooses over about 10 s; clients see the ends over that plus
-    // Envoy's delayed close (about 1 s) for the sessions it resets without a close frame.
-    let filter_span = record.last().unwrap().0 - record[0].0;
-    println!("drain: the filter chose over {filter_span} ms; clients saw the ends over {:?}", last - first);
-    assert!((9_000..=12_000).contains(&filter_span), "filter span {filter_span} ms");
-    let span = last - first;
-    assert!(span >= Duration::from_millis(9_000) && span <= Duration::from_millis(13_500), "span {span:?}");
-
-    let chatty_1012 = ends.iter().filter(|(i, e)| i % 2 == 0 && e.close_code == Some(1012)).count();
-    let idle_framed = ends.iter().filter(|(i, e)| i % 2 == 1 && e.close_code.is_some()).count();
-    println!(
-        "drain: {chatty_1012} of 100 sending sessions read a 1012 close frame; {idle_framed} idle ones got a frame"
-    );
-    for (i, e) in ends.iter().filter(|(i, _)| i % 2 == 0) {
-        assert_eq!(e.close_code, Some(1012), "sending session {i} ended without the 1012 close frame");
-    }
-    assert_eq!(idle_framed, 0, "a session whose server sent nothing is closed without a frame");
+    let client_span = print_client_view(started, &ends);
+    check_the_filters_pace(&proxy.log(), client_span);
+    check_close_frames(&ends);
 
     let b = ("breaker", "collab_ws");
     eventually(Duration::from_secs(5), "floodgate_drained_total 200", || async {
@@ -194,4 +146,59 @@ async fn a_drain_closes_200_websockets_at_20_a_second_with_1012_for_those_whose_
     // The drain refuses no new upgrade.
     let mut fresh = open(&proxy, "/ws").await;
     client::echo(&mut fresh, "welcome").await.unwrap();
+}
+
+/// Prints when the clients saw their sessions end (all, then sending and idle apart); returns
+/// the span from the first end to the last.
+fn print_client_view(started: Instant, ends: &[(usize, End)]) -> Duration {
+    let bins = |parity: Option<usize>| {
+        let t: Vec<Instant> =
+            ends.iter().filter(|(i, _)| parity.is_none_or(|p| i % 2 == p)).map(|(_, e)| e.at).collect();
+        let mut per_second = [0usize; 16];
+        for x in &t {
+            per_second[((*x - started).as_secs() as usize).min(15)] += 1;
+        }
+        (most_in_one_second(&t), per_second)
+    };
+    for (kind, parity) in [("all", None), ("sending", Some(0)), ("idle", Some(1))] {
+        let (most, per_second) = bins(parity);
+        println!("drain: clients, {kind}: at most {most} ends in one second, per second since the POST {per_second:?}");
+    }
+    let first = ends.iter().map(|(_, e)| e.at).min().unwrap();
+    let last = ends.iter().map(|(_, e)| e.at).max().unwrap();
+    println!("drain: clients saw the first end {:?} after the POST, the last {:?}", first - started, last - started);
+    last - first
+}
+
+/// The filter's own record: both workers chose, 200 in all, never more than 20 within one
+/// second, over about 10 s. Clients see the ends over that plus Envoy's delayed close (about
+/// 1 s) for the sessions it resets without a close frame.
+fn check_the_filters_pace(log: &str, client_span: Duration) {
+    let (record, threads) = chosen(log, "collab_ws");
+    let total: usize = record.iter().map(|(_, n)| n).sum();
+    let most = most_chosen_in_one_second(&record);
+    let span = record.last().unwrap().0 - record[0].0;
+    println!(
+        "drain: the filter chose {total} streams in {} ticks on worker threads {threads:?}, at most {most} \
+         within one second, over {span} ms; clients saw the ends over {client_span:?}",
+        record.len()
+    );
+    assert_eq!(threads.len(), 2, "both workers drain their own streams: {threads:?}");
+    assert_eq!(total, 200, "the filter's record");
+    assert!(most <= 20, "{most} streams chosen within one second across both workers");
+    assert!((9_000..=12_000).contains(&span), "filter span {span} ms");
+    assert!(client_span >= Duration::from_millis(9_000) && client_span <= Duration::from_millis(13_500));
+}
+
+/// Every sending session read a 1012 close frame before its end; no idle one got a frame.
+fn check_close_frames(ends: &[(usize, End)]) {
+    let idle_framed = ends.iter().filter(|(i, e)| i % 2 == 1 && e.close_code.is_some()).count();
+    let sending_1012 = ends.iter().filter(|(i, e)| i % 2 == 0 && e.close_code == Some(1012)).count();
+    println!(
+        "drain: {sending_1012} of 100 sending sessions read a 1012 close frame; {idle_framed} idle ones got a frame"
+    );
+    for (i, e) in ends.iter().filter(|(i, _)| i % 2 == 0) {
+        assert_eq!(e.close_code, Some(1012), "sending session {i} ended without the 1012 close frame");
+    }
+    assert_eq!(idle_framed, 0, "a session whose server sent nothing is closed without a frame");
 }
