@@ -407,4 +407,25 @@ mod tests {
         let bytes = serde_json::to_vec(&v).unwrap();
         assert_eq!(serde_json::from_slice::<RemoteView>(&bytes).unwrap(), v);
     }
+
+    #[test]
+    fn a_view_drains_what_its_snapshot_says_until_each_drain_ends_and_nothing_once_stale() {
+        let body = br#"{"version": 4, "breakers": [
+            {"key": "a", "state": "draining", "per_second": 20, "until": "2026-11-22T10:00:10Z", "event_id": "d1"},
+            {"key": "b", "state": "draining", "per_second": 5, "until": "2026-11-22T10:01:00Z", "event_id": "d2"},
+            {"key": "a", "state": "forced_open"}]}"#;
+        let snap = parse_snapshot(body).unwrap();
+        assert_eq!((snap.overrides.len(), snap.drains.len()), (1, 2));
+        let v = RemoteView::default().apply(snap, T0, STALE).unwrap();
+        let keys = |now: u64| v.draining(now, STALE).map(|d| d.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(T0 + 1_000), ["a", "b"]);
+        assert_eq!(keys(T0 + 10_000), ["b"], "a's drain ended");
+        assert!(keys(T0 + STALE).is_empty(), "a stale view drains nothing");
+        // The next snapshot without them ends them at once.
+        let next = v.apply(Snapshot { version: 5, ..Snapshot::default() }, T0 + 2_000, STALE).unwrap();
+        assert_eq!(next.draining(T0 + 2_000, STALE).count(), 0);
+        // Drains survive the trip through shared data.
+        let bytes = serde_json::to_vec(&v).unwrap();
+        assert_eq!(serde_json::from_slice::<RemoteView>(&bytes).unwrap(), v);
+    }
 }

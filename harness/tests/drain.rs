@@ -309,3 +309,71 @@ fn a_wildcard_drain_closes_streams_of_every_key_at_one_shared_pace() {
     assert!((18..=20).contains(&closed.len()), "10 a second for both keys together: {}", closed.len());
     assert!(drained(&host, "a") >= 9 && drained(&host, "b") >= 9, "oldest first alternates between the keys");
 }
+
+#[test]
+fn an_unreachable_control_plane_never_closes_connections_by_itself() {
+    let mut host = host();
+    let mut ws = [worker(&mut host)];
+    let mut open = vec![(0..200).map(|_| open_session(&mut ws[0], "k")).collect::<Vec<_>>()];
+    let now = host.now_ms();
+    let d = Drain { key: "k", per_second: 1, since_ms: now, until_ms: now + 3_600_000, event_id: "d1" };
+    deliver(&host, &mut ws, &snapshot(1, &[d]));
+    // No poll is answered any more: the view goes stale after `stale_after_s` (60 s).
+    let before = run(&host, &mut ws, &mut open, 61_000).len();
+    assert!((55..=61).contains(&before), "one a second while the view is live: {before}");
+    assert!(run(&host, &mut ws, &mut open, 30_000).is_empty(), "a stale view drains nothing");
+}
+
+/// Runs one worker for `ms` with server data on every open stream after each tick, closing what
+/// the filter closed; returns how many it closed.
+fn run_with_data(host: &Host, w: &mut Worker, open: &mut Vec<u32>, ms: u64) -> usize {
+    let mut closed = 0;
+    for _ in 0..ms / 100 {
+        host.advance(Duration::from_millis(100));
+        w.tick().unwrap();
+        for ctx in open.clone() {
+            if w.closed_http(ctx) {
+                w.end(ctx).unwrap();
+                open.retain(|&c| c != ctx);
+                closed += 1;
+            } else {
+                w.response_body(ctx, b"\x81\x01x", false).unwrap();
+            }
+        }
+    }
+    closed
+}
+
+#[test]
+fn host_calls_failing_during_a_drain_never_trap_never_count_what_was_not_closed_and_the_drain_resumes() {
+    use floodgate_harness::status;
+    let shared = host();
+    for call in [
+        "proxy_get_shared_data",
+        "proxy_set_shared_data",
+        "proxy_get_current_time_nanoseconds",
+        "proxy_set_effective_context",
+        "proxy_close_stream",
+        "proxy_set_buffer_bytes",
+    ] {
+        for st in [status::NOT_FOUND, status::BAD_ARGUMENT, status::CAS_MISMATCH, status::INTERNAL_FAILURE] {
+            let mut host = shared.sibling();
+            let mut w = worker(&mut host);
+            let mut open: Vec<u32> = (0..60).map(|_| open_session(&mut w, "k")).collect();
+            let now = host.now_ms();
+            let d = Drain { key: "k", per_second: 10, since_ms: now, until_ms: now + 600_000, event_id: "d1" };
+            deliver(&host, std::slice::from_mut(&mut w), &snapshot(1, &[d]));
+            host.inject_fault(call, st, 1_000_000);
+            let during = run_with_data(&host, &mut w, &mut open, 2_000);
+            let counted = drained(&host, "k");
+            assert_eq!(counted, during as i64, "{call} -> {st}: counted {counted}, closed {during}");
+            if call.contains("shared_data") || call.contains("time") {
+                assert_eq!(during, 0, "{call} -> {st}: closed without its bucket");
+            }
+            host.clear_faults();
+            let after = run_with_data(&host, &mut w, &mut open, 2_000);
+            assert!(after >= 10, "{call} -> {st}: the drain did not resume ({after} closed)");
+            assert_eq!(drained(&host, "k"), (during + after) as i64, "{call} -> {st}");
+        }
+    }
+}
