@@ -183,6 +183,7 @@ enum Step {
 #[derive(Clone, Debug)]
 struct Live {
     key: Rc<str>,
+    since_ms: u64,
     step: Step,
 }
 
@@ -207,14 +208,13 @@ pub enum Data {
     Drop,
 }
 
-/// The live upgraded streams of one worker, oldest first, bounded by [`MAX_STREAMS`].
+/// The live upgraded streams of one worker, bounded by [`MAX_STREAMS`]. One map by context id,
+/// so registering a stream on its 101 costs one insert; only a drain's tick looks for the oldest.
 #[derive(Clone, Debug, Default)]
 pub struct LiveStreams {
-    /// `(since_ms, ctx)` -> stream: iteration is oldest first.
-    streams: BTreeMap<(u64, u32), Live>,
-    /// ctx -> since_ms.
-    index: BTreeMap<u32, u64>,
-    /// How many streams are chosen or framed (the tick skips closing when 0).
+    streams: BTreeMap<u32, Live>,
+    /// How many streams are chosen or framed (the tick skips closing, and server data skips the
+    /// lookup, when 0).
     chosen: usize,
 }
 
@@ -222,30 +222,26 @@ impl LiveStreams {
     /// A stream that just upgraded (101 from the backend); false when the worker tracks
     /// [`MAX_STREAMS`] already (that stream is not drained).
     pub fn insert(&mut self, ctx: u32, key: &str, since_ms: u64) -> bool {
-        if self.index.len() >= MAX_STREAMS && !self.index.contains_key(&ctx) {
+        if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&ctx) {
             return false;
         }
-        self.remove(ctx);
-        self.streams.insert((since_ms, ctx), Live { key: Rc::from(key), step: Step::Live });
-        self.index.insert(ctx, since_ms);
+        let old = self.streams.insert(ctx, Live { key: Rc::from(key), since_ms, step: Step::Live });
+        if old.is_some_and(|s| s.step != Step::Live) {
+            self.chosen -= 1;
+        }
         true
     }
 
     /// The stream ended (its log callback). A chosen stream that ends before the drain closed it
     /// is forgotten, not counted; one that got the 1012 close frame is the drain's.
     pub fn remove(&mut self, ctx: u32) -> Ended {
-        let Some(since) = self.index.remove(&ctx) else { return Ended::Unknown };
-        match self.streams.remove(&(since, ctx)) {
-            Some(s) if s.step != Step::Live => {
-                self.chosen -= 1;
-                if s.step == Step::Framed {
-                    Ended::Drained(s.key)
-                } else {
-                    Ended::ByItself
-                }
-            }
-            Some(_) => Ended::ByItself,
-            None => Ended::Unknown,
+        let Some(s) = self.streams.remove(&ctx) else { return Ended::Unknown };
+        if s.step != Step::Live {
+            self.chosen -= 1;
+        }
+        match s.step {
+            Step::Framed => Ended::Drained(s.key),
+            _ => Ended::ByItself,
         }
     }
 
@@ -254,8 +250,7 @@ impl LiveStreams {
         if self.chosen == 0 {
             return Data::Pass; // no drain has chosen anything: the common case, no lookup
         }
-        let Some(&since) = self.index.get(&ctx) else { return Data::Pass };
-        match self.streams.get_mut(&(since, ctx)) {
+        match self.streams.get_mut(&ctx) {
             Some(s) if s.step == Step::Chosen => {
                 s.step = Step::Framed;
                 Data::Frame
@@ -270,42 +265,54 @@ impl LiveStreams {
         self.streams.values().filter(|s| s.step == Step::Live && drain.covers(&s.key)).count()
     }
 
-    /// Chooses up to `n` of the oldest live streams `drain` covers; returns how many it chose.
+    /// Chooses up to `n` of the oldest live streams `drain` covers (by admission time, then
+    /// context id); returns how many it chose. Linear in the worker's streams.
     pub fn choose(&mut self, drain: &DrainEntry, n: usize) -> usize {
-        let mut chosen = 0;
-        for s in self.streams.values_mut().filter(|s| s.step == Step::Live && drain.covers(&s.key)).take(n) {
-            s.step = Step::Chosen;
-            chosen += 1;
+        let mut candidates: Vec<(u64, u32)> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.step == Step::Live && drain.covers(&s.key))
+            .map(|(&ctx, s)| (s.since_ms, ctx))
+            .collect();
+        let n = n.min(candidates.len());
+        if n == 0 {
+            return 0;
         }
-        self.chosen += chosen;
-        chosen
+        if n < candidates.len() {
+            candidates.select_nth_unstable(n - 1);
+        }
+        for (_, ctx) in &candidates[..n] {
+            if let Some(s) = self.streams.get_mut(ctx) {
+                s.step = Step::Chosen;
+            }
+        }
+        self.chosen += n;
+        n
     }
 
-    /// The chosen streams to close now, with their keys; they leave the registry, so each is
-    /// closed and counted once. `draining(key)` says whether a drain still covers `key`: a stream
-    /// chosen by a drain that has ended since goes back to live, unless it was already sent the
-    /// close frame (then it is closed: its client was told).
+    /// The chosen streams to close now, oldest first, with their keys; they leave the registry,
+    /// so each is closed and counted once. `draining(key)` says whether a drain still covers
+    /// `key`: a stream chosen by a drain that has ended since goes back to live, unless it was
+    /// already sent the close frame (then it is closed: its client was told).
     pub fn take_chosen(&mut self, draining: impl Fn(&str) -> bool) -> Vec<(u32, Rc<str>)> {
         if self.chosen == 0 {
             return vec![];
         }
         let mut out = Vec::new();
-        self.streams.retain(|&(_, ctx), s| match s.step {
+        self.streams.retain(|&ctx, s| match s.step {
             Step::Live => true,
             Step::Chosen if !draining(&s.key) => {
                 s.step = Step::Live;
                 true
             }
             _ => {
-                out.push((ctx, s.key.clone()));
+                out.push((s.since_ms, ctx, s.key.clone()));
                 false
             }
         });
-        for (ctx, _) in &out {
-            self.index.remove(ctx);
-        }
         self.chosen = 0;
-        out
+        out.sort_unstable_by_key(|&(since, ctx, _)| (since, ctx));
+        out.into_iter().map(|(_, ctx, key)| (ctx, key)).collect()
     }
 
     /// Live streams to `key`.
@@ -314,11 +321,11 @@ impl LiveStreams {
     }
 
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.streams.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.streams.is_empty()
     }
 }
 
