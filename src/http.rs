@@ -1,6 +1,7 @@
 //! The HTTP filter (root_id `floodgate`): refuses new upgrades (or, with `shed: all`, every new
-//! request) while the breaker does not admit, and feeds upstream answers back to it. It never
-//! touches bodies, so an upgraded stream flows untouched.
+//! request) while the breaker does not admit, and feeds upstream answers back to it. An upgraded
+//! stream flows untouched, except one a drain chose (`crate::drain`): its server data becomes a
+//! 1012 close frame.
 
 use std::rc::Rc;
 

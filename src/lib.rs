@@ -7,6 +7,7 @@
 //! - [`host`]: the one adapter that makes host calls; [`store`]: breaker state in shared data.
 //! - [`guard`], [`http`], [`tcp`], [`root`]: the filters; [`metrics`]: Envoy stats.
 //! - [`poller`]: one poller per Envoy brings the control plane's overrides into shared data.
+//! - [`reset`], [`drain`]: the control plane's fleet-wide resets and drains, applied here.
 
 pub mod admission;
 pub mod config;
