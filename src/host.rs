@@ -66,6 +66,7 @@ pub enum HeaderMap {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Buffer {
+    HttpResponseBody = 1,
     HttpCallResponseBody = 4,
     VmConfiguration = 6,
     PluginConfiguration = 7,

@@ -19,12 +19,21 @@ pub struct HttpFilter {
     admitted: Option<Admitted>,
     /// This stream's answer is Floodgate's own 101 + close frame (`reject.websocket`).
     close_frame_sent: bool,
+    /// A WebSocket upgrade let through (admitted or not guarded): its key and when it came, so
+    /// the backend's 101 registers it for drains whatever the breaker decided.
+    upgrade: Option<(String, u64)>,
     drain: crate::drain::Stream,
 }
 
 impl HttpFilter {
     pub fn new(config: Rc<Config>, context_id: u32) -> Self {
-        HttpFilter { config, admitted: None, close_frame_sent: false, drain: crate::drain::Stream::new(context_id) }
+        HttpFilter {
+            config,
+            admitted: None,
+            close_frame_sent: false,
+            upgrade: None,
+            drain: crate::drain::Stream::new(context_id),
+        }
     }
 }
 
@@ -117,8 +126,17 @@ impl HttpContext for HttpFilter {
         };
         let kind = if upgrade { RejectKind::WebSocket } else { RejectKind::Http };
         match guard::check(&self.config, &breaker, kind) {
-            Verdict::Pass => Action::Continue,
+            Verdict::Pass => {
+                if upgrade {
+                    // Not guarded (disabled, untracked, forced closed...), but a drain reaches it.
+                    self.upgrade = host::now_ms().ok().map(|now| (breaker, now));
+                }
+                Action::Continue
+            }
             Verdict::Admit(a) => {
+                if upgrade {
+                    self.upgrade = Some((a.breaker.clone(), a.start_ms));
+                }
                 self.admitted = Some(a);
                 Action::Continue
             }
@@ -131,17 +149,21 @@ impl HttpContext for HttpFilter {
             websocket::strip_local_reply_headers();
             return Action::Continue;
         }
+        let upgrade = self.upgrade.take();
+        if self.admitted.is_none() && upgrade.is_none() {
+            return Action::Continue;
+        }
+        let status = host::header(HeaderMap::ResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()));
+        if let (Some(101), Some((key, since_ms))) = (status, upgrade) {
+            self.drain.upgraded(&key, since_ms);
+        }
         if let Some(a) = self.admitted.take() {
-            let status = host::header(HeaderMap::ResponseHeaders, ":status")
-                .ok()
-                .flatten()
-                .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()));
             match status {
                 // Only the upstream answers an upgrade with 101: no need to ask who answered.
-                Some(101) => {
-                    self.drain.upgraded(&a.breaker, a.start_ms);
-                    guard::finish(a, false)
-                }
+                Some(101) => guard::finish(a, false),
                 Some(status) => match answered_by() {
                     Answer::Upstream => {
                         let failure = a.policy.failure.is_failure(status);

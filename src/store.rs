@@ -151,6 +151,11 @@ impl Registry {
         }
     }
 
+    /// Whether this VM tracks `breaker` already (no host call).
+    pub fn knows(&self, breaker: &str) -> bool {
+        self.known.contains(breaker)
+    }
+
     /// Keys this VM tracks (for tests and diagnostics).
     pub fn len(&self) -> usize {
         self.known.len()

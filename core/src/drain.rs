@@ -5,9 +5,9 @@
 //! `floodgate_drained_total` at most once.
 //!
 //! A drain closes in two steps, as checked in Envoy 1.36.4 and 1.40: on a tick the worker
-//! [`LiveStreams::choose`]s streams (as many as the drain's shared bucket granted); the first
-//! server data that passes a chosen stream before the next tick is replaced by a 1012 close frame
-//! ([`LiveStreams::on_server_data`]); at the next tick the worker closes the chosen streams
+//! [`LiveStreams::choose`]s streams (as many as the drain's shared bucket granted); a 1012 close
+//! frame goes in at the first WebSocket frame boundary ([`FrameCursor`]) of the server data that
+//! passes a chosen stream before the next tick ([`LiveStreams::on_server_data`]); at the next tick the worker closes the chosen streams
 //! ([`LiveStreams::take_chosen`]).
 
 use std::collections::BTreeMap;
@@ -170,6 +170,86 @@ impl Bucket {
     }
 }
 
+/// Where a server's WebSocket byte stream is (RFC 6455, section 5.2), so a close frame goes in
+/// between two frames, never into the middle of one: Envoy hands the filter the server's bytes in
+/// chunks that need not start or end at a frame's edge.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrameCursor {
+    /// The next frame's header bytes read so far (a header is 2 to 14 bytes).
+    header: [u8; 14],
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+}
+
+impl FrameCursor {
+    /// The header's length as far as its first `have` bytes tell (2 until the second is known).
+    fn header_len(&self) -> usize {
+        if self.have < 2 {
+            return 2;
+        }
+        let ext = match self.header[1] & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        2 + ext + mask
+    }
+
+    fn payload_len(&self) -> u64 {
+        match self.header[1] & 0x7F {
+            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+            127 => self.header[2..10].iter().fold(0u64, |n, &b| (n << 8) | u64::from(b)),
+            n => u64::from(n),
+        }
+    }
+
+    /// Whether the next `size` bytes all belong to the current frame's payload (then
+    /// [`FrameCursor::skip`] is all there is to do, without reading them).
+    pub fn inside(&self, size: usize) -> bool {
+        self.remaining >= size as u64 && size > 0
+    }
+
+    /// Passes `size` bytes of payload (only when [`FrameCursor::inside`] said so).
+    pub fn skip(&mut self, size: usize) {
+        self.remaining = self.remaining.saturating_sub(size as u64);
+    }
+
+    /// Moves over `data`, the next bytes of the stream; returns the first offset in it (from 0
+    /// to `data.len()`) where a frame starts, if any.
+    pub fn advance(&mut self, data: &[u8]) -> Option<usize> {
+        let mut first = None;
+        let mut i = 0;
+        loop {
+            if self.remaining > 0 {
+                let n = usize::try_from(self.remaining).unwrap_or(usize::MAX).min(data.len() - i);
+                self.remaining -= n as u64;
+                i += n;
+                if self.remaining > 0 {
+                    return first;
+                }
+            }
+            if self.have == 0 && first.is_none() {
+                first = Some(i);
+            }
+            if i == data.len() {
+                return first;
+            }
+            while usize::from(self.have) < self.header_len() && i < data.len() {
+                self.header[usize::from(self.have)] = data[i];
+                self.have += 1;
+                i += 1;
+            }
+            if usize::from(self.have) < self.header_len() {
+                return first;
+            }
+            self.remaining = self.payload_len();
+            self.have = 0;
+        }
+    }
+}
+
 /// Where a live stream is in a drain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Step {
@@ -246,12 +326,14 @@ impl LiveStreams {
     }
 
     /// Server data passes `ctx`: whether it goes through, becomes the close frame, or is dropped.
-    pub fn on_server_data(&mut self, ctx: u32) -> Data {
+    /// `boundary`: whether a frame starts somewhere in it (the close frame goes in there; without
+    /// one, a chosen stream's data passes and the close frame waits for the next chunk).
+    pub fn on_server_data(&mut self, ctx: u32, boundary: bool) -> Data {
         if self.chosen == 0 {
             return Data::Pass; // no drain has chosen anything: the common case, no lookup
         }
         match self.streams.get_mut(&ctx) {
-            Some(s) if s.step == Step::Chosen => {
+            Some(s) if s.step == Step::Chosen && boundary => {
                 s.step = Step::Framed;
                 Data::Frame
             }
@@ -371,11 +453,11 @@ mod tests {
         let mut l = LiveStreams::default();
         l.insert(1, "a", 0);
         l.insert(2, "a", 1);
-        assert_eq!(l.on_server_data(1), Data::Pass, "not chosen yet");
+        assert_eq!(l.on_server_data(1, true), Data::Pass, "not chosen yet");
         l.choose(&drain("a"), 1);
-        assert_eq!(l.on_server_data(1), Data::Frame);
-        assert_eq!(l.on_server_data(1), Data::Drop);
-        assert_eq!(l.on_server_data(2), Data::Pass);
+        assert_eq!(l.on_server_data(1, true), Data::Frame);
+        assert_eq!(l.on_server_data(1, true), Data::Drop);
+        assert_eq!(l.on_server_data(2, true), Data::Pass);
         // A framed stream whose client closes before the tick is the drain's, counted once.
         assert_eq!(l.remove(1), Ended::Drained(Rc::from("a")));
         assert!(l.take_chosen(|_| true).is_empty());
@@ -387,10 +469,38 @@ mod tests {
         l.insert(1, "a", 0);
         l.insert(2, "a", 1);
         l.choose(&drain("a"), 2);
-        l.on_server_data(2);
+        l.on_server_data(2, true);
         let closed: Vec<u32> = l.take_chosen(|_| false).into_iter().map(|(c, _)| c).collect();
         assert_eq!(closed, [2], "its client was sent the close frame");
         assert_eq!(l.pending(&drain("a")), 1, "the other is live again");
+    }
+
+    #[test]
+    fn the_frame_cursor_finds_where_frames_start_across_chunks() {
+        let mut c = FrameCursor::default();
+        assert_eq!(c.advance(b""), Some(0));
+        assert_eq!(c.advance(b"\x81\x0ahel"), Some(0), "a frame starts the stream");
+        assert_eq!(c.advance(b"lo"), None);
+        assert!(c.inside(5) && !c.inside(6));
+        assert_eq!(c.advance(b"world\x81"), Some(5), "the next frame starts after the payload");
+        assert_eq!(c.advance(b"\x7e\x01"), None, "a 16-bit length, read in two chunks");
+        assert_eq!(c.advance(&[0; 1]), None);
+        c.skip(256);
+        assert_eq!(c.advance(b"\x88\x80\x01\x02\x03\x04\x89\x00"), Some(0), "masked, then empty");
+        assert_eq!(c.advance(b""), Some(0), "at a frame's edge again");
+        let mut c = FrameCursor::default();
+        assert_eq!(c.advance(&[0x82, 127, 0, 0, 0, 1, 0, 0, 0, 0]), Some(0));
+        assert!(c.inside(1 << 32) && !c.inside((1 << 32) + 1), "a 64-bit length");
+    }
+
+    #[test]
+    fn a_chosen_stream_waits_for_a_frame_boundary_before_its_close_frame() {
+        let mut l = LiveStreams::default();
+        l.insert(1, "a", 0);
+        l.choose(&drain("a"), 1);
+        assert_eq!(l.on_server_data(1, false), Data::Pass, "inside a frame: passes");
+        assert_eq!(l.on_server_data(1, true), Data::Frame);
+        assert_eq!(l.on_server_data(1, false), Data::Drop);
     }
 
     #[test]
@@ -504,7 +614,7 @@ mod tests {
                     },
                     Op::Data(i) => {
                         if let Some(ctx) = pick(&inserted, i) {
-                            l.on_server_data(ctx);
+                            l.on_server_data(ctx, true);
                         }
                     }
                     Op::Choose(k, n) => chosen_total += l.choose(&drain(if k { "a" } else { "*" }), usize::from(n)),

@@ -355,6 +355,7 @@ fn host_calls_failing_during_a_drain_never_trap_never_count_what_was_not_closed_
         "proxy_set_effective_context",
         "proxy_close_stream",
         "proxy_set_buffer_bytes",
+        "proxy_get_buffer_bytes",
     ] {
         for st in [status::NOT_FOUND, status::BAD_ARGUMENT, status::CAS_MISMATCH, status::INTERNAL_FAILURE] {
             let mut host = shared.sibling();
@@ -375,5 +376,106 @@ fn host_calls_failing_during_a_drain_never_trap_never_count_what_was_not_closed_
             assert!(after >= 10, "{call} -> {st}: the drain did not resume ({after} closed)");
             assert_eq!(drained(&host, "k"), (during + after) as i64, "{call} -> {st}");
         }
+    }
+}
+
+/// The frames a client reads from a server's bytes (opcode, payload), and what is left over
+/// (bytes that are not a whole frame).
+fn frames(mut b: &[u8]) -> (Vec<(u8, Vec<u8>)>, Vec<u8>) {
+    let mut out = vec![];
+    loop {
+        if b.len() < 2 {
+            return (out, b.to_vec());
+        }
+        let (op, len7) = (b[0] & 0x0F, u64::from(b[1] & 0x7F));
+        let (len, at) = match len7 {
+            126 if b.len() >= 4 => (u64::from(u16::from_be_bytes([b[2], b[3]])), 4),
+            127 if b.len() >= 10 => (u64::from_be_bytes(b[2..10].try_into().unwrap()), 10),
+            126 | 127 => return (out, b.to_vec()),
+            n => (n, 2),
+        };
+        let end = at + len as usize;
+        if b.len() < end {
+            return (out, b.to_vec());
+        }
+        out.push((op, b[at..end].to_vec()));
+        b = &b[end..];
+    }
+}
+
+#[test]
+fn the_1012_close_frame_goes_in_at_a_frame_boundary_when_a_frame_spans_the_chunks() {
+    let mut host = host();
+    let mut ws = [worker(&mut host)];
+    let a = open_session(&mut ws[0], "k");
+    let now = host.now_ms();
+    deliver(
+        &host,
+        &mut ws,
+        &snapshot(1, &[Drain { key: "k", per_second: 10, since_ms: now, until_ms: now + 60_000, event_id: "d1" }]),
+    );
+    let mut client = vec![];
+    // A text frame of 10 bytes whose first half arrives before the drain chooses the stream.
+    ws[0].response_body(a, b"\x81\x0ahello", false).unwrap();
+    client.extend(ws[0].response_body_sent(a));
+    ws[0].tick().unwrap();
+    host.advance(Duration::from_millis(100));
+    ws[0].tick().unwrap(); // `a` is chosen
+                           // The rest of the frame, then a whole one, in one chunk; then more.
+    ws[0].response_body(a, b"world\x81\x03abc", false).unwrap();
+    client.extend(ws[0].response_body_sent(a));
+    ws[0].response_body(a, b"\x81\x03def", false).unwrap();
+    client.extend(ws[0].response_body_sent(a));
+    let (got, rest) = frames(&client);
+    assert!(rest.is_empty(), "the client is left with a partial frame: {rest:02x?} after {got:02x?}");
+    assert_eq!(got.first(), Some(&(1, b"helloworld".to_vec())), "the frame under way reaches the client whole");
+    let close = got.iter().find(|(op, _)| *op == 8).expect("a close frame");
+    assert_eq!(&close.1[..2], &[0x03, 0xF4], "code 1012: {got:02x?}");
+    assert_eq!(got.last().map(|f| f.0), Some(8), "nothing follows the close frame: {got:02x?}");
+}
+
+#[test]
+fn a_drain_reaches_streams_admitted_while_the_control_plane_forces_their_key_closed() {
+    let mut host = host();
+    let mut ws = [worker(&mut host)];
+    let now = host.now_ms();
+    deliver(&host, &mut ws, r#"{"version": 1, "breakers": [{"key": "k", "state": "forced_closed", "reason": "ops"}]}"#);
+    ws[0].tick().unwrap();
+    let mut open = vec![(0..5).map(|_| open_session(&mut ws[0], "k")).collect::<Vec<_>>()];
+    let d = Drain { key: "k", per_second: 10, since_ms: now, until_ms: now + 60_000, event_id: "d1" };
+    let drain = snapshot(2, &[d])
+        .replace(r#""breakers": ["#, r#""breakers": [{"key": "k", "state": "forced_closed", "reason": "ops"},"#);
+    deliver(&host, &mut ws, &drain);
+    let closed = run(&host, &mut ws, &mut open, 3_000);
+    assert_eq!(closed.len(), 5, "the drain closed {} of the 5 sessions to its key", closed.len());
+    assert_eq!(drained(&host, "k"), 5);
+}
+
+#[test]
+fn a_drain_never_puts_a_websocket_close_frame_into_another_upgraded_protocol() {
+    let mut host = host();
+    let mut w = host.worker().unwrap();
+    w.set_property(&["xds", "node", "id"], b"harness-node");
+    w.add_cluster("floodgate_control");
+    let config = CONTROL.replacen('{', r#"{"shed": "all", "#, 1);
+    assert!(w.configure("floodgate", &config).unwrap(), "configuration refused: {:?}", host.logs());
+    let mut ws = [w];
+    // A 101 to another protocol than WebSocket (`upgrade_configs` may allow any).
+    let ctx = ws[0].new_context().unwrap();
+    ws[0].set_context_property(ctx, &["xds", "cluster_name"], b"k");
+    let h = [(":method", "GET"), (":path", "/"), (":authority", "c"), ("upgrade", "foo"), ("connection", "upgrade")];
+    assert_eq!(ws[0].request_headers(ctx, &h, false).unwrap(), CONTINUE);
+    ws[0].response_headers(ctx, &[(":status", "101")], false).unwrap();
+    let now = host.now_ms();
+    deliver(
+        &host,
+        &mut ws,
+        &snapshot(1, &[Drain { key: "k", per_second: 10, since_ms: now, until_ms: now + 60_000, event_id: "d1" }]),
+    );
+    for _ in 0..30 {
+        host.advance(Duration::from_millis(100));
+        ws[0].tick().unwrap();
+        ws[0].response_body(ctx, b"plain bytes", false).unwrap();
+        assert_eq!(ws[0].response_body_sent(ctx), b"plain bytes", "another protocol's bytes were replaced");
     }
 }
