@@ -409,6 +409,18 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_entry_with_an_odd_per_second_is_skipped_and_the_rest_of_the_snapshot_applies() {
+        for odd in ["2.5", "-1", "4294967296", "\"20\"", "null", "{}"] {
+            let body = format!(
+                r#"{{"version": 4, "breakers": [{{"key": "a", "state": "forced_open"}},
+                {{"key": "b", "state": "draining", "per_second": {odd}, "until": "2026-11-22T10:00:10Z"}}]}}"#
+            );
+            let snap = parse_snapshot(body.as_bytes()).unwrap_or_else(|e| panic!("per_second {odd}: {e:?}"));
+            assert_eq!((snap.overrides.len(), snap.drains.len()), (1, 0), "per_second {odd}");
+        }
+    }
+
+    #[test]
     fn a_view_drains_what_its_snapshot_says_until_each_drain_ends_and_nothing_once_stale() {
         let body = br#"{"version": 4, "breakers": [
             {"key": "a", "state": "draining", "per_second": 20, "until": "2026-11-22T10:00:10Z", "event_id": "d1"},

@@ -59,8 +59,15 @@ pub struct SnapshotEntry {
     #[serde(default)]
     pub event_id: Option<String>,
     /// A drain's pace (`"state": "draining"`): upgraded streams closed per second per proxy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Anything but a whole number that fits is read as absent (that drain entry is skipped), so
+    /// an odd value never costs the proxy the rest of the snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "lenient_u32")]
     pub per_second: Option<u32>,
+}
+
+fn lenient_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_u64().and_then(|n| u32::try_from(n).ok()))
 }
 
 /// `GET /v1/snapshot`'s body. Unknown fields are ignored, so either side may add some.
