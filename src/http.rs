@@ -127,8 +127,9 @@ impl HttpContext for HttpFilter {
         let kind = if upgrade { RejectKind::WebSocket } else { RejectKind::Http };
         match guard::check(&self.config, &breaker, kind) {
             Verdict::Pass => {
-                if upgrade {
-                    // Not guarded (disabled, untracked, forced closed...), but a drain reaches it.
+                if upgrade && crate::store::trackable(&breaker) {
+                    // Not guarded (disabled, untracked, forced closed...), but a drain reaches it
+                    // (a key of bounded length: the registry keeps it while the stream lives).
                     self.upgrade = host::now_ms().ok().map(|now| (breaker, now));
                 }
                 Action::Continue

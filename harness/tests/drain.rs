@@ -479,3 +479,36 @@ fn a_drain_never_puts_a_websocket_close_frame_into_another_upgraded_protocol() {
         assert_eq!(ws[0].response_body_sent(ctx), b"plain bytes", "another protocol's bytes were replaced");
     }
 }
+
+#[test]
+fn a_wildcard_drain_reaches_client_chosen_untracked_keys_and_counts_them_under_the_wildcard() {
+    let mut host = host();
+    let mut w = host.worker().unwrap();
+    w.set_property(&["xds", "node", "id"], b"harness-node");
+    w.add_cluster("floodgate_control");
+    let config = CONTROL.replacen('{', r#"{"key": "header:x-room", "max_breakers": 2, "#, 1);
+    assert!(w.configure("floodgate", &config).unwrap(), "configuration refused: {:?}", host.logs());
+    let mut ws = [w];
+    let session = |w: &mut Worker, room: &str| {
+        let ctx = w.new_context().unwrap();
+        let h = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("x-room", room)];
+        assert_eq!(w.request_headers(ctx, &h, false).unwrap(), CONTINUE);
+        w.response_headers(ctx, &[(":status", "101")], false).unwrap();
+        ctx
+    };
+    let mut open = vec![(0..10).map(|i| session(&mut ws[0], &format!("room-{i}"))).collect::<Vec<_>>()];
+    let long = session(&mut ws[0], &"x".repeat(300));
+    let now = host.now_ms();
+    deliver(
+        &host,
+        &mut ws,
+        &snapshot(1, &[Drain { key: "*", per_second: 10, since_ms: now, until_ms: now + 60_000, event_id: "d1" }]),
+    );
+    let closed = run(&host, &mut ws, &mut open, 3_000);
+    assert_eq!(closed.len(), 10, "every session with a key of bounded length");
+    assert!(!ws[0].closed_http(long), "a key longer than a breaker key may be is not kept");
+    assert_eq!((drained(&host, "room-0"), drained(&host, "room-1")), (1, 1), "the tracked keys");
+    assert_eq!(drained(&host, "*"), 8, "the untracked ones, under one series");
+    let series = host.metrics().iter().filter(|m| m.name.contains("floodgate_drained_total")).count();
+    assert_eq!(series, 3);
+}
