@@ -202,3 +202,47 @@ fn check_close_frames(ends: &[(usize, End)]) {
     }
     assert_eq!(idle_framed, 0, "a session whose server sent nothing is closed without a frame");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+/// Envoy turns an HTTP/2 extended CONNECT into an HTTP/1.1 upgrade for the backend and shows
+/// filters the backend's 101: such a WebSocket is drained like any other (its stream is reset).
+async fn an_http2_websocket_to_an_http1_backend_is_drained_too() {
+    require_wasm();
+    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
+    let backend = Backend::start(0).await.unwrap();
+    let plugin = json!({"control": {"cluster": "floodgate_control", "token": TOKEN, "wait_s": 5,
+                                    "timeout_ms": 7000, "retry_ms": 200, "stale_after_s": 30}})
+    .to_string();
+    let ports = Ports { control: control.addr.port(), ..Ports::free(backend.addr.port()).unwrap() };
+    let config = envoy::render("control.yaml", ports, &[&plugin])
+        .unwrap()
+        .replace("# http2_protocol_options: {allow_connect: true}", "http2_protocol_options: {allow_connect: true}");
+    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    eventually(Duration::from_secs(15), "the first snapshot", || async {
+        (metric(&proxy, "floodgate_control_version", &[]).await > 0.0).then_some(())
+    })
+    .await;
+    let mut sessions = vec![];
+    for i in 0..5 {
+        let mut u = super::h2_upgrade(proxy.listen, "/ws").await;
+        assert_eq!(u.status, 200);
+        u.echo(&format!("hi {i}")).await;
+        sessions.push(u);
+    }
+    let answer = control.json("POST", "/api/v1/breakers/collab_ws/drain", r#"{"per_second":10,"duration_s":60}"#);
+    assert_eq!(answer.await.unwrap()["outcome"]["result"], "draining");
+    let mut ended = 0;
+    for mut s in sessions {
+        match tokio::time::timeout(Duration::from_secs(5), s.recv.data()).await {
+            Ok(None) | Ok(Some(Err(_))) => ended += 1,
+            Ok(Some(Ok(chunk))) => println!("h2 drain: data {chunk:02x?}"),
+            Err(_) => {}
+        }
+    }
+    println!("h2 drain: {ended} of 5 HTTP/2 sessions ended");
+    assert_eq!(ended, 5, "HTTP/2 sessions still open after the drain\n{}", proxy.log());
+    eventually(Duration::from_secs(5), "floodgate_drained_total 5", || async {
+        (metric(&proxy, "floodgate_drained_total", &[("breaker", "collab_ws")]).await == 5.0).then_some(())
+    })
+    .await;
+}
