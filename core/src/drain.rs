@@ -267,6 +267,11 @@ struct Live {
     step: Step,
 }
 
+fn went_live(live: &mut BTreeMap<Rc<str>, usize>, total: &mut usize, key: &Rc<str>) {
+    *live.entry(key.clone()).or_insert(0) += 1;
+    *total += 1;
+}
+
 /// How a stream left [`LiveStreams`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -293,6 +298,12 @@ pub enum Data {
 #[derive(Clone, Debug, Default)]
 pub struct LiveStreams {
     streams: BTreeMap<u32, Live>,
+    /// How many live (not chosen) streams each key has, so a tick learns what a drain has to do
+    /// without a pass over every stream (a drain of a key with no streams costs a lookup), and
+    /// each key is kept once, shared by its streams.
+    live: BTreeMap<Rc<str>, usize>,
+    /// Live (not chosen) streams, all keys.
+    live_total: usize,
     /// How many streams are chosen or framed (the tick skips closing, and server data skips the
     /// lookup, when 0).
     chosen: usize,
@@ -305,11 +316,31 @@ impl LiveStreams {
         if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&ctx) {
             return false;
         }
-        let old = self.streams.insert(ctx, Live { key: Rc::from(key), since_ms, step: Step::Live });
-        if old.is_some_and(|s| s.step != Step::Live) {
-            self.chosen -= 1;
+        let key = match self.live.get_key_value(key) {
+            Some((k, _)) => k.clone(),
+            None => Rc::from(key),
+        };
+        self.went_live(&key);
+        match self.streams.insert(ctx, Live { key, since_ms, step: Step::Live }) {
+            Some(old) if old.step != Step::Live => self.chosen -= 1,
+            Some(old) => self.left_live(&old.key),
+            None => {}
         }
         true
+    }
+
+    fn went_live(&mut self, key: &Rc<str>) {
+        went_live(&mut self.live, &mut self.live_total, key);
+    }
+
+    fn left_live(&mut self, key: &str) {
+        if let Some(n) = self.live.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.live.remove(key);
+            }
+        }
+        self.live_total = self.live_total.saturating_sub(1);
     }
 
     /// The stream ended (its log callback). A chosen stream that ends before the drain closed it
@@ -318,6 +349,8 @@ impl LiveStreams {
         let Some(s) = self.streams.remove(&ctx) else { return Ended::Unknown };
         if s.step != Step::Live {
             self.chosen -= 1;
+        } else {
+            self.left_live(&s.key);
         }
         match s.step {
             Step::Framed => Ended::Drained(s.key),
@@ -342,9 +375,13 @@ impl LiveStreams {
         }
     }
 
-    /// Live (not chosen) streams `drain` covers.
+    /// Live (not chosen) streams `drain` covers (no pass over the streams).
     pub fn pending(&self, drain: &DrainEntry) -> usize {
-        self.streams.values().filter(|s| s.step == Step::Live && drain.covers(&s.key)).count()
+        if drain.key == WILDCARD {
+            self.live_total
+        } else {
+            self.live.get(drain.key.as_str()).copied().unwrap_or(0)
+        }
     }
 
     /// Chooses up to `n` of the oldest live streams `drain` covers (by admission time, then
@@ -366,6 +403,8 @@ impl LiveStreams {
         for (_, ctx) in &candidates[..n] {
             if let Some(s) = self.streams.get_mut(ctx) {
                 s.step = Step::Chosen;
+                let key = s.key.clone();
+                self.left_live(&key);
             }
         }
         self.chosen += n;
@@ -381,10 +420,12 @@ impl LiveStreams {
             return vec![];
         }
         let mut out = Vec::new();
+        let (live, live_total) = (&mut self.live, &mut self.live_total);
         self.streams.retain(|&ctx, s| match s.step {
             Step::Live => true,
             Step::Chosen if !draining(&s.key) => {
                 s.step = Step::Live;
+                went_live(live, live_total, &s.key);
                 true
             }
             _ => {
@@ -501,6 +542,23 @@ mod tests {
         assert_eq!(l.on_server_data(1, false), Data::Pass, "inside a frame: passes");
         assert_eq!(l.on_server_data(1, true), Data::Frame);
         assert_eq!(l.on_server_data(1, false), Data::Drop);
+    }
+
+    #[test]
+    fn what_a_drain_has_to_do_is_known_without_a_pass_over_the_streams_and_follows_each_step() {
+        let mut l = LiveStreams::default();
+        l.insert(1, "a", 0);
+        l.insert(1, "b", 0); // the same context again: it counts once, under its new key
+        l.insert(2, "b", 1);
+        assert_eq!((l.pending(&drain("a")), l.pending(&drain("b")), l.pending(&drain("*"))), (0, 2, 2));
+        l.choose(&drain("b"), 1);
+        assert_eq!((l.pending(&drain("b")), l.pending(&drain("*"))), (1, 1));
+        l.take_chosen(|_| false); // the drain ended: live again
+        assert_eq!(l.pending(&drain("b")), 2);
+        l.choose(&drain("*"), 2);
+        assert_eq!(l.pending(&drain("*")), 0);
+        assert_eq!(l.take_chosen(|_| true).len(), 2);
+        assert!(l.live.is_empty() && l.is_empty());
     }
 
     #[test]
@@ -626,6 +684,11 @@ mod tests {
                         }
                     }
                 }
+                for d in [drain("a"), drain("b"), drain("*"), drain("c")] {
+                    let brute = l.streams.values().filter(|s| s.step == Step::Live && d.covers(&s.key)).count();
+                    prop_assert_eq!(l.pending(&d), brute, "pending({})", d.key);
+                }
+                prop_assert!(l.live.values().all(|&n| n > 0), "no key kept without live streams");
                 prop_assert!(closed.len() + drained.len() <= chosen_total);
                 prop_assert_eq!(closed.len() + drained.len() + ended + l.len(), inserted.len());
             }
