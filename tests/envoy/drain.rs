@@ -246,3 +246,60 @@ async fn an_http2_websocket_to_an_http1_backend_is_drained_too() {
     })
     .await;
 }
+
+/// What a session whose server sends large frames saw: messages that were not what it sent,
+/// and the close frame's code if one came before the end.
+async fn hold_large(mut s: Session, id: u8) -> (usize, Option<u16>) {
+    let mut wrong = 0;
+    for seq in 0u32.. {
+        let mut msg = vec![id; 200_000];
+        msg[..4].copy_from_slice(&seq.to_be_bytes());
+        if s.send(Message::binary(msg.clone())).await.is_err() {
+            return (wrong, None);
+        }
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => {
+                    if b[..] != msg[..] {
+                        wrong += 1;
+                    }
+                    break;
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => return (wrong, Some(frame.map_or(1005, |f| u16::from(f.code)))),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_))) | Ok(None) | Err(_) => return (wrong, None),
+            }
+        }
+    }
+    (wrong, None)
+}
+
+/// Envoy hands the filter a large frame in several chunks: the drain's 1012 close frame goes in
+/// between two frames, so the client reads every message whole and then the 1012.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_whose_server_sends_frames_larger_than_a_chunk_read_whole_messages_then_the_1012() {
+    require_wasm();
+    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
+    let backend = Backend::start(0).await.unwrap();
+    let proxy = control_envoy(&backend, &control).await;
+    eventually(Duration::from_secs(15), "the first snapshot", || async {
+        (metric(&proxy, "floodgate_control_version", &[]).await > 0.0).then_some(())
+    })
+    .await;
+    let mut tasks = vec![];
+    for i in 0..10u8 {
+        tasks.push(tokio::spawn(hold_large(open(&proxy, "/ws").await, i + 1)));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = control.json("POST", "/api/v1/breakers/collab_ws/drain", r#"{"per_second":10,"duration_s":60}"#);
+    assert_eq!(answer.await.unwrap()["outcome"]["result"], "draining");
+    let mut seen = vec![];
+    for t in tasks {
+        seen.push(
+            tokio::time::timeout(Duration::from_secs(20), t).await.expect("a session outlived the drain").unwrap(),
+        );
+    }
+    println!("drain of large frames: (wrong messages, close code) per session: {seen:?}");
+    assert!(seen.iter().all(|(wrong, _)| *wrong == 0), "a client read a message it did not send: {seen:?}");
+    assert!(seen.iter().all(|(_, code)| *code == Some(1012)), "a session ended without the 1012: {seen:?}");
+}
