@@ -170,6 +170,12 @@ pub fn property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         serialized.extend_from_slice(part.as_bytes());
         serialized.push(0);
     }
+    property_path(&serialized)
+}
+
+/// A property by its path as the ABI takes it: each segment followed by `\0` (a constant on
+/// the request path, so nothing is built per request).
+pub fn property_path(serialized: &[u8]) -> HostResult<Option<Vec<u8>>> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: valid input slice; the host fills the out-pointers.
     match HostError::from_status(unsafe {

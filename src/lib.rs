@@ -13,6 +13,7 @@ pub mod config;
 pub mod guard;
 pub mod host;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod poller;
 pub mod reset;

@@ -6,8 +6,8 @@ use std::rc::Rc;
 
 use hashbrown::HashMap;
 
-use crate::config::BreakerPolicy;
 use crate::host;
+use crate::keys::Key;
 use crate::metrics::Metrics;
 use crate::store::Registry;
 use floodgate_core::remote::RemoteView;
@@ -21,6 +21,8 @@ pub struct Vm {
     pub remote: RemoteCache,
     /// Admitted calls waiting for their upstream answer (for `answer_timeout_ms`).
     pub calls: Calls,
+    /// Keys with successes counted since the last tick, each once (see `guard::flush_successes`).
+    pub successes: Vec<Rc<Key>>,
     rng: u64,
 }
 
@@ -38,8 +40,7 @@ pub const MAX_IN_FLIGHT: usize = 16_384;
 /// An admitted call waiting for its answer.
 #[derive(Clone)]
 pub struct Pending {
-    pub breaker: String,
-    pub policy: Rc<BreakerPolicy>,
+    pub key: Rc<Key>,
     pub probe: Option<ProbeTicket>,
     pub start_ms: u64,
     pub deadline_ms: u64,

@@ -120,7 +120,23 @@ impl BreakerState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// The encoding's length in bytes.
+    pub fn encoded_len(&self) -> usize {
+        let window = match &self.window {
+            Window::Count { failures, slow, .. } => 1 + 6 + failures.len() + slow.len(),
+            Window::Time { .. } => 1 + 4 + TIME_BUCKETS * 10,
+        };
+        HEAD_LEN + 1 + 8 * self.probe_slots.len() + window
+    }
+
+    /// Appends the encoding to `out` (one buffer, sized once, for the caller to reuse).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
         out.push(ENCODING_VERSION);
         out.push(self.phase as u8);
         out.push(self.reason as u8);
@@ -154,7 +170,6 @@ impl BreakerState {
                 }
             }
         }
-        out
     }
 
     /// `None` for bytes this version did not write (they are then replaced by a fresh state).
@@ -175,7 +190,10 @@ impl BreakerState {
         if slots > MAX_PERMITS {
             return None;
         }
-        let probe_slots = (0..slots).map(|_| r.u64()).collect::<Option<Vec<u64>>>()?;
+        let mut probe_slots = Vec::with_capacity(usize::from(slots));
+        for _ in 0..slots {
+            probe_slots.push(r.u64()?);
+        }
         let window = match r.u8()? {
             0 => {
                 let (size, next, filled) = (r.u16()?, r.u16()?, r.u16()?);
@@ -226,6 +244,82 @@ impl BreakerState {
     }
 }
 
+/// Bytes before the probe slots: version, phase, reason, reopens, streak, probe successes and
+/// the three times.
+pub const HEAD_LEN: usize = 1 + 1 + 1 + 1 + 2 + 1 + 8 + 8 + 8;
+
+/// The scalar fields of an encoded state, read in place (no allocation): what admission needs
+/// while the breaker is closed or open, and what tells a success apart from a no-op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub phase: Phase,
+    pub reason: Reason,
+    pub consecutive_failures: u16,
+    pub since_ms: u64,
+    pub open_until_ms: u64,
+    pub closed_at_ms: u64,
+}
+
+impl Head {
+    /// The head of bytes [`BreakerState::decode`] accepts; `None` for anything it would not
+    /// (the caller then takes the full path, which treats them as it always did).
+    pub fn peek(bytes: &[u8]) -> Option<Head> {
+        if bytes.len() < HEAD_LEN + 1 || bytes[0] != ENCODING_VERSION || !layout_ok(bytes) {
+            return None;
+        }
+        let u64_at = |i: usize| bytes.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        Some(Head {
+            phase: Phase::from_u8(bytes[1])?,
+            reason: Reason::from_u8(bytes[2]),
+            consecutive_failures: u16::from_le_bytes([bytes[4], bytes[5]]),
+            since_ms: u64_at(7)?,
+            open_until_ms: u64_at(15)?,
+            closed_at_ms: u64_at(23)?,
+        })
+    }
+}
+
+/// Whether the bytes after the head have the length and bounds `decode` checks.
+fn layout_ok(bytes: &[u8]) -> bool {
+    let slots = bytes[HEAD_LEN];
+    let at = HEAD_LEN + 1 + 8 * usize::from(slots);
+    if slots > MAX_PERMITS || bytes.len() <= at {
+        return false;
+    }
+    let rest = &bytes[at + 1..];
+    match bytes[at] {
+        0 if rest.len() >= 6 => {
+            let (size, next, filled) = count_header(rest);
+            let n = usize::from(size).div_ceil(8);
+            next < size.max(1) && filled <= size && rest.len() == 6 + 2 * n
+        }
+        1 if rest.len() == 4 + TIME_BUCKETS * 10 => rest[..4] != [0; 4],
+        _ => false,
+    }
+}
+
+fn count_header(rest: &[u8]) -> (u16, u16, u16) {
+    let at = |i: usize| u16::from_le_bytes([rest[i], rest[i + 1]]);
+    (at(0), at(2), at(4))
+}
+
+/// Whether one more success leaves every later decision as it is: a closed breaker with no
+/// failure streak whose count window of `size` calls is full and holds no failure or slow call
+/// (a success then only replaces a success). Read in place; `false` whenever unsure.
+pub fn success_is_noop(bytes: &[u8], size: u16) -> bool {
+    let Some(head) = Head::peek(bytes) else { return false };
+    if head.phase != Phase::Closed || head.consecutive_failures != 0 {
+        return false;
+    }
+    let at = HEAD_LEN + 1 + 8 * usize::from(bytes[HEAD_LEN]);
+    if bytes[at] != 0 {
+        return false;
+    }
+    let rest = &bytes[at + 1..];
+    let (stored, _, filled) = count_header(rest);
+    stored == size && filled == size && rest[6..].iter().all(|&b| b == 0)
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -267,6 +361,56 @@ mod tests {
             s.probe_slots[1] = 7;
             assert_eq!(BreakerState::decode(&s.encode()), Some(s.clone()));
         }
+    }
+
+    #[test]
+    fn the_head_is_read_in_place_from_exactly_the_bytes_decode_accepts() {
+        for window in [WindowSpec::Count { size: 100 }, WindowSpec::Time { seconds: 30 }] {
+            let policy = Policy { window, ..Policy::default() };
+            let mut s = BreakerState::new(&policy);
+            s.phase = Phase::Open;
+            s.reason = Reason::ProbeFailed;
+            s.consecutive_failures = 7;
+            (s.since_ms, s.open_until_ms, s.closed_at_ms) = (11, 22, 33);
+            let bytes = s.encode();
+            assert_eq!(bytes.len(), s.encoded_len());
+            let head = Head::peek(&bytes).unwrap();
+            assert_eq!((head.phase, head.reason, head.consecutive_failures), (Phase::Open, Reason::ProbeFailed, 7));
+            assert_eq!((head.since_ms, head.open_until_ms, head.closed_at_ms), (11, 22, 33));
+            for n in 0..bytes.len() {
+                assert_eq!(Head::peek(&bytes[..n]), None, "prefix of {n} bytes");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(Head::peek(&longer), None);
+        }
+    }
+
+    #[test]
+    fn a_success_is_a_noop_only_on_a_full_clean_count_window_with_no_streak() {
+        let policy = Policy { window: WindowSpec::Count { size: 10 }, ..Policy::default() };
+        let mut s = BreakerState::new(&policy);
+        for _ in 0..9 {
+            s.window.record(0, false, false);
+        }
+        assert!(!success_is_noop(&s.encode(), 10), "a window still filling counts every call");
+        s.window.record(0, false, false);
+        assert!(success_is_noop(&s.encode(), 10));
+        assert!(!success_is_noop(&s.encode(), 20), "a window of another size is rebuilt");
+        let mut streak = s.clone();
+        streak.consecutive_failures = 1;
+        assert!(!success_is_noop(&streak.encode(), 10), "a success ends a streak");
+        let mut failed = s.clone();
+        failed.window.record(0, true, false);
+        assert!(!success_is_noop(&failed.encode(), 10), "a success pushes a failure out");
+        let mut slow = s.clone();
+        slow.window.record(0, false, true);
+        assert!(!success_is_noop(&slow.encode(), 10), "a success pushes a slow call out");
+        let mut half_open = s.clone();
+        half_open.phase = Phase::HalfOpen;
+        assert!(!success_is_noop(&half_open.encode(), 10));
+        let time = BreakerState::new(&Policy { window: WindowSpec::Time { seconds: 10 }, ..Policy::default() });
+        assert!(!success_is_noop(&time.encode(), 10), "a time window counts every call");
     }
 
     #[test]

@@ -477,3 +477,31 @@ fn ramp_refusals_keep_their_retry_after_spread_late_in_the_ramp() {
         .collect();
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1_000, 2_000]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    /// The lean admission reads only the head; whenever it decides, `admit` on the whole state
+    /// decides the same and changes nothing.
+    #[test]
+    fn admission_from_the_head_decides_as_admit(
+        phase in 0u8..3,
+        since in 0u64..2_000,
+        open_until in 0u64..40_000,
+        closed_at in prop_oneof![Just(0u64), 0u64..2_000],
+        ramp in prop_oneof![Just(0u64), 1u64..1_000],
+        now in 0u64..30_000,
+        unit in 0.0f64..1.0,
+    ) {
+        let p = Policy { recovery_ramp_ms: ramp, open_max_ms: 20_000, ..policy(3, 0.5, 10, 5, 2, 1) };
+        let mut s = BreakerState::new(&p);
+        s.phase = [Phase::Closed, Phase::HalfOpen, Phase::Open][usize::from(phase)];
+        (s.since_ms, s.open_until_ms, s.closed_at_ms) = (since, open_until, closed_at);
+        let head = state::Head::peek(&s.encode()).expect("a valid encoding has a head");
+        if let Some(fast) = breaker::admit_unchanged(&head, &p, now, || unit) {
+            let (full, effect) = admit(&mut s, &p, now, unit);
+            prop_assert_eq!(fast, full);
+            prop_assert_eq!(effect, Effect::default());
+        }
+    }
+}

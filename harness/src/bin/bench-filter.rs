@@ -95,7 +95,7 @@ fn profile(r: &Row) -> String {
         *by.entry(label.as_str()).or_default() += n;
     }
     let mut by: Vec<_> = by.into_iter().filter(|(_, n)| *n > 0).collect();
-    by.sort_by(|a, b| b.1.cmp(&a.1));
+    by.sort_by_key(|b| std::cmp::Reverse(b.1));
     let mut out = format!(
         "\n**{}** ({} instructions)\n\n| callback: after -> until | instructions |\n|---|---:|\n",
         r.path, r.stats.instructions
