@@ -9,6 +9,7 @@
 //! - [`poller`]: one poller per Envoy brings the control plane's overrides into shared data.
 
 pub mod admission;
+pub mod alloc;
 pub mod config;
 pub mod guard;
 pub mod host;

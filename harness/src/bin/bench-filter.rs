@@ -179,7 +179,7 @@ fn main() -> wasmtime::Result<()> {
         out.push_str(&format!("| {} | {} | {calls} | {target} | {} |\n", r.path, r.stats.instructions, by.join(", ")));
     }
     out.push_str(&format!("\nLinear memory after these requests: {} KiB.\n", memory / 1024));
-    out.push_str("\n## Where the instructions went\n\nInstructions between consecutive host calls of each callback (summed over the request's callbacks; a host call's reply buffer is allocated inside the call, so its allocation counts toward the segment that ends at the next call).\n");
+    out.push_str("\n### Where the instructions went\n\nInstructions between consecutive host calls of each callback (summed over the request's callbacks; a host call's reply buffer is allocated inside the call, so its allocation counts toward the segment that ends at the next call).\n");
     for (r, _) in &rows {
         out.push_str(&profile(r));
     }
