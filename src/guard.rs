@@ -10,7 +10,9 @@ use crate::keys::Key;
 use crate::metrics::{Outcome, RejectKind};
 use crate::store::{self, StoreError};
 use crate::vm::{self, Pending, Vm};
-use floodgate_core::breaker::{admit_unchanged, whole_seconds, SHORT_RETRY_MS};
+use floodgate_core::breaker::{
+    admit_probe_in_place, admit_unchanged, record_probe_success_in_place, whole_seconds, SHORT_RETRY_MS,
+};
 use floodgate_core::remote::{self, DecideParams, RemoteDecision};
 use floodgate_core::state::{self, Head};
 use floodgate_core::{
@@ -164,14 +166,25 @@ fn check_key(config: &Config, key: &Rc<Key>, timed: bool, kind: Kind) -> Verdict
 /// change (closed, or open before its time: no decoding, no write), else the full step.
 fn decide(vm: &mut Vm, key: &Key, now: u64) -> Result<(Decision, Effect, Phase), StoreError> {
     let p = &key.policy.policy;
-    let read = host::shared_get(&key.state_key)?;
+    let mut read = host::shared_get(&key.state_key)?;
     if let Some(head) = read.0.as_deref().and_then(Head::peek) {
         if let Some(decision) = admit_unchanged(&head, p, now, || vm.unit(now)) {
             return Ok((decision, Effect::default(), head.phase));
         }
     }
+    // Half-open: the probe slot is taken on the bytes as read, no decoding.
+    let cas = read.1;
+    if let Some(bytes) = read.0.as_mut() {
+        if let Some((decision, changed)) = admit_probe_in_place(bytes, p, now, || vm.unit(now)) {
+            if !changed || store::write_patched(&key.state_key, bytes, cas)? {
+                return Ok((decision, Effect { changed, transition: None }, Phase::HalfOpen));
+            }
+            read = (None, 0);
+        }
+    }
+    let first = read.0.is_some().then_some(read);
     let unit = vm.unit(now);
-    let (decision, effect, state) = store::update(&key.state_key, p, Some(read), |s| admit(s, p, now, unit))?;
+    let (decision, effect, state) = store::update(&key.state_key, p, first, |s| admit(s, p, now, unit))?;
     Ok((decision, effect, state.phase))
 }
 
@@ -304,6 +317,17 @@ pub fn record_outcome(a: Admitted, failure: bool, read: Option<store::Read>) {
         } else {
             count_success(vm, &a.key);
         }
+        let read = match (clock, a.probe) {
+            (None, Some(t)) => match probe_success_in_place(&a.key, a.start_ms, t, read) {
+                Ok(None) => return,
+                Ok(Some(read)) => read,
+                Err(e) => {
+                    lost(vm, &a.key.name, e);
+                    return;
+                }
+            },
+            _ => read,
+        };
         let unit = vm.unit(now);
         let call = Call { failure, slow };
         let step = |s: &mut BreakerState| match clock {
@@ -317,6 +341,28 @@ pub fn record_outcome(a: Admitted, failure: bool, read: Option<store::Read>) {
             }
         }
     })
+}
+
+/// A probe's success (not its breaker's last one), stepped on the state's bytes in place:
+/// `Ok(None)` when done, else what to hand to the full step (the bytes as read, or nothing
+/// when another worker wrote in between).
+fn probe_success_in_place(
+    key: &Key,
+    start_ms: u64,
+    t: ProbeTicket,
+    read: Option<store::Read>,
+) -> Result<Option<Option<store::Read>>, StoreError> {
+    let (mut bytes, cas) = match read {
+        Some(read) => read,
+        None => host::shared_get(&key.state_key)?,
+    };
+    let Some(b) = bytes.as_mut() else { return Ok(Some(None)) };
+    match record_probe_success_in_place(b, &key.policy.policy, start_ms, t) {
+        Some(false) => Ok(None),
+        Some(true) if store::write_patched(&key.state_key, b, cas)? => Ok(None),
+        Some(true) => Ok(Some(None)),
+        None => Ok(Some(Some((bytes, cas)))),
+    }
 }
 
 /// Counts a success on this worker; [`flush_successes`] adds them to Envoy's stats on the tick.

@@ -68,25 +68,48 @@ fn breaker_key(source: &KeySource) -> Option<Vec<u8>> {
     bytes.ok().flatten().filter(|b| !b.is_empty())
 }
 
-/// DESIGN's refusal body.
+/// DESIGN's refusal body, written directly (no serializer on the refusal path).
 pub fn refusal_body(breaker: &str, refusal: &Refused) -> String {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        error: &'a str,
-        breaker: &'a str,
-        state: &'a str,
-        reason: &'a str,
-        retry_after_s: u64,
+    let mut body = String::with_capacity(96 + breaker.len() + refusal.reason.len());
+    body.push_str(r#"{"error":"circuit_open","breaker":"#);
+    push_json_string(&mut body, breaker);
+    body.push_str(r#","state":""#);
+    body.push_str(refusal.state.name());
+    body.push_str(r#"","reason":"#);
+    push_json_string(&mut body, &refusal.reason);
+    body.push_str(r#","retry_after_s":"#);
+    push_decimal(&mut body, refusal.retry_after_s());
+    body.push('}');
+    body
+}
+
+/// `s` as a JSON string: as is when nothing in it needs escaping (keys and reasons usually),
+/// else through serde_json.
+fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        // Serializing a string cannot fail; an empty string still makes valid JSON around it.
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string()));
     }
-    let body = Body {
-        error: "circuit_open",
-        breaker,
-        state: refusal.state.name(),
-        reason: &refusal.reason,
-        retry_after_s: refusal.retry_after_s(),
-    };
-    // Serializing plain strings and numbers cannot fail; an empty body would still be a refusal.
-    serde_json::to_string(&body).unwrap_or_default()
+}
+
+/// `n` in decimal, without the formatting machinery.
+pub fn push_decimal(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
 }
 
 impl HttpFilter {
@@ -100,13 +123,16 @@ impl HttpFilter {
                 Err(why) => log::debug!("close_frame refusal not possible ({why:?}): HTTP refusal"),
             }
         }
-        let retry = refusal.retry_after_s().to_string();
-        let mut headers: Vec<(&str, &str)> = vec![
+        let mut retry = String::with_capacity(20);
+        push_decimal(&mut retry, refusal.retry_after_s());
+        let extra = &self.config.reject.headers;
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
+        headers.extend([
             ("retry-after", retry.as_str()),
             ("x-floodgate", refusal.state.name()),
             ("content-type", "application/json"),
-        ];
-        headers.extend(self.config.reject.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        ]);
+        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let body = refusal_body(breaker, refusal);
         match host::send_local_response(self.config.reject.status, &headers, body.as_bytes(), "floodgate_circuit_open")
         {
@@ -281,6 +307,22 @@ mod tests {
         assert_eq!(classify_answer(Some(b"request_rate_limited"), Some(0x800)), Answer::Other);
         assert_eq!(classify_answer(Some(b"rbac_access_denied_matched_policy[none]"), Some(0)), Answer::Other);
         assert_eq!(classify_answer(Some(b"local_rate_limited"), None), Answer::Other);
+    }
+
+    #[test]
+    fn refusal_bodies_escape_what_json_needs_and_count_in_decimal() {
+        let r = Refused { state: RefusedAs::ForcedOpen, reason: "say \"no\"".into(), retry_after_ms: 1_234_567_000 };
+        let body = refusal_body("a\\b\n", &r);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["breaker"], "a\\b\n");
+        assert_eq!(v["reason"], "say \"no\"");
+        assert_eq!(v["retry_after_s"], 1_234_567);
+        let mut s = String::new();
+        for n in [0, 7, 10, 18_446_744_073_709_551_615] {
+            s.clear();
+            push_decimal(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 
     #[test]

@@ -99,6 +99,16 @@ pub fn cas_update_from<T, E: From<StoreError>>(
     Err(StoreError::Contended.into())
 }
 
+/// Writes bytes a caller stepped in place if the key's CAS is still `cas`: `Ok(false)` when
+/// another worker wrote since the read (the caller then takes the full step, which reads again).
+pub fn write_patched(key: &str, bytes: &[u8], cas: u32) -> Result<bool, StoreError> {
+    match host::shared_set(key, bytes, cas) {
+        Ok(()) => Ok(true),
+        Err(HostError::CasMismatch) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Reads the breaker's state (at `state_key`, or from `first` when already read), lets `step`
 /// change it, writes it back if changed. A missing or unreadable value starts from a fresh
 /// state. Creating the key is Envoy's unconditional cas-0 write: a worker that read the key

@@ -2,7 +2,7 @@
 //! the time and a random value, and writes the state back when `changed` says so.
 
 use super::policy::{Mode, Policy};
-use super::state::{BreakerState, Head, Phase, Reason};
+use super::state::{self, BreakerState, Head, Phase, Reason};
 
 /// How long a half-open probe may hold its slot before the slot is reclaimed. A probe normally
 /// frees it at its response or when its stream ends; this bounds the loss when neither happens
@@ -123,6 +123,66 @@ pub fn admit_unchanged(h: &Head, p: &Policy, now_ms: u64, unit: impl FnOnce() ->
         }
         _ => None,
     }
+}
+
+/// [`admit`] on a half-open breaker, stepped on its encoded bytes in place (no decoding, no
+/// re-encoding): takes a free probe slot (writing its deadline into `bytes`) or refuses. `None`
+/// when the full step is needed (not half-open, a probe past its answer deadline to re-open
+/// for, a clock stepped back, a state of another shape). `Some((decision, changed))` otherwise:
+/// the same decision and bytes as `admit` then `encode`.
+pub fn admit_probe_in_place(
+    bytes: &mut [u8],
+    p: &Policy,
+    now_ms: u64,
+    unit: impl FnOnce() -> f64,
+) -> Option<(Decision, bool)> {
+    let h = Head::peek(bytes)?;
+    let steady = h.phase == Phase::HalfOpen && h.closed_at_ms <= now_ms && h.since_ms <= now_ms;
+    if !matches!(p.mode, Mode::Enforce | Mode::DryRun) || !steady || !state::fits(bytes, p) {
+        return None;
+    }
+    let n = state::slots(bytes);
+    if p.answer_timeout_ms > 0 && (0..n).any(|i| matches!(state::slot(bytes, i), d if d != 0 && d <= now_ms)) {
+        return None;
+    }
+    match (0..n).find(|&i| matches!(state::slot(bytes, i), d if d == 0 || d <= now_ms)) {
+        Some(i) => {
+            let deadline_ms = now_ms.saturating_add(p.probe_lease_ms()).max(1);
+            state::set_slot(bytes, i, deadline_ms);
+            Some((Decision::Admit { probe: Some(ProbeTicket { slot: i as u8, deadline_ms }) }, true))
+        }
+        None => {
+            let retry_after_ms = spread(p, SHORT_RETRY_MS, unit());
+            Some((Decision::Refuse(Refusal { state: RefusedAs::HalfOpen, reason: h.reason, retry_after_ms }), false))
+        }
+    }
+}
+
+/// [`record_success`] of a probe, stepped on the encoded bytes in place: frees its slot and
+/// counts the success. `None` when the full step is needed (a success that closes the breaker,
+/// a closed breaker, a state of another shape); `Some(changed)` otherwise, with the same bytes
+/// as `record_success` then `encode`.
+pub fn record_probe_success_in_place(bytes: &mut [u8], p: &Policy, start_ms: u64, t: ProbeTicket) -> Option<bool> {
+    let h = Head::peek(bytes)?;
+    if !matches!(p.mode, Mode::Enforce | Mode::DryRun) || !state::fits(bytes, p) {
+        return None;
+    }
+    match h.phase {
+        Phase::Open => return Some(false),
+        Phase::Closed => return None,
+        Phase::HalfOpen => {}
+    }
+    let i = usize::from(t.slot);
+    if i >= state::slots(bytes) || state::slot(bytes, i) != t.deadline_ms || t.deadline_ms <= start_ms {
+        return Some(false);
+    }
+    let successes = state::probe_successes(bytes).saturating_add(1);
+    if successes >= p.half_open_successes {
+        return None;
+    }
+    state::set_slot(bytes, i, 0);
+    state::set_probe_successes(bytes, successes);
+    Some(true)
 }
 
 fn admit_normalized(

@@ -320,6 +320,63 @@ pub fn success_is_noop(bytes: &[u8], size: u16) -> bool {
     stored == size && filled == size && rest[6..].iter().all(|&b| b == 0)
 }
 
+/// Where the probe slots start, and the byte before them that counts them.
+const SLOTS_AT: usize = HEAD_LEN + 1;
+const PROBE_SUCCESSES_AT: usize = 6;
+
+/// Whether encoded bytes (which [`Head::peek`] accepted) already have the shape `policy` asks
+/// for: as many probe slots as permits, and its window. Else `conform` would reshape them, and
+/// only the full step does that.
+pub fn fits(bytes: &[u8], policy: &Policy) -> bool {
+    let slots = usize::from(bytes[HEAD_LEN]);
+    if slots != usize::from(policy.half_open_permits) {
+        return false;
+    }
+    let at = SLOTS_AT + 8 * slots;
+    let rest = &bytes[at + 1..];
+    match (bytes[at], policy.window) {
+        (0, WindowSpec::Count { size }) => count_header(rest).0 == size,
+        (1, spec @ WindowSpec::Time { .. }) => Window::Time {
+            bucket_ms: u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]),
+            buckets: [Bucket::default(); TIME_BUCKETS],
+        }
+        .fits(spec),
+        _ => false,
+    }
+}
+
+/// Probe slot `i` of encoded bytes (which [`Head::peek`] accepted and that have `i` slots at least).
+pub fn slot(bytes: &[u8], i: usize) -> u64 {
+    let at = SLOTS_AT + 8 * i;
+    u64::from_le_bytes([
+        bytes[at],
+        bytes[at + 1],
+        bytes[at + 2],
+        bytes[at + 3],
+        bytes[at + 4],
+        bytes[at + 5],
+        bytes[at + 6],
+        bytes[at + 7],
+    ])
+}
+
+pub fn set_slot(bytes: &mut [u8], i: usize, deadline_ms: u64) {
+    let at = SLOTS_AT + 8 * i;
+    bytes[at..at + 8].copy_from_slice(&deadline_ms.to_le_bytes());
+}
+
+pub fn slots(bytes: &[u8]) -> usize {
+    usize::from(bytes[HEAD_LEN])
+}
+
+pub fn probe_successes(bytes: &[u8]) -> u8 {
+    bytes[PROBE_SUCCESSES_AT]
+}
+
+pub fn set_probe_successes(bytes: &mut [u8], n: u8) {
+    bytes[PROBE_SUCCESSES_AT] = n;
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {

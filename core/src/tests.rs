@@ -505,3 +505,48 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    /// A probe admitted, refused or answered on the encoded bytes in place leaves the bytes and
+    /// decides what the full step on the decoded state does.
+    #[test]
+    fn probe_steps_in_place_match_the_full_steps(
+        slots in prop::collection::vec(prop_oneof![Just(0u64), 1u64..3_000], 3),
+        successes in 0u8..3,
+        timeout in prop_oneof![Just(0u64), 1u64..2_000],
+        time_window in any::<bool>(),
+        now in 0u64..3_000,
+        slot in 0u8..4,
+        unit in 0.0f64..1.0,
+    ) {
+        let window = if time_window { WindowSpec::Time { seconds: 10 } } else { WindowSpec::Count { size: 10 } };
+        let p = Policy { answer_timeout_ms: timeout, window, half_open_successes: 3, ..policy(3, 0.5, 10, 5, 3, 3) };
+        let mut s = BreakerState::new(&p);
+        s.phase = Phase::HalfOpen;
+        s.probe_slots = slots.clone();
+        s.probe_successes = successes;
+        let bytes = s.encode();
+
+        let mut patched = bytes.clone();
+        if let Some((fast, changed)) = breaker::admit_probe_in_place(&mut patched, &p, now, || unit) {
+            let mut full = s.clone();
+            let (decision, effect) = admit(&mut full, &p, now, unit);
+            prop_assert_eq!(fast, decision);
+            prop_assert_eq!(changed, effect.changed);
+            prop_assert_eq!(&patched, &full.encode());
+        }
+
+        let deadline = slots.get(usize::from(slot)).copied().unwrap_or(7);
+        let ticket = ProbeTicket { slot, deadline_ms: deadline };
+        let mut patched = bytes.clone();
+        if let Some(changed) = breaker::record_probe_success_in_place(&mut patched, &p, now, ticket) {
+            let mut full = s.clone();
+            let effect = record_success(&mut full, &p, now, Some(ticket));
+            prop_assert_eq!(changed, effect.changed);
+            prop_assert_eq!(effect.transition, None);
+            prop_assert_eq!(&patched, &full.encode());
+        }
+    }
+}
