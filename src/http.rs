@@ -52,7 +52,11 @@ impl HttpFilter {
 /// (`:protocol: websocket`) to filters in this HTTP/1.1 form (checked on Envoy 1.36 and 1.40 by
 /// the HTTP/2 tests of tests/envoy), so `:protocol` is never read.
 pub fn is_websocket_upgrade(upgrade: Option<&[u8]>) -> bool {
-    let is_ws = |v: &[u8]| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    // The usual value alone first; a list (`foo, websocket`) token by token.
+    let is_ws = |v: &[u8]| {
+        v.eq_ignore_ascii_case(b"websocket")
+            || v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    };
     upgrade.is_some_and(is_ws)
 }
 

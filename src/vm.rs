@@ -4,8 +4,6 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use hashbrown::HashMap;
-
 use crate::host;
 use crate::keys::Key;
 use crate::metrics::Metrics;
@@ -28,10 +26,20 @@ pub struct Vm {
 
 /// Calls in flight on this worker that have an answer deadline, bounded: past
 /// [`MAX_IN_FLIGHT`], a new call is not tracked (its outcome is still recorded when it comes).
+/// A slab: a call's id is its slot and the slot's generation, so tracking and settling index a
+/// vector instead of hashing, and an id never settles a later call in the same slot.
 #[derive(Default)]
 pub struct Calls {
-    next: u64,
-    pending: HashMap<u64, Pending>,
+    slots: Vec<Slot>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    live: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    call: Option<Pending>,
 }
 
 /// Calls one worker tracks for their answer deadline at most.
@@ -49,44 +57,56 @@ pub struct Pending {
 impl Calls {
     /// Tracks a call; `None` when the table is full.
     pub fn track(&mut self, call: Pending) -> Option<u64> {
-        if self.pending.len() >= MAX_IN_FLIGHT {
-            return None;
-        }
-        self.next = self.next.wrapping_add(1);
-        self.pending.insert(self.next, call);
-        Some(self.next)
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None if self.slots.len() < MAX_IN_FLIGHT => {
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+            None => return None,
+        };
+        let slot = self.slots.get_mut(index)?;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.call = Some(call);
+        self.live += 1;
+        Some(u64::from(slot.generation) << 32 | index as u64)
     }
 
     /// Stops tracking a call: its deadline, or `None` when it is not tracked any more (it
     /// timed out).
     pub fn settle(&mut self, id: u64) -> Option<u64> {
-        self.pending.remove(&id).map(|c| c.deadline_ms)
+        let index = (id & u64::from(u32::MAX)) as usize;
+        let slot = self.slots.get_mut(index).filter(|s| u64::from(s.generation) == id >> 32)?;
+        let call = slot.call.take()?;
+        self.free.push(index as u32);
+        self.live -= 1;
+        Some(call.deadline_ms)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.live == 0
     }
 
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.live
     }
 
     /// Removes and returns the calls whose deadline passed. A call that started after `now_ms`
     /// (the wall clock stepped backwards) keeps its full timeout from now.
     pub fn take_overdue(&mut self, now_ms: u64) -> Vec<Pending> {
         let mut due = Vec::new();
-        self.pending.retain(|_, c| {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(c) = slot.call.as_mut() else { continue };
             if c.start_ms > now_ms {
                 c.deadline_ms = now_ms.saturating_add(c.deadline_ms.saturating_sub(c.start_ms));
                 c.start_ms = now_ms;
             }
             if c.deadline_ms <= now_ms {
-                due.push(c.clone());
-                false
-            } else {
-                true
+                due.extend(slot.call.take());
+                self.free.push(index as u32);
             }
-        });
+        }
+        self.live -= due.len();
         due
     }
 }

@@ -141,11 +141,17 @@ pub fn admit_probe_in_place(
     if !matches!(p.mode, Mode::Enforce | Mode::DryRun) || !steady || !state::fits(bytes, p) {
         return None;
     }
-    let n = state::slots(bytes);
-    if p.answer_timeout_ms > 0 && (0..n).any(|i| matches!(state::slot(bytes, i), d if d != 0 && d <= now_ms)) {
-        return None;
+    // One pass: a probe past its answer deadline re-opens (the full step), else the first free slot.
+    let mut free = None;
+    for (i, d) in state::slot_deadlines(bytes).enumerate() {
+        if p.answer_timeout_ms > 0 && d != 0 && d <= now_ms {
+            return None;
+        }
+        if free.is_none() && (d == 0 || d <= now_ms) {
+            free = Some(i);
+        }
     }
-    match (0..n).find(|&i| matches!(state::slot(bytes, i), d if d == 0 || d <= now_ms)) {
+    match free {
         Some(i) => {
             let deadline_ms = now_ms.saturating_add(p.probe_lease_ms()).max(1);
             state::set_slot(bytes, i, deadline_ms);

@@ -264,17 +264,29 @@ impl Head {
     /// The head of bytes [`BreakerState::decode`] accepts; `None` for anything it would not
     /// (the caller then takes the full path, which treats them as it always did).
     pub fn peek(bytes: &[u8]) -> Option<Head> {
-        if bytes.len() < HEAD_LEN + 1 || bytes[0] != ENCODING_VERSION || !layout_ok(bytes) {
+        let head: &[u8; HEAD_LEN + 1] = bytes.get(..=HEAD_LEN)?.try_into().ok()?;
+        if head[0] != ENCODING_VERSION || !layout_ok(bytes) {
             return None;
         }
-        let u64_at = |i: usize| bytes.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+        let u64_at = |i: usize| {
+            u64::from_le_bytes([
+                head[i],
+                head[i + 1],
+                head[i + 2],
+                head[i + 3],
+                head[i + 4],
+                head[i + 5],
+                head[i + 6],
+                head[i + 7],
+            ])
+        };
         Some(Head {
-            phase: Phase::from_u8(bytes[1])?,
-            reason: Reason::from_u8(bytes[2]),
-            consecutive_failures: u16::from_le_bytes([bytes[4], bytes[5]]),
-            since_ms: u64_at(7)?,
-            open_until_ms: u64_at(15)?,
-            closed_at_ms: u64_at(23)?,
+            phase: Phase::from_u8(head[1])?,
+            reason: Reason::from_u8(head[2]),
+            consecutive_failures: u16::from_le_bytes([head[4], head[5]]),
+            since_ms: u64_at(7),
+            open_until_ms: u64_at(15),
+            closed_at_ms: u64_at(23),
         })
     }
 }
@@ -307,17 +319,36 @@ fn count_header(rest: &[u8]) -> (u16, u16, u16) {
 /// failure streak whose count window of `size` calls is full and holds no failure or slow call
 /// (a success then only replaces a success). Read in place; `false` whenever unsure.
 pub fn success_is_noop(bytes: &[u8], size: u16) -> bool {
-    let Some(head) = Head::peek(bytes) else { return false };
-    if head.phase != Phase::Closed || head.consecutive_failures != 0 {
+    // Read directly (this runs on every success): the checks `decode` makes on these bytes.
+    let closed = bytes.len() > HEAD_LEN && bytes[0] == ENCODING_VERSION && bytes[1] == Phase::Closed as u8;
+    if !closed || bytes[4] != 0 || bytes[5] != 0 || bytes[HEAD_LEN] > MAX_PERMITS {
         return false;
     }
-    let at = HEAD_LEN + 1 + 8 * usize::from(bytes[HEAD_LEN]);
-    if bytes[at] != 0 {
+    let n = usize::from(size).div_ceil(8);
+    let Some(rest) = bytes.get(SLOTS_AT + 8 * usize::from(bytes[HEAD_LEN])..) else { return false };
+    if rest.len() != 7 + 2 * n || rest[0] != 0 {
         return false;
     }
-    let rest = &bytes[at + 1..];
-    let (stored, _, filled) = count_header(rest);
-    stored == size && filled == size && rest[6..].iter().all(|&b| b == 0)
+    let (stored, next, filled) = count_header(&rest[1..]);
+    stored == size && filled == size && next < size && all_zero(&rest[7..])
+}
+
+/// Whether every byte is 0, eight at a time.
+fn all_zero(bytes: &[u8]) -> bool {
+    let mut words = bytes.chunks_exact(8);
+    let mut any = 0u64;
+    for w in words.by_ref() {
+        any |= u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
+    }
+    any == 0 && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// The probe slots of encoded bytes (which [`Head::peek`] accepted), in order.
+pub fn slot_deadlines(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let n = usize::from(bytes[HEAD_LEN]);
+    bytes[SLOTS_AT..SLOTS_AT + 8 * n]
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
 }
 
 /// Where the probe slots start, and the byte before them that counts them.
