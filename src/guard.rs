@@ -2,6 +2,7 @@
 //! Host errors fail open: a broken shared-data call admits and is counted, it never refuses.
 
 use std::borrow::Cow;
+use std::num::NonZeroU64;
 use std::rc::Rc;
 
 use crate::config::{Config, ControlConfig};
@@ -26,7 +27,7 @@ pub struct Admitted {
     pub probe: Option<ProbeTicket>,
     pub start_ms: u64,
     /// Its entry in this worker's calls in flight (with an answer deadline).
-    pub pending: Option<u64>,
+    pub pending: Option<NonZeroU64>,
 }
 
 /// Why a call is refused, as the client is told: a local breaker's reason, or the control
@@ -74,7 +75,11 @@ pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
             Err(verdict) => return verdict,
         },
     };
-    crate::admission::gate(&key, kind, check_key(config, &key, timed, kind))
+    let verdict = check_key(config, &key, timed, kind);
+    if key.policy.admission.is_off() {
+        return verdict;
+    }
+    crate::admission::gate(&key, kind, verdict)
 }
 
 /// A key not cached yet: tracked ones are cached for every later request; the others get the
@@ -189,7 +194,7 @@ fn decide(vm: &mut Vm, key: &Key, now: u64) -> Result<(Decision, Effect, Phase),
 }
 
 /// Tracks an admitted call for its answer deadline.
-fn track(vm: &mut Vm, key: &Rc<Key>, probe: Option<ProbeTicket>, now: u64) -> Option<u64> {
+fn track(vm: &mut Vm, key: &Rc<Key>, probe: Option<ProbeTicket>, now: u64) -> Option<NonZeroU64> {
     let timeout_ms = key.policy.policy.answer_timeout_ms;
     if timeout_ms == 0 {
         return None;
@@ -276,7 +281,7 @@ pub fn success_if_noop(a: Admitted) -> Success {
         Ok(read) => read,
         Err(_) => return Success::Decide(a, None),
     };
-    if !read.0.as_deref().is_some_and(|b| state::success_is_noop(b, size)) {
+    if !read.0.as_deref().is_some_and(|b| state::success_is_noop(b, a.key.policy.policy.half_open_permits, size)) {
         return Success::Decide(a, Some(read));
     }
     vm::with(|vm| {

@@ -2,6 +2,7 @@
 //! request) while the breaker does not admit, and feeds upstream answers back to it. It never
 //! touches bodies, so an upgraded stream flows untouched.
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -72,52 +73,83 @@ fn breaker_key(source: &KeySource) -> Option<Vec<u8>> {
     bytes.ok().flatten().filter(|b| !b.is_empty())
 }
 
-/// DESIGN's refusal body, written directly (no serializer on the refusal path).
+/// DESIGN's refusal body.
 pub fn refusal_body(breaker: &str, refusal: &Refused) -> String {
-    let mut body = String::with_capacity(96 + breaker.len() + refusal.reason.len());
-    body.push_str(r#"{"error":"circuit_open","breaker":"#);
-    push_json_string(&mut body, breaker);
-    body.push_str(r#","state":""#);
-    body.push_str(refusal.state.name());
-    body.push_str(r#"","reason":"#);
-    push_json_string(&mut body, &refusal.reason);
-    body.push_str(r#","retry_after_s":"#);
-    push_decimal(&mut body, refusal.retry_after_s());
-    body.push('}');
-    body
+    let mut body = Vec::new();
+    write_refusal_body(&mut body, breaker.as_bytes(), refusal);
+    // Only UTF-8 was written: the key and reason as given (a &str) or escaped by serde_json.
+    String::from_utf8(body).unwrap_or_default()
 }
 
-/// `s` as a JSON string: as is when nothing in it needs escaping (keys and reasons usually),
-/// else through serde_json.
-fn push_json_string(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
+/// The refusal body into `out`, written directly (no serializer on the refusal path).
+fn write_refusal_body(out: &mut Vec<u8>, breaker: &[u8], refusal: &Refused) {
+    out.reserve(96 + breaker.len() + refusal.reason.len());
+    out.extend_from_slice(br#"{"error":"circuit_open","breaker":"#);
+    push_json_string(out, breaker);
+    out.extend_from_slice(br#","state":""#);
+    out.extend_from_slice(refusal.state.name().as_bytes());
+    out.extend_from_slice(br#"","reason":"#);
+    match &refusal.reason {
+        // DESIGN's reason names need no escaping.
+        Cow::Borrowed(name) => {
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(reason) => push_json_string(out, reason.as_bytes()),
+    }
+    out.extend_from_slice(br#","retry_after_s":"#);
+    out.extend_from_slice(Decimal::new(refusal.retry_after_s()).as_bytes());
+    out.push(b'}');
+}
+
+/// `s` (UTF-8) as a JSON string: as is when nothing in it needs escaping (keys usually), else
+/// through serde_json.
+fn push_json_string(out: &mut Vec<u8>, s: &[u8]) {
+    if s.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
     } else {
         // Serializing a string cannot fail; an empty string still makes valid JSON around it.
-        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".to_string()));
+        let escaped = serde_json::to_vec(&String::from_utf8_lossy(s)).unwrap_or_else(|_| b"\"\"".to_vec());
+        out.extend_from_slice(&escaped);
     }
 }
 
-/// `n` in decimal, without the formatting machinery.
-pub fn push_decimal(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A number in decimal, on the stack (no formatting machinery on the refusal path).
+pub struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(mut n: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        Decimal { digits, start }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[i..]).unwrap_or("0"));
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("0")
+    }
 }
 
 impl HttpFilter {
-    fn refuse(&mut self, breaker: &str, refusal: &Refused, upgrade: bool) -> Action {
+    fn refuse(&mut self, breaker: &[u8], refusal: &Refused, upgrade: bool) -> Action {
         if upgrade && self.config.reject.websocket == WebSocketReject::CloseFrame {
             match websocket::refuse(refusal, &self.config.reject.headers) {
                 Ok(()) => {
@@ -127,8 +159,7 @@ impl HttpFilter {
                 Err(why) => log::debug!("close_frame refusal not possible ({why:?}): HTTP refusal"),
             }
         }
-        let mut retry = String::with_capacity(20);
-        push_decimal(&mut retry, refusal.retry_after_s());
+        let retry = Decimal::new(refusal.retry_after_s());
         let extra = &self.config.reject.headers;
         let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
         headers.extend([
@@ -137,9 +168,9 @@ impl HttpFilter {
             ("content-type", "application/json"),
         ]);
         headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let body = refusal_body(breaker, refusal);
-        match host::send_local_response(self.config.reject.status, &headers, body.as_bytes(), "floodgate_circuit_open")
-        {
+        let mut body = Vec::new();
+        write_refusal_body(&mut body, breaker, refusal);
+        match host::send_local_response(self.config.reject.status, &headers, &body, "floodgate_circuit_open") {
             Ok(()) => Action::Pause,
             Err(e) => {
                 // Could not answer: let the request through rather than leave it hanging.
@@ -168,7 +199,7 @@ impl HttpContext for HttpFilter {
             }
             Verdict::Refuse(refusal) => {
                 let upgrade = self.is_upgrade();
-                self.refuse(&String::from_utf8_lossy(&breaker), &refusal, upgrade)
+                self.refuse(&breaker, &refusal, upgrade)
             }
         }
     }
@@ -315,17 +346,16 @@ mod tests {
 
     #[test]
     fn refusal_bodies_escape_what_json_needs_and_count_in_decimal() {
-        let r = Refused { state: RefusedAs::ForcedOpen, reason: "say \"no\"".into(), retry_after_ms: 1_234_567_000 };
+        // A reason from the control plane (owned) is escaped; DESIGN's names (borrowed) need not be.
+        let reason = Cow::Owned("say \"no\"".to_string());
+        let r = Refused { state: RefusedAs::ForcedOpen, reason, retry_after_ms: 1_234_567_000 };
         let body = refusal_body("a\\b\n", &r);
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["breaker"], "a\\b\n");
         assert_eq!(v["reason"], "say \"no\"");
         assert_eq!(v["retry_after_s"], 1_234_567);
-        let mut s = String::new();
         for n in [0, 7, 10, 18_446_744_073_709_551_615] {
-            s.clear();
-            push_decimal(&mut s, n);
-            assert_eq!(s, n.to_string());
+            assert_eq!(Decimal::new(n).as_str(), n.to_string());
         }
     }
 

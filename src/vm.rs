@@ -2,6 +2,7 @@
 //! registry, and a cheap random source for jitter.
 
 use std::cell::RefCell;
+use std::num::NonZeroU64;
 use std::rc::Rc;
 
 use crate::host;
@@ -56,7 +57,7 @@ pub struct Pending {
 
 impl Calls {
     /// Tracks a call; `None` when the table is full.
-    pub fn track(&mut self, call: Pending) -> Option<u64> {
+    pub fn track(&mut self, call: Pending) -> Option<NonZeroU64> {
         let index = match self.free.pop() {
             Some(i) => i as usize,
             None if self.slots.len() < MAX_IN_FLIGHT => {
@@ -69,12 +70,15 @@ impl Calls {
         slot.generation = slot.generation.wrapping_add(1);
         slot.call = Some(call);
         self.live += 1;
-        Some(u64::from(slot.generation) << 32 | index as u64)
+        // The generation is at least 1 after the increment, so an id is never 0.
+        slot.generation = slot.generation.max(1);
+        NonZeroU64::new(u64::from(slot.generation) << 32 | index as u64)
     }
 
     /// Stops tracking a call: its deadline, or `None` when it is not tracked any more (it
     /// timed out).
-    pub fn settle(&mut self, id: u64) -> Option<u64> {
+    pub fn settle(&mut self, id: NonZeroU64) -> Option<u64> {
+        let id = id.get();
         let index = (id & u64::from(u32::MAX)) as usize;
         let slot = self.slots.get_mut(index).filter(|s| u64::from(s.generation) == id >> 32)?;
         let call = slot.call.take()?;

@@ -264,22 +264,11 @@ impl Head {
     /// The head of bytes [`BreakerState::decode`] accepts; `None` for anything it would not
     /// (the caller then takes the full path, which treats them as it always did).
     pub fn peek(bytes: &[u8]) -> Option<Head> {
-        let head: &[u8; HEAD_LEN + 1] = bytes.get(..=HEAD_LEN)?.try_into().ok()?;
-        if head[0] != ENCODING_VERSION || !layout_ok(bytes) {
+        let (head, _) = bytes.split_first_chunk::<SLOTS_AT>()?;
+        if head[0] != ENCODING_VERSION || !layout_ok(bytes, head[HEAD_LEN]) {
             return None;
         }
-        let u64_at = |i: usize| {
-            u64::from_le_bytes([
-                head[i],
-                head[i + 1],
-                head[i + 2],
-                head[i + 3],
-                head[i + 4],
-                head[i + 5],
-                head[i + 6],
-                head[i + 7],
-            ])
-        };
+        let u64_at = |i: usize| head[i..].first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
         Some(Head {
             phase: Phase::from_u8(head[1])?,
             reason: Reason::from_u8(head[2]),
@@ -291,21 +280,24 @@ impl Head {
     }
 }
 
-/// Whether the bytes after the head have the length and bounds `decode` checks.
-fn layout_ok(bytes: &[u8]) -> bool {
-    let slots = bytes[HEAD_LEN];
-    let at = HEAD_LEN + 1 + 8 * usize::from(slots);
-    if slots > MAX_PERMITS || bytes.len() <= at {
+/// Whether the bytes after the head (with `slots` probe slots) have the length and bounds
+/// `decode` checks.
+fn layout_ok(bytes: &[u8], slots: u8) -> bool {
+    let at = SLOTS_AT + 8 * usize::from(slots);
+    let Some((&kind, rest)) = bytes.get(at..).and_then(<[u8]>::split_first) else { return false };
+    if slots > MAX_PERMITS {
         return false;
     }
-    let rest = &bytes[at + 1..];
-    match bytes[at] {
-        0 if rest.len() >= 6 => {
-            let (size, next, filled) = count_header(rest);
-            let n = usize::from(size).div_ceil(8);
-            next < size.max(1) && filled <= size && rest.len() == 6 + 2 * n
-        }
-        1 if rest.len() == 4 + TIME_BUCKETS * 10 => rest[..4] != [0; 4],
+    match kind {
+        0 => match rest.first_chunk::<6>() {
+            Some(&[s0, s1, x0, x1, f0, f1]) => {
+                let (size, next, filled) =
+                    (u16::from_le_bytes([s0, s1]), u16::from_le_bytes([x0, x1]), u16::from_le_bytes([f0, f1]));
+                next < size.max(1) && filled <= size && rest.len() == 6 + 2 * usize::from(size).div_ceil(8)
+            }
+            None => false,
+        },
+        1 => rest.len() == 4 + TIME_BUCKETS * 10 && rest[..4] != [0; 4],
         _ => false,
     }
 }
@@ -317,30 +309,32 @@ fn count_header(rest: &[u8]) -> (u16, u16, u16) {
 
 /// Whether one more success leaves every later decision as it is: a closed breaker with no
 /// failure streak whose count window of `size` calls is full and holds no failure or slow call
-/// (a success then only replaces a success). Read in place; `false` whenever unsure.
-pub fn success_is_noop(bytes: &[u8], size: u16) -> bool {
-    // Read directly (this runs on every success): the checks `decode` makes on these bytes.
-    let closed = bytes.len() > HEAD_LEN && bytes[0] == ENCODING_VERSION && bytes[1] == Phase::Closed as u8;
-    if !closed || bytes[4] != 0 || bytes[5] != 0 || bytes[HEAD_LEN] > MAX_PERMITS {
-        return false;
-    }
+/// (a success then only replaces a success), in the shape `permits` probe slots give. Read in
+/// place (this runs on every success); `false` whenever unsure.
+pub fn success_is_noop(bytes: &[u8], permits: u8, size: u16) -> bool {
+    let at = SLOTS_AT + 8 * usize::from(permits);
     let n = usize::from(size).div_ceil(8);
-    let Some(rest) = bytes.get(SLOTS_AT + 8 * usize::from(bytes[HEAD_LEN])..) else { return false };
-    if rest.len() != 7 + 2 * n || rest[0] != 0 {
+    if bytes.len() != at + 7 + 2 * n || permits > MAX_PERMITS {
         return false;
     }
-    let (stored, next, filled) = count_header(&rest[1..]);
-    stored == size && filled == size && next < size && all_zero(&rest[7..])
+    let Some((head, rest)) = bytes.split_first_chunk::<SLOTS_AT>() else { return false };
+    let closed = head[0] == ENCODING_VERSION && head[1] == Phase::Closed as u8;
+    if !closed || head[4] | head[5] != 0 || head[HEAD_LEN] != permits {
+        return false;
+    }
+    let Some((window, bits)) = rest[at - SLOTS_AT..].split_first_chunk::<7>() else { return false };
+    let [kind, s0, s1, x0, x1, f0, f1] = *window;
+    let (stored, next, filled) =
+        (u16::from_le_bytes([s0, s1]), u16::from_le_bytes([x0, x1]), u16::from_le_bytes([f0, f1]));
+    kind == 0 && stored == size && filled == size && next < size && all_zero(bits)
 }
 
 /// Whether every byte is 0, eight at a time.
 fn all_zero(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    let mut any = 0u64;
-    for w in words.by_ref() {
-        any |= u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-    }
-    any == 0 && words.remainder().iter().all(|&b| b == 0)
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
+    words.fold(0u64, |any, w| any | word(w)) == 0 && rest.iter().all(|&b| b == 0)
 }
 
 /// The probe slots of encoded bytes (which [`Head::peek`] accepted), in order.
@@ -481,24 +475,25 @@ mod tests {
         for _ in 0..9 {
             s.window.record(0, false, false);
         }
-        assert!(!success_is_noop(&s.encode(), 10), "a window still filling counts every call");
+        assert!(!success_is_noop(&s.encode(), 3, 10), "a window still filling counts every call");
         s.window.record(0, false, false);
-        assert!(success_is_noop(&s.encode(), 10));
-        assert!(!success_is_noop(&s.encode(), 20), "a window of another size is rebuilt");
+        assert!(success_is_noop(&s.encode(), 3, 10));
+        assert!(!success_is_noop(&s.encode(), 3, 20), "a window of another size is rebuilt");
+        assert!(!success_is_noop(&s.encode(), 2, 10), "a state of another shape is rebuilt");
         let mut streak = s.clone();
         streak.consecutive_failures = 1;
-        assert!(!success_is_noop(&streak.encode(), 10), "a success ends a streak");
+        assert!(!success_is_noop(&streak.encode(), 3, 10), "a success ends a streak");
         let mut failed = s.clone();
         failed.window.record(0, true, false);
-        assert!(!success_is_noop(&failed.encode(), 10), "a success pushes a failure out");
+        assert!(!success_is_noop(&failed.encode(), 3, 10), "a success pushes a failure out");
         let mut slow = s.clone();
         slow.window.record(0, false, true);
-        assert!(!success_is_noop(&slow.encode(), 10), "a success pushes a slow call out");
+        assert!(!success_is_noop(&slow.encode(), 3, 10), "a success pushes a slow call out");
         let mut half_open = s.clone();
         half_open.phase = Phase::HalfOpen;
-        assert!(!success_is_noop(&half_open.encode(), 10));
+        assert!(!success_is_noop(&half_open.encode(), 3, 10));
         let time = BreakerState::new(&Policy { window: WindowSpec::Time { seconds: 10 }, ..Policy::default() });
-        assert!(!success_is_noop(&time.encode(), 10), "a time window counts every call");
+        assert!(!success_is_noop(&time.encode(), 3, 10), "a time window counts every call");
     }
 
     #[test]

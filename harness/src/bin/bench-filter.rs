@@ -88,6 +88,14 @@ fn measure(
     Ok((Row { path: name, target, stats }, memory))
 }
 
+/// Why a path misses its target, if it does.
+fn over_target(r: &Row) -> Option<String> {
+    let (i, c) = r.target?;
+    let calls = r.stats.total_host_calls();
+    (r.stats.instructions > i || calls > c)
+        .then(|| format!("{}: {} instructions, {calls} host calls (target {i}, {c})", r.path, r.stats.instructions))
+}
+
 /// Where a path's instructions went: the segments between host calls, largest first.
 fn profile(r: &Row) -> String {
     let mut by: BTreeMap<&str, u64> = BTreeMap::new();
@@ -164,16 +172,9 @@ fn main() -> wasmtime::Result<()> {
         let by: Vec<String> =
             r.stats.host_calls.iter().map(|(k, v)| format!("{}×{v}", k.trim_start_matches("proxy_"))).collect();
         let calls = r.stats.total_host_calls();
+        over.extend(over_target(r));
         let target = match r.target {
-            Some((i, c)) => {
-                if r.stats.instructions > i || calls > c {
-                    over.push(format!(
-                        "{}: {} instructions, {calls} host calls (target {i}, {c})",
-                        r.path, r.stats.instructions
-                    ));
-                }
-                format!("≤ {i}, ≤ {c}")
-            }
+            Some((i, c)) => format!("≤ {i}, ≤ {c}"),
             None => "–".to_string(),
         };
         out.push_str(&format!("| {} | {} | {calls} | {target} | {} |\n", r.path, r.stats.instructions, by.join(", ")));
@@ -191,4 +192,26 @@ fn main() -> wasmtime::Result<()> {
         wasmtime::bail!("over target:\n{}", over.join("\n"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_over_either_target_is_reported_and_one_within_both_is_not() {
+        let row = |instructions, calls: u32| Row {
+            path: "p",
+            target: Some((3_000, 5)),
+            stats: CallStats {
+                instructions,
+                host_calls: BTreeMap::from([("proxy_get_property".to_string(), calls)]),
+                segments: vec![],
+            },
+        };
+        assert_eq!(over_target(&row(3_000, 5)), None);
+        assert!(over_target(&row(3_001, 5)).is_some());
+        assert!(over_target(&row(2_000, 6)).is_some());
+        assert_eq!(over_target(&Row { target: None, ..row(9_999, 9) }), None);
+    }
 }
