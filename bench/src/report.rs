@@ -82,7 +82,7 @@ fn cost_per_request(md: &mut String, r: &Results) {
                 added50,
                 added99,
                 row.cpu_us,
-                list(&row.cpu_rounds),
+                plain_list(&row.cpu_rounds),
                 row.errors
             );
         }
@@ -117,6 +117,11 @@ fn cost_per_request(md: &mut String, r: &Results) {
 fn added_per_round(f: &FixedRate, name: &str) -> Vec<f64> {
     let rounds = |n: &str| f.row(n).map(|r| r.cpu_rounds.clone()).unwrap_or_default();
     rounds(name).iter().zip(rounds(name::NONE)).map(|(a, b)| a - b).collect()
+}
+
+fn plain_list(values: &[f64]) -> String {
+    let v: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+    v.join(", ")
 }
 
 fn list(values: &[f64]) -> String {
@@ -468,7 +473,7 @@ mod tests {
         has(&md, "Floodgate +40.0 µs, admission_control +20.0 µs, Lua +25.0 µs");
         has(&md, "Floodgate / Lua = 1.60, Floodgate / admission_control = 2.00");
         has(&md, "Of Floodgate's, +30.0 µs is there without the breaker");
-        has(&md, "| floodgate | 1400 | 1900 | 2400 | +400 | +400 | 240.0 | +240.0 | 0 |");
+        has(&md, "| floodgate | 1400 | 1900 | 2400 | +400 | +400 | 240.0 | 240.0 | 0 |");
         has(&md, "Added per round (rounds are interleaved, so each compares runs minutes apart at most): Floodgate +40.0, Lua +25.0");
         has(&md, "- MISSED: Floodgate costs less per request than Lua (Envoy CPU): 40.0 vs 25.0 µs");
         has(&md, "- MISSED: Floodgate costs at most 1.5x admission_control (Envoy CPU added): 2.00x");

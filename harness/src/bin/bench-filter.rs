@@ -114,6 +114,87 @@ fn profile(r: &Row) -> String {
     out
 }
 
+/// A row of a filter.md table: path, instructions, host calls.
+fn row_of(line: &str) -> Option<(String, u64, u32)> {
+    let cells: Vec<&str> = line.trim().strip_prefix('|')?.strip_suffix('|')?.split('|').map(str::trim).collect();
+    let [path, instructions, calls, ..] = cells.as_slice() else { return None };
+    Some((path.to_string(), instructions.parse().ok()?, calls.parse().ok()?))
+}
+
+/// Instructions by callback (the part of a segment's label before `:`), from a profile table.
+fn by_callback<'a>(segments: impl Iterator<Item = (&'a str, u64)>) -> BTreeMap<String, u64> {
+    let mut by = BTreeMap::new();
+    for (label, n) in segments {
+        let callback = label.split(':').next().unwrap_or(label).trim().to_string();
+        *by.entry(callback).or_default() += n;
+    }
+    by
+}
+
+/// The baseline's profile of `path`: (label, instructions) rows under its `**path**` heading.
+fn baseline_segments<'a>(before: &'a str, path: &str) -> Vec<(&'a str, u64)> {
+    let heading = format!("**{path}**");
+    let Some(start) = before.find(&heading) else { return vec![] };
+    let rest = &before[start + heading.len()..];
+    let end = rest.find("\n**").unwrap_or(rest.len());
+    rest[..end]
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.trim().strip_prefix('|')?.strip_suffix('|')?.split('|').map(str::trim).collect();
+            let [label, n] = cells.as_slice() else { return None };
+            Some((*label, n.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Before and after issue 15, from the baseline's file: per path, then per callback.
+fn compare(before: &str, rows: &[(Row, usize)]) -> String {
+    let mut out = String::from(
+        "\n### Before and after issue 15\n\nBefore: bench/results/filter-before-issue-15.md (main at ddc0f3b, measured \
+         the same way).\n\n| path | before: instructions | host calls | after: instructions | host calls |\n|---|---:|---:|---:|---:|\n",
+    );
+    let base: Vec<(String, u64, u32)> = before.lines().filter_map(row_of).collect();
+    for (r, _) in rows {
+        if let Some((_, i, c)) = base.iter().find(|(p, _, _)| p == r.path) {
+            out.push_str(&format!(
+                "| {} | {i} | {c} | {} | {} |\n",
+                r.path,
+                r.stats.instructions,
+                r.stats.total_host_calls()
+            ));
+        }
+    }
+    out.push_str(
+        "\nWhere they went. Before, most of a guarded request was the breaker state's encoding: each admission \
+         decoded the whole state into vectors (probe slots, window bitsets) and each success decoded it again, \
+         stepped it, encoded it and wrote it back; a refusal serialized its body with serde_json and formatted \
+         `retry-after`; the state key and the property path were built per request; every host reply buffer went \
+         through the general-purpose allocator; and the `:protocol` header, `response.code_details` and \
+         `response.flags` were read on every answer. After: admission reads the state's fixed head in place; a \
+         success reads the state again and, on a healthy breaker (closed, full count window of successes), writes \
+         nothing and reads no clock; a probe takes and frees its slot on the bytes in place; keys, paths and \
+         policies are cached per key; the refusal is written directly; small blocks come from free lists. What \
+         is left is mostly the SDK's per-stream bookkeeping (`on_context_create`, `on_delete` and each callback's \
+         dispatch, the same for an unguarded request).\n",
+    );
+    out.push_str(
+        "\nBy callback (instructions, before → after):\n\n| path | callback | before | after |\n|---|---|---:|---:|\n",
+    );
+    for (r, _) in rows {
+        let old = by_callback(baseline_segments(before, r.path).into_iter());
+        let new = by_callback(r.stats.segments.iter().map(|(l, n)| (l.as_str(), *n)));
+        let callbacks: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+        for cb in callbacks {
+            let (a, b) = (old.get(cb).copied().unwrap_or(0), new.get(cb).copied().unwrap_or(0));
+            if old.is_empty() || a + b == 0 {
+                continue;
+            }
+            out.push_str(&format!("| {} | {cb} | {a} | {b} |\n", r.path));
+        }
+    }
+    out
+}
+
 fn main() -> wasmtime::Result<()> {
     let config = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 60000, "jitter": 0.0},
                      "half_open": {"permits": 32, "successes": 100}}}"#;
@@ -180,6 +261,10 @@ fn main() -> wasmtime::Result<()> {
         out.push_str(&format!("| {} | {} | {calls} | {target} | {} |\n", r.path, r.stats.instructions, by.join(", ")));
     }
     out.push_str(&format!("\nLinear memory after these requests: {} KiB.\n", memory / 1024));
+    let baseline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results/filter-before-issue-15.md");
+    if let Ok(before) = std::fs::read_to_string(&baseline) {
+        out.push_str(&compare(&before, &rows));
+    }
     out.push_str("\n### Where the instructions went\n\nInstructions between consecutive host calls of each callback (summed over the request's callbacks; a host call's reply buffer is allocated inside the call, so its allocation counts toward the segment that ends at the next call).\n");
     for (r, _) in &rows {
         out.push_str(&profile(r));
