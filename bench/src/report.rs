@@ -101,16 +101,21 @@ fn cost_per_request(md: &mut String, r: &Results) {
             cpu(name::FLOODGATE_WS),
             cpu(name::FLOODGATE_MATCHER),
         );
-        let rounds = |n: &str| added_per_round(f, n);
-        let _ = writeln!(
-            md,
-            "Added per round (rounds are interleaved, so each compares runs minutes apart at most): Floodgate {}, Lua {}, \
-             admission_control {}.\n",
-            list(&rounds(name::FLOODGATE)),
-            list(&rounds(name::LUA)),
-            list(&rounds(name::ADMISSION_CONTROL)),
-        );
+        spread(md, f);
     }
+}
+
+/// The CPU each filter adds, round by round: the spread over runs.
+fn spread(md: &mut String, f: &FixedRate) {
+    let rounds = |n: &str| list(&added_per_round(f, n));
+    let _ = writeln!(
+        md,
+        "Added per round (rounds are interleaved, so each compares runs minutes apart at most): Floodgate {}, Lua {}, \
+         admission_control {}.\n",
+        rounds(name::FLOODGATE),
+        rounds(name::LUA),
+        rounds(name::ADMISSION_CONTROL),
+    );
 }
 
 /// Envoy CPU per request of `name` minus no filter's, round by round.

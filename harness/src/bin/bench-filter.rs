@@ -195,7 +195,8 @@ fn compare(before: &str, rows: &[(Row, usize)]) -> String {
     out
 }
 
-fn main() -> wasmtime::Result<()> {
+/// Every path, measured on its own host (the plain request unguarded, then the targets).
+fn rows() -> wasmtime::Result<Vec<(Row, usize)>> {
     let config = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 60000, "jitter": 0.0},
                      "half_open": {"permits": 32, "successes": 100}}}"#;
     let shed_all = r#"{"shed": "all", "defaults": {"consecutive_failures": 3}}"#;
@@ -212,18 +213,12 @@ fn main() -> wasmtime::Result<()> {
     };
     let none = |_: &Host, _: &mut Worker| Ok(());
     let path = |name, target, upgrade, status, expect, warm| Path { name, target, upgrade, status, expect, warm };
-    let rows = vec![
+    let (plain, filling) =
+        ("plain request, `shed: all`, closed, admitted", "plain request, `shed: all`, closed, window still filling");
+    Ok(vec![
         measure(path("plain request, `shed: websocket` (not guarded)", None, false, 200, CONTINUE, 1), config, none)?,
-        measure(
-            path("plain request, `shed: all`, closed, admitted", Some((3_000, 5)), false, 200, CONTINUE, WARM_REQUESTS),
-            shed_all,
-            none,
-        )?,
-        measure(
-            path("plain request, `shed: all`, closed, window still filling", None, false, 200, CONTINUE, 1),
-            shed_all,
-            none,
-        )?,
+        measure(path(plain, Some((3_000, 5)), false, 200, CONTINUE, WARM_REQUESTS), shed_all, none)?,
+        measure(path(filling, None, false, 200, CONTINUE, 1), shed_all, none)?,
         measure(
             path("upgrade, closed, admitted (101)", Some((5_000, 6)), true, 101, CONTINUE, WARM_REQUESTS),
             config,
@@ -235,7 +230,11 @@ fn main() -> wasmtime::Result<()> {
             config,
             half_open,
         )?,
-    ];
+    ])
+}
+
+/// The file's introduction and its table of paths; and the paths over their targets.
+fn table(rows: &[(Row, usize)]) -> (String, Vec<String>) {
     let mut out = String::from(
         "# Filter cost per request (harness, deterministic)\n\n\
          Counted by `make bench-filter` in the wasmtime harness: wasm instructions (fuel) and host\n\
@@ -246,26 +245,32 @@ fn main() -> wasmtime::Result<()> {
          its target (issue 15) fails `make bench-filter` and so `make test`.\n\n\
          | path | wasm instructions | host calls | target | by call |\n|---|---:|---:|---|---|\n",
     );
-    let mut memory = 0;
     let mut over = Vec::new();
-    for (r, m) in &rows {
-        memory = memory.max(*m);
+    for (r, _) in rows {
         let by: Vec<String> =
             r.stats.host_calls.iter().map(|(k, v)| format!("{}×{v}", k.trim_start_matches("proxy_"))).collect();
-        let calls = r.stats.total_host_calls();
         over.extend(over_target(r));
-        let target = match r.target {
-            Some((i, c)) => format!("≤ {i}, ≤ {c}"),
-            None => "–".to_string(),
-        };
+        let target = r.target.map_or("–".to_string(), |(i, c)| format!("≤ {i}, ≤ {c}"));
+        let calls = r.stats.total_host_calls();
         out.push_str(&format!("| {} | {} | {calls} | {target} | {} |\n", r.path, r.stats.instructions, by.join(", ")));
     }
+    let memory = rows.iter().map(|(_, m)| *m).max().unwrap_or(0);
     out.push_str(&format!("\nLinear memory after these requests: {} KiB.\n", memory / 1024));
+    (out, over)
+}
+
+fn main() -> wasmtime::Result<()> {
+    let rows = rows()?;
+    let (mut out, over) = table(&rows);
     let baseline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/results/filter-before-issue-15.md");
     if let Ok(before) = std::fs::read_to_string(&baseline) {
         out.push_str(&compare(&before, &rows));
     }
-    out.push_str("\n### Where the instructions went\n\nInstructions between consecutive host calls of each callback (summed over the request's callbacks; a host call's reply buffer is allocated inside the call, so its allocation counts toward the segment that ends at the next call).\n");
+    out.push_str(
+        "\n### Where the instructions went\n\nInstructions between consecutive host calls of each callback (summed \
+         over the request's callbacks; a host call's reply buffer is allocated inside the call, so its allocation \
+         counts toward the segment that ends at the next call).\n",
+    );
     for (r, _) in &rows {
         out.push_str(&profile(r));
     }
