@@ -8,8 +8,8 @@
 
 use std::borrow::Cow;
 
-use crate::guard::{self, Refused, Verdict};
-use crate::metrics::RejectKind;
+use crate::guard::{self, Kind, Refused, Verdict};
+use crate::keys::Key;
 use crate::store::{self, Step, StoreError};
 use crate::vm;
 use floodgate_core::admission::{self, Bucket, Budget, Take};
@@ -23,11 +23,11 @@ pub fn bucket_key(breaker: &str) -> String {
     store::prefixed(KEY_PREFIX, breaker)
 }
 
-/// Takes a token from the breaker's bucket at `now_ms`.
-pub fn take(breaker: &str, budget: Budget, now_ms: u64) -> Result<Take, StoreError> {
+/// Takes a token from the bucket at shared-data key `bucket_key` at `now_ms`.
+pub fn take(bucket_key: &str, budget: Budget, now_ms: u64) -> Result<Take, StoreError> {
     // The full bucket is encoded only when the key is missing, not on every upgrade.
     let full = || Bucket::full(budget).encode();
-    store::cas_update_lazy(&bucket_key(breaker), Some(full), |bytes| {
+    store::cas_update_lazy(bucket_key, Some(full), |bytes| {
         let mut bucket = bytes.and_then(Bucket::decode).unwrap_or_else(|| Bucket::full(budget));
         let (take, changed) = bucket.take(budget, now_ms);
         Ok::<_, StoreError>(if changed { Step::Write(bucket.encode(), take) } else { Step::Keep(take) })
@@ -35,25 +35,26 @@ pub fn take(breaker: &str, budget: Budget, now_ms: u64) -> Result<Take, StoreErr
 }
 
 /// Applies the breaker's admission budget to a call the breaker admitted.
-pub fn gate(breaker: &str, kind: RejectKind, verdict: Verdict) -> Verdict {
+pub fn gate(key: &Key, kind: Kind, verdict: Verdict) -> Verdict {
     let Verdict::Admit(admitted) = verdict else { return verdict };
-    let budget = admitted.policy.admission;
+    let budget = key.policy.admission;
     if budget.is_off() {
         return Verdict::Admit(admitted);
     }
     let now = admitted.start_ms;
-    let taken = take(breaker, budget, now);
+    let taken = take(&key.bucket_key, budget, now);
+    let breaker = key.name.as_str();
     let refusal = vm::with(|vm| match taken {
         Ok(Take::Admit) => {
             vm.metrics.admission_admitted(breaker);
             None
         }
-        Ok(Take::Refuse { .. }) if admitted.policy.policy.mode == Mode::DryRun => {
-            vm.metrics.would_reject(breaker, kind);
+        Ok(Take::Refuse { .. }) if key.policy.policy.mode == Mode::DryRun => {
+            vm.metrics.would_reject(breaker, kind());
             None
         }
         Ok(Take::Refuse { wait_ms }) => {
-            vm.metrics.admission_rejected(breaker, kind);
+            vm.metrics.admission_rejected(breaker, kind());
             let retry_after_ms = admission::retry_after_ms(budget, wait_ms, vm.unit(now));
             // The breaker admitted this call as a probe only in half-open.
             let state = if admitted.probe.is_some() { RefusedAs::HalfOpen } else { RefusedAs::Closed };

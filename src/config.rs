@@ -266,6 +266,8 @@ pub struct Config {
     pub max_breakers: u32,
     /// The TCP filter's breaker (root_id `floodgate_tcp` only).
     pub tcp_breaker: Option<String>,
+    /// Per-key data the request path reuses (filled as keys are first seen).
+    pub keys: crate::keys::Keys,
 }
 
 impl Config {
@@ -388,7 +390,7 @@ fn validate(raw: RawConfig, kind: FilterKind) -> Result<Config, ConfigError> {
             std::rc::Rc::make_mut(p).policy.answer_timeout_ms = 0;
         }
     }
-    Ok(Config { shed, key, defaults, overrides, reject, control, max_breakers, tcp_breaker })
+    Ok(Config { shed, key, defaults, overrides, reject, control, max_breakers, tcp_breaker, keys: Default::default() })
 }
 
 fn control(c: RawControl) -> Result<ControlConfig, ConfigError> {

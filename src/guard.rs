@@ -2,25 +2,32 @@
 //! Host errors fail open: a broken shared-data call admits and is counted, it never refuses.
 
 use std::borrow::Cow;
+use std::num::NonZeroU64;
 use std::rc::Rc;
 
-use crate::config::{BreakerPolicy, Config, ControlConfig};
+use crate::config::{Config, ControlConfig};
 use crate::host;
+use crate::keys::Key;
 use crate::metrics::{Outcome, RejectKind};
 use crate::store::{self, StoreError};
 use crate::vm::{self, Pending, Vm};
-use floodgate_core::breaker::{whole_seconds, SHORT_RETRY_MS};
+use floodgate_core::breaker::{
+    admit_probe_in_place, admit_unchanged, record_probe_success_in_place, whole_seconds, SHORT_RETRY_MS,
+};
 use floodgate_core::remote::{self, DecideParams, RemoteDecision};
-use floodgate_core::{Call, Decision, Effect, Mode, Policy, ProbeTicket, Reason, Refusal, RefusedAs};
+use floodgate_core::state::{self, Head};
+use floodgate_core::{
+    admit, record_success, BreakerState, Call, Decision, Effect, Mode, Phase, Policy, ProbeTicket, Reason, Refusal,
+    RefusedAs,
+};
 
 /// A call the breaker admitted; hand it back with [`finish`] or [`abandon`].
 pub struct Admitted {
-    pub breaker: String,
-    pub policy: Rc<BreakerPolicy>,
+    pub key: Rc<Key>,
     pub probe: Option<ProbeTicket>,
     pub start_ms: u64,
     /// Its entry in this worker's calls in flight (with an answer deadline).
-    pub pending: Option<u64>,
+    pub pending: Option<NonZeroU64>,
 }
 
 /// Why a call is refused, as the client is told: a local breaker's reason, or the control
@@ -53,85 +60,147 @@ pub enum Verdict {
     Refuse(Refused),
 }
 
-/// The breaker's decision, then the admission budget's (DESIGN, `admission`).
-pub fn check(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
-    crate::admission::gate(breaker, kind, check_breaker(config, breaker, kind))
+/// What a refusal is counted as, asked only when a call is refused (an HTTP filter reads the
+/// `upgrade` header for it only then).
+pub type Kind<'a> = &'a dyn Fn() -> RejectKind;
+
+/// The breaker's decision for key `name` (as the host gave it), then the admission budget's
+/// (DESIGN, `admission`). `timed`: the call has an answer deadline (HTTP; TCP's answer is the
+/// upstream connection, bounded by the cluster's connect_timeout).
+pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
+    let key = match config.keys.get(name) {
+        Some(key) => key,
+        None => match first_use(config, name, kind) {
+            Ok(key) => key,
+            Err(verdict) => return verdict,
+        },
+    };
+    let verdict = check_key(config, &key, timed, kind);
+    if key.policy.admission.is_off() {
+        return verdict;
+    }
+    crate::admission::gate(&key, kind, verdict)
 }
 
-fn check_breaker(config: &Config, breaker: &str, kind: RejectKind) -> Verdict {
+/// A key not cached yet: tracked ones are cached for every later request; the others get the
+/// verdict of an untracked key (the control plane's or a forced-open's, else pass).
+fn first_use(config: &Config, name: &[u8], kind: Kind) -> Result<Rc<Key>, Verdict> {
+    let Ok(breaker) = std::str::from_utf8(name) else { return Err(Verdict::Pass) };
     let policy = config.policy_for(breaker);
     if policy.policy.mode == Mode::Disabled {
-        return Verdict::Pass;
+        return Err(Verdict::Pass);
     }
+    let reserved = config.overrides.contains_key(breaker);
+    match vm::with(|vm| vm.registry.tracked(breaker, config.max_breakers, reserved)) {
+        Ok(true) => Ok(config.keys.insert(breaker, policy.clone())),
+        Ok(false) => Err(untracked(config, breaker, &policy.policy, kind)),
+        Err(e) => {
+            // No per-key stats for a key that may be untracked: the global counters only.
+            log::warn!("breaker registry not read: {e:?}");
+            vm::with(|vm| vm.metrics.untracked());
+            Err(Verdict::Pass)
+        }
+    }
+}
+
+/// An untracked key: the control plane's verdict, else a configured forced-open still refuses
+/// keys past max_breakers; everything else passes.
+fn untracked(config: &Config, breaker: &str, p: &Policy, kind: Kind) -> Verdict {
     let Ok(now) = host::now_ms() else {
         return Verdict::Pass;
     };
     vm::with(|vm| {
-        let reserved = config.overrides.contains_key(breaker);
-        let tracked = match vm.registry.tracked(breaker, config.max_breakers, reserved) {
-            Ok(t) => t,
-            Err(e) => {
-                // No per-key stats for a key that may be untracked: the global counters only.
-                log::warn!("breaker registry not read: {e:?}");
-                vm.metrics.untracked();
-                return Verdict::Pass;
-            }
-        };
-        let p = &policy.policy;
         if let Some(control) = &config.control {
-            if let Some(verdict) = remote_verdict(vm, control, p, breaker, kind, now, tracked) {
+            if let Some(verdict) = remote_verdict(vm, control, p, breaker, kind, now, false) {
                 return verdict;
             }
         }
-        if !tracked {
-            vm.metrics.untracked();
-            // A configured forced-open still refuses keys past max_breakers.
-            return match p.mode {
-                Mode::ForcedOpen => {
-                    let unit = vm.unit(now);
-                    let retry_after_ms = whole_seconds(p.open_base_ms, p.open_jitter, unit);
-                    Verdict::Refuse(Refused {
-                        state: RefusedAs::ForcedOpen,
-                        reason: Cow::Borrowed(Reason::Forced.name()),
-                        retry_after_ms,
-                    })
-                }
-                _ => Verdict::Pass,
-            };
+        vm.metrics.untracked();
+        match p.mode {
+            Mode::ForcedOpen => {
+                let unit = vm.unit(now);
+                let retry_after_ms = whole_seconds(p.open_base_ms, p.open_jitter, unit);
+                Verdict::Refuse(Refused {
+                    state: RefusedAs::ForcedOpen,
+                    reason: Cow::Borrowed(Reason::Forced.name()),
+                    retry_after_ms,
+                })
+            }
+            _ => Verdict::Pass,
         }
-        let unit = vm.unit(now);
-        let (decision, effect, state) = match store::update(breaker, p, |s| floodgate_core::admit(s, p, now, unit)) {
+    })
+}
+
+fn check_key(config: &Config, key: &Rc<Key>, timed: bool, kind: Kind) -> Verdict {
+    let p = &key.policy.policy;
+    let Ok(now) = host::now_ms() else {
+        return Verdict::Pass;
+    };
+    vm::with(|vm| {
+        if let Some(control) = &config.control {
+            if let Some(verdict) = remote_verdict(vm, control, p, &key.name, kind, now, true) {
+                return verdict;
+            }
+        }
+        let (decision, effect, phase) = match decide(vm, key, now) {
             Ok(r) => r,
-            Err(e) => return lost(vm, breaker, e),
+            Err(e) => return lost(vm, &key.name, e),
         };
-        vm.metrics.touch(breaker, state.phase);
-        report(vm, breaker, effect);
+        if !key.touched.replace(true) {
+            vm.metrics.touch(&key.name, phase);
+        }
+        report(vm, &key.name, effect);
         let probe = match decision {
             Decision::Admit { probe } => probe,
             Decision::Refuse(refusal) if p.mode == Mode::DryRun => {
-                vm.metrics.would_reject(breaker, kind);
-                log::debug!("dry_run would refuse {breaker}: {:?}", refusal.reason);
+                vm.metrics.would_reject(&key.name, kind());
+                log::debug!("dry_run would refuse {}: {:?}", key.name, refusal.reason);
                 None
             }
             Decision::Refuse(refusal) => {
-                vm.metrics.rejected(breaker, kind);
+                vm.metrics.rejected(&key.name, kind());
                 return Verdict::Refuse(refusal.into());
             }
         };
-        // TCP's answer is the upstream connection, bounded by the cluster's connect_timeout.
-        let pending = (p.answer_timeout_ms > 0 && kind != RejectKind::Tcp)
-            .then(|| {
-                vm.calls.track(Pending {
-                    breaker: breaker.to_string(),
-                    policy: policy.clone(),
-                    probe,
-                    start_ms: now,
-                    deadline_ms: now.saturating_add(p.answer_timeout_ms),
-                })
-            })
-            .flatten();
-        Verdict::Admit(Admitted { breaker: breaker.to_string(), policy: policy.clone(), probe, start_ms: now, pending })
+        let pending = if timed { track(vm, key, probe, now) } else { None };
+        Verdict::Admit(Admitted { key: key.clone(), probe, start_ms: now, pending })
     })
+}
+
+/// The breaker's decision at `now`: from the state's head alone when that decides without a
+/// change (closed, or open before its time: no decoding, no write), else the full step.
+fn decide(vm: &mut Vm, key: &Key, now: u64) -> Result<(Decision, Effect, Phase), StoreError> {
+    let p = &key.policy.policy;
+    let mut read = host::shared_get(&key.state_key)?;
+    if let Some(head) = read.0.as_deref().and_then(Head::peek) {
+        if let Some(decision) = admit_unchanged(&head, p, now, || vm.unit(now)) {
+            return Ok((decision, Effect::default(), head.phase));
+        }
+    }
+    // Half-open: the probe slot is taken on the bytes as read, no decoding.
+    let cas = read.1;
+    if let Some(bytes) = read.0.as_mut() {
+        if let Some((decision, changed)) = admit_probe_in_place(bytes, p, now, || vm.unit(now)) {
+            if !changed || store::write_patched(&key.state_key, bytes, cas)? {
+                return Ok((decision, Effect { changed, transition: None }, Phase::HalfOpen));
+            }
+            read = (None, 0);
+        }
+    }
+    let first = read.0.is_some().then_some(read);
+    let unit = vm.unit(now);
+    let (decision, effect, state) = store::update(&key.state_key, p, first, |s| admit(s, p, now, unit))?;
+    Ok((decision, effect, state.phase))
+}
+
+/// Tracks an admitted call for its answer deadline.
+fn track(vm: &mut Vm, key: &Rc<Key>, probe: Option<ProbeTicket>, now: u64) -> Option<NonZeroU64> {
+    let timeout_ms = key.policy.policy.answer_timeout_ms;
+    if timeout_ms == 0 {
+        return None;
+    }
+    let deadline_ms = now.saturating_add(timeout_ms);
+    vm.calls.track(Pending { key: key.clone(), probe, start_ms: now, deadline_ms })
 }
 
 /// Applies the control plane's view (refreshed into the VM on every tick: no host call here).
@@ -142,7 +211,7 @@ fn remote_verdict(
     control: &ControlConfig,
     p: &Policy,
     breaker: &str,
-    kind: RejectKind,
+    kind: Kind,
     now: u64,
     tracked: bool,
 ) -> Option<Verdict> {
@@ -175,49 +244,148 @@ fn remote_verdict(
         return Some(if p.mode == Mode::DryRun { Verdict::Pass } else { Verdict::Refuse(refused) });
     }
     if p.mode == Mode::DryRun {
-        vm.metrics.would_reject(breaker, kind);
+        vm.metrics.would_reject(breaker, kind());
         return Some(Verdict::Pass);
     }
-    vm.metrics.rejected(breaker, kind);
+    vm.metrics.rejected(breaker, kind());
     Some(Verdict::Refuse(refused))
 }
 
 /// What ending a tracked call means: `Some(true)` when its answer deadline passed before this
 /// end (no answer by then: a failure, as the tick would have counted it), `None` when the tick
-/// already counted it.
-fn settle(vm: &mut Vm, a: &Admitted, now: u64) -> Option<bool> {
+/// already counted it. Without a clock reading (`now` = `None`), only the tick decides.
+fn settle(vm: &mut Vm, a: &Admitted, now: Option<u64>) -> Option<bool> {
     match a.pending {
         None => Some(false),
-        Some(id) => vm.calls.settle(id).map(|deadline| now >= deadline),
+        Some(id) => vm.calls.settle(id).map(|deadline| now.is_some_and(|now| now >= deadline)),
     }
+}
+
+/// The outcome of an answer whose status is not a failure: [`Success::Counted`] when it changed
+/// nothing shared, else the call back, with the state as read, to be decided.
+pub enum Success {
+    Counted,
+    Decide(Admitted, Option<store::Read>),
+}
+
+/// Counts a success with no clock reading and no write when it changes nothing shared: a
+/// lean breaker (count window, no slow calls) that is closed with no streak and a full window
+/// of successes. The state is read now, not taken from admission, so a streak another worker
+/// started meanwhile is still ended by this success, exactly as writing every success would.
+/// The answer deadline is the tick's to enforce: a success it has not timed out counts.
+pub fn success_if_noop(a: Admitted) -> Success {
+    let Some(size) = a.key.lean.filter(|_| a.probe.is_none()) else {
+        return Success::Decide(a, None);
+    };
+    let read = match host::shared_get(&a.key.state_key) {
+        Ok(read) => read,
+        Err(_) => return Success::Decide(a, None),
+    };
+    if !read.0.as_deref().is_some_and(|b| state::success_is_noop(b, a.key.policy.policy.half_open_permits, size)) {
+        return Success::Decide(a, Some(read));
+    }
+    vm::with(|vm| {
+        if settle(vm, &a, None).is_some() {
+            count_success(vm, &a.key);
+        }
+    });
+    Success::Counted
 }
 
 /// Records the outcome of an admitted call (nothing if its answer deadline already decided it).
 pub fn finish(a: Admitted, failure: bool) {
-    let now = host::now_ms().unwrap_or(a.start_ms);
-    let p = &a.policy.policy;
+    if failure {
+        return record_outcome(a, true, None);
+    }
+    if let Success::Decide(a, read) = success_if_noop(a) {
+        record_outcome(a, false, read);
+    }
+}
+
+/// Writes an outcome. A success of a lean breaker is recorded as of its call's start (no clock
+/// reading: nothing it records depends on the time); anything else reads the clock.
+pub fn record_outcome(a: Admitted, failure: bool, read: Option<store::Read>) {
+    let p = &a.key.policy.policy;
+    let clock = (failure || a.key.lean.is_none()).then(|| host::now_ms().unwrap_or(a.start_ms));
+    let now = clock.unwrap_or(a.start_ms);
     let slow = p.slow_call_ms > 0 && now.saturating_sub(a.start_ms) >= p.slow_call_ms;
     vm::with(|vm| {
-        match settle(vm, &a, now) {
+        match settle(vm, &a, clock) {
             None => return,
-            Some(true) => return timed_out(vm, &a.breaker, p, a.probe, now),
+            Some(true) => return timed_out(vm, &a.key, a.probe, now),
             Some(false) => {}
         }
-        let outcome = if failure {
-            Outcome::Failure
+        if failure {
+            vm.metrics.call(&a.key.name, Outcome::Failure);
         } else if slow {
-            Outcome::Slow
+            vm.metrics.call(&a.key.name, Outcome::Slow);
         } else {
-            Outcome::Success
+            count_success(vm, &a.key);
+        }
+        let read = match (clock, a.probe) {
+            (None, Some(t)) => match probe_success_in_place(&a.key, a.start_ms, t, read) {
+                Ok(None) => return,
+                Ok(Some(read)) => read,
+                Err(e) => {
+                    lost(vm, &a.key.name, e);
+                    return;
+                }
+            },
+            _ => read,
         };
-        vm.metrics.call(&a.breaker, outcome);
         let unit = vm.unit(now);
         let call = Call { failure, slow };
-        match store::update(&a.breaker, p, |s| ((), floodgate_core::record(s, p, now, call, a.probe, unit))) {
-            Ok((_, effect, _)) => report(vm, &a.breaker, effect),
+        let step = |s: &mut BreakerState| match clock {
+            Some(now) => ((), floodgate_core::record(s, p, now, call, a.probe, unit)),
+            None => ((), record_success(s, p, a.start_ms, a.probe)),
+        };
+        match store::update(&a.key.state_key, p, read, step) {
+            Ok((_, effect, _)) => report(vm, &a.key.name, effect),
             Err(e) => {
-                lost(vm, &a.breaker, e);
+                lost(vm, &a.key.name, e);
             }
+        }
+    })
+}
+
+/// A probe's success (not its breaker's last one), stepped on the state's bytes in place:
+/// `Ok(None)` when done, else what to hand to the full step (the bytes as read, or nothing
+/// when another worker wrote in between).
+fn probe_success_in_place(
+    key: &Key,
+    start_ms: u64,
+    t: ProbeTicket,
+    read: Option<store::Read>,
+) -> Result<Option<Option<store::Read>>, StoreError> {
+    let (mut bytes, cas) = match read {
+        Some(read) => read,
+        None => host::shared_get(&key.state_key)?,
+    };
+    let Some(b) = bytes.as_mut() else { return Ok(Some(None)) };
+    match record_probe_success_in_place(b, &key.policy.policy, start_ms, t) {
+        Some(false) => Ok(None),
+        Some(true) if store::write_patched(&key.state_key, b, cas)? => Ok(None),
+        Some(true) => Ok(Some(None)),
+        None => Ok(Some(Some((bytes, cas)))),
+    }
+}
+
+/// Counts a success on this worker; [`flush_successes`] adds them to Envoy's stats on the tick.
+fn count_success(vm: &mut Vm, key: &Rc<Key>) {
+    let n = key.successes.get();
+    if n == 0 {
+        vm.successes.push(key.clone());
+    }
+    key.successes.set(n.saturating_add(1));
+}
+
+/// Adds the successes counted since the last tick to `floodgate_calls_total` (called on every
+/// tick): each key is listed at most once, and the list is emptied.
+pub fn flush_successes() {
+    vm::with(|vm| {
+        for key in std::mem::take(&mut vm.successes) {
+            let n = key.successes.replace(0);
+            vm.metrics.calls(&key.name, Outcome::Success, i64::from(n));
         }
     })
 }
@@ -228,13 +396,14 @@ pub fn abandon(a: Admitted) {
     if a.pending.is_none() && a.probe.is_none() {
         return;
     }
-    let p = &a.policy.policy;
+    let p = &a.key.policy.policy;
     let now = host::now_ms().unwrap_or(a.start_ms);
-    vm::with(|vm| match settle(vm, &a, now) {
-        Some(true) => timed_out(vm, &a.breaker, p, a.probe, now),
+    vm::with(|vm| match settle(vm, &a, Some(now)) {
+        Some(true) => timed_out(vm, &a.key, a.probe, now),
         Some(false) if a.probe.is_some() => {
-            if let Err(e) = store::update(&a.breaker, p, |s| ((), floodgate_core::release(s, a.probe, now))) {
-                lost(vm, &a.breaker, e);
+            let step = |s: &mut BreakerState| ((), floodgate_core::release(s, a.probe, now));
+            if let Err(e) = store::update(&a.key.state_key, p, None, step) {
+                lost(vm, &a.key.name, e);
             }
         }
         _ => {}
@@ -242,11 +411,13 @@ pub fn abandon(a: Admitted) {
 }
 
 /// A call with no upstream answer within `answer_timeout_ms`: a failure now; a probe re-opens.
-fn timed_out(vm: &mut Vm, breaker: &str, p: &Policy, probe: Option<ProbeTicket>, now: u64) {
+fn timed_out(vm: &mut Vm, key: &Key, probe: Option<ProbeTicket>, now: u64) {
+    let (breaker, p) = (&key.name, &key.policy.policy);
     vm.metrics.call(breaker, Outcome::Failure);
     let unit = vm.unit(now);
     log::info!("breaker {breaker}: no upstream answer within {} ms, counted as a failure", p.answer_timeout_ms);
-    match store::update(breaker, p, |s| ((), floodgate_core::timeout(s, p, now, probe, unit))) {
+    let step = |s: &mut BreakerState| ((), floodgate_core::timeout(s, p, now, probe, unit));
+    match store::update(&key.state_key, p, None, step) {
         Ok((_, effect, _)) => report(vm, breaker, effect),
         Err(e) => {
             lost(vm, breaker, e);
@@ -263,7 +434,7 @@ pub fn expire_overdue() {
     let Ok(now) = host::now_ms() else { return };
     let due = vm::with(|vm| vm.calls.take_overdue(now));
     for c in due {
-        vm::with(|vm| timed_out(vm, &c.breaker, &c.policy.policy, c.probe, now));
+        vm::with(|vm| timed_out(vm, &c.key, c.probe, now));
     }
 }
 

@@ -173,6 +173,12 @@ pub fn property(path: &[&str]) -> HostResult<Option<Vec<u8>>> {
         serialized.extend_from_slice(part.as_bytes());
         serialized.push(0);
     }
+    property_path(&serialized)
+}
+
+/// A property by its path as the ABI takes it: each segment followed by `\0` (a constant on
+/// the request path, so nothing is built per request).
+pub fn property_path(serialized: &[u8]) -> HostResult<Option<Vec<u8>>> {
     let (mut data, mut size) = (null_mut(), 0usize);
     // SAFETY: valid input slice; the host fills the out-pointers.
     match HostError::from_status(unsafe {
@@ -231,13 +237,10 @@ pub fn shared_set(key: &str, value: &[u8], cas: u32) -> HostResult<()> {
     HostError::from_status(unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) })
 }
 
-/// Serializes a header list in the proxy-wasm map format.
+/// Serializes a header list in the proxy-wasm map format, into one buffer sized once.
 pub fn serialize_headers(headers: &[(&str, &str)]) -> Vec<u8> {
-    let mut size = 4 + headers.len() * 8;
-    for (k, v) in headers {
-        size += k.len() + v.len() + 2;
-    }
-    let mut out = Vec::with_capacity(size);
+    let data: usize = headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let mut out = Vec::with_capacity(4 + headers.len() * 8 + data);
     out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
     for (k, v) in headers {
         out.extend_from_slice(&(k.len() as u32).to_le_bytes());

@@ -3,13 +3,15 @@
 //! stream flows untouched, except one a drain chose (`crate::drain`): its server data becomes a
 //! 1012 close frame.
 
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::config::{Config, KeySource, Shed, WebSocketReject};
-use crate::guard::{self, Admitted, Refused, Verdict};
+use crate::guard::{self, Admitted, Refused, Success, Verdict};
 use crate::host::{self, HeaderMap};
 use crate::metrics::RejectKind;
 use crate::websocket;
@@ -19,10 +21,16 @@ pub struct HttpFilter {
     admitted: Option<Admitted>,
     /// This stream's answer is Floodgate's own 101 + close frame (`reject.websocket`).
     close_frame_sent: bool,
-    /// A WebSocket upgrade let through (admitted or not guarded): its key and when it came, so
-    /// the backend's 101 registers it for drains whatever the breaker decided.
-    upgrade: Option<(String, u64)>,
-    drain: crate::drain::Stream,
+    /// Whether the request is a WebSocket upgrade, once read (with `shed: all`, only a refusal
+    /// needs to know).
+    upgrade: Cell<Option<bool>>,
+    /// A WebSocket upgrade let through unguarded (disabled, untracked, forced closed...): the
+    /// backend's 101 registers it for drains all the same.
+    passed_upgrade: bool,
+    context_id: u32,
+    /// The drain's side of an upgraded stream, made on the backend's 101 (a plain request
+    /// carries nothing for drains).
+    drain: Option<Box<crate::drain::Stream>>,
 }
 
 impl HttpFilter {
@@ -31,58 +39,133 @@ impl HttpFilter {
             config,
             admitted: None,
             close_frame_sent: false,
-            upgrade: None,
-            drain: crate::drain::Stream::new(context_id),
+            upgrade: Cell::new(None),
+            passed_upgrade: false,
+            context_id,
+            drain: None,
+        }
+    }
+
+    fn is_upgrade(&self) -> bool {
+        if let Some(known) = self.upgrade.get() {
+            return known;
+        }
+        let header = host::header(HeaderMap::RequestHeaders, "upgrade").ok().flatten();
+        let upgrade = is_websocket_upgrade(header.as_deref());
+        self.upgrade.set(Some(upgrade));
+        upgrade
+    }
+
+    fn kind(&self) -> RejectKind {
+        if self.is_upgrade() {
+            RejectKind::WebSocket
+        } else {
+            RejectKind::Http
         }
     }
 }
 
-fn request_header(name: &str) -> Option<Vec<u8>> {
-    host::header(HeaderMap::RequestHeaders, name).ok().flatten()
+/// A WebSocket upgrade: `upgrade: websocket`. Envoy presents an HTTP/2 extended CONNECT
+/// (`:protocol: websocket`) to filters in this HTTP/1.1 form (checked on Envoy 1.36 and 1.40 by
+/// the HTTP/2 tests of tests/envoy), so `:protocol` is never read.
+pub fn is_websocket_upgrade(upgrade: Option<&[u8]>) -> bool {
+    // The usual value alone first; a list (`foo, websocket`) token by token.
+    let is_ws = |v: &[u8]| {
+        v.eq_ignore_ascii_case(b"websocket")
+            || v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"))
+    };
+    upgrade.is_some_and(is_ws)
 }
 
-/// A WebSocket upgrade: HTTP/1.1 `upgrade: websocket`, or HTTP/2 extended CONNECT with
-/// `:protocol: websocket` (Envoy usually presents the latter to filters as the former).
-pub fn is_websocket_upgrade(upgrade: Option<&[u8]>, protocol: Option<&[u8]>) -> bool {
-    let is_ws = |v: &[u8]| v.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"websocket"));
-    upgrade.is_some_and(is_ws) || protocol.is_some_and(is_ws)
-}
-
-fn breaker_key(source: &KeySource) -> Option<String> {
+/// The breaker's key as the host gives it (bytes: a cached key is looked up without a copy).
+fn breaker_key(source: &KeySource) -> Option<Vec<u8>> {
+    const CLUSTER: &[u8] = b"xds\0cluster_name\0";
+    const ROUTE: &[u8] = b"xds\0route_name\0";
     let bytes = match source {
-        KeySource::Cluster => host::property(&["xds", "cluster_name"]),
-        KeySource::Route => host::property(&["xds", "route_name"]),
+        KeySource::Cluster => host::property_path(CLUSTER),
+        KeySource::Route => host::property_path(ROUTE),
         KeySource::Header(name) => host::header(HeaderMap::RequestHeaders, name),
     };
-    match bytes {
-        Ok(Some(b)) if !b.is_empty() => String::from_utf8(b).ok(),
-        _ => None,
-    }
+    bytes.ok().flatten().filter(|b| !b.is_empty())
 }
 
 /// DESIGN's refusal body.
 pub fn refusal_body(breaker: &str, refusal: &Refused) -> String {
-    #[derive(serde::Serialize)]
-    struct Body<'a> {
-        error: &'a str,
-        breaker: &'a str,
-        state: &'a str,
-        reason: &'a str,
-        retry_after_s: u64,
+    let mut body = Vec::new();
+    write_refusal_body(&mut body, breaker.as_bytes(), refusal);
+    // Only UTF-8 was written: the key and reason as given (a &str) or escaped by serde_json.
+    String::from_utf8(body).unwrap_or_default()
+}
+
+/// The refusal body into `out`, written directly (no serializer on the refusal path).
+fn write_refusal_body(out: &mut Vec<u8>, breaker: &[u8], refusal: &Refused) {
+    out.reserve(96 + breaker.len() + refusal.reason.len());
+    out.extend_from_slice(br#"{"error":"circuit_open","breaker":"#);
+    push_json_string(out, breaker);
+    out.extend_from_slice(br#","state":""#);
+    out.extend_from_slice(refusal.state.name().as_bytes());
+    out.extend_from_slice(br#"","reason":"#);
+    match &refusal.reason {
+        // DESIGN's reason names need no escaping.
+        Cow::Borrowed(name) => {
+            out.push(b'"');
+            out.extend_from_slice(name.as_bytes());
+            out.push(b'"');
+        }
+        Cow::Owned(reason) => push_json_string(out, reason.as_bytes()),
     }
-    let body = Body {
-        error: "circuit_open",
-        breaker,
-        state: refusal.state.name(),
-        reason: &refusal.reason,
-        retry_after_s: refusal.retry_after_s(),
-    };
-    // Serializing plain strings and numbers cannot fail; an empty body would still be a refusal.
-    serde_json::to_string(&body).unwrap_or_default()
+    out.extend_from_slice(br#","retry_after_s":"#);
+    out.extend_from_slice(Decimal::new(refusal.retry_after_s()).as_bytes());
+    out.push(b'}');
+}
+
+/// `s` (UTF-8) as a JSON string: as is when nothing in it needs escaping (keys usually), else
+/// through serde_json.
+fn push_json_string(out: &mut Vec<u8>, s: &[u8]) {
+    if s.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s);
+        out.push(b'"');
+    } else {
+        // Serializing a string cannot fail; an empty string still makes valid JSON around it.
+        let escaped = serde_json::to_vec(&String::from_utf8_lossy(s)).unwrap_or_else(|_| b"\"\"".to_vec());
+        out.extend_from_slice(&escaped);
+    }
+}
+
+/// A number in decimal, on the stack (no formatting machinery on the refusal path).
+pub struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub fn new(mut n: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digits[self.start..]
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits are written.
+        std::str::from_utf8(self.as_bytes()).unwrap_or("0")
+    }
 }
 
 impl HttpFilter {
-    fn refuse(&mut self, breaker: &str, refusal: &Refused, upgrade: bool) -> Action {
+    fn refuse(&mut self, breaker: &[u8], refusal: &Refused, upgrade: bool) -> Action {
         if upgrade && self.config.reject.websocket == WebSocketReject::CloseFrame {
             match websocket::refuse(refusal, &self.config.reject.headers) {
                 Ok(()) => {
@@ -92,16 +175,18 @@ impl HttpFilter {
                 Err(why) => log::debug!("close_frame refusal not possible ({why:?}): HTTP refusal"),
             }
         }
-        let retry = refusal.retry_after_s().to_string();
-        let mut headers: Vec<(&str, &str)> = vec![
+        let retry = Decimal::new(refusal.retry_after_s());
+        let extra = &self.config.reject.headers;
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
+        headers.extend([
             ("retry-after", retry.as_str()),
             ("x-floodgate", refusal.state.name()),
             ("content-type", "application/json"),
-        ];
-        headers.extend(self.config.reject.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let body = refusal_body(breaker, refusal);
-        match host::send_local_response(self.config.reject.status, &headers, body.as_bytes(), "floodgate_circuit_open")
-        {
+        ]);
+        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let mut body = Vec::new();
+        write_refusal_body(&mut body, breaker, refusal);
+        match host::send_local_response(self.config.reject.status, &headers, &body, "floodgate_circuit_open") {
             Ok(()) => Action::Pause,
             Err(e) => {
                 // Could not answer: let the request through rather than leave it hanging.
@@ -112,36 +197,60 @@ impl HttpFilter {
     }
 }
 
+impl HttpFilter {
+    /// An upgrade let through unguarded is still one a drain reaches, if its key is one a
+    /// breaker could have (of bounded length: the registry keeps it while the stream lives). Its
+    /// key is read again here, so the request path keeps nothing for it.
+    #[inline(never)]
+    fn register_passed(&mut self) {
+        let Some(key) = breaker_key(&self.config.key).and_then(|b| String::from_utf8(b).ok()) else { return };
+        if crate::store::trackable(&key) {
+            if let Ok(now) = host::now_ms() {
+                self.register_upgraded(&key, now);
+            }
+        }
+    }
+
+    /// The backend answered 101 to an admitted call: a WebSocket upgrade becomes one of this
+    /// worker's live streams for drains (in memory; no host call when the request's kind is
+    /// known). Out of line: the plain request's answer does not carry it.
+    #[inline(never)]
+    fn register_admitted(&mut self, a: &Admitted) {
+        if self.is_upgrade() {
+            self.register_upgraded(&a.key.name, a.start_ms);
+        }
+    }
+
+    fn register_upgraded(&mut self, key: &str, since_ms: u64) {
+        let mut stream = Box::new(crate::drain::Stream::new(self.context_id));
+        stream.upgraded(key, since_ms);
+        self.drain = Some(stream);
+    }
+}
+
 impl Context for HttpFilter {}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let upgrade =
-            is_websocket_upgrade(request_header("upgrade").as_deref(), request_header(":protocol").as_deref());
-        if self.config.shed == Shed::WebSocket && !upgrade {
+        if self.config.shed == Shed::WebSocket && !self.is_upgrade() {
             return Action::Continue;
         }
         let Some(breaker) = breaker_key(&self.config.key) else {
             return Action::Continue;
         };
-        let kind = if upgrade { RejectKind::WebSocket } else { RejectKind::Http };
-        match guard::check(&self.config, &breaker, kind) {
+        match guard::check(&self.config, &breaker, true, &|| self.kind()) {
             Verdict::Pass => {
-                if upgrade && crate::store::trackable(&breaker) {
-                    // Not guarded (disabled, untracked, forced closed...), but a drain reaches it
-                    // (a key of bounded length: the registry keeps it while the stream lives).
-                    self.upgrade = host::now_ms().ok().map(|now| (breaker, now));
-                }
+                self.passed_upgrade = self.is_upgrade();
                 Action::Continue
             }
             Verdict::Admit(a) => {
-                if upgrade {
-                    self.upgrade = Some((a.breaker.clone(), a.start_ms));
-                }
                 self.admitted = Some(a);
                 Action::Continue
             }
-            Verdict::Refuse(refusal) => self.refuse(&breaker, &refusal, upgrade),
+            Verdict::Refuse(refusal) => {
+                let upgrade = self.is_upgrade();
+                self.refuse(&breaker, &refusal, upgrade)
+            }
         }
     }
 
@@ -150,41 +259,29 @@ impl HttpContext for HttpFilter {
             websocket::strip_local_reply_headers();
             return Action::Continue;
         }
-        let upgrade = self.upgrade.take();
-        if self.admitted.is_none() && upgrade.is_none() {
-            return Action::Continue;
-        }
-        let status = host::header(HeaderMap::ResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| std::str::from_utf8(&s).ok().and_then(|s| s.parse::<u16>().ok()));
-        if let (Some(101), Some((key, since_ms))) = (status, upgrade) {
-            self.drain.upgraded(&key, since_ms);
-        }
         if let Some(a) = self.admitted.take() {
-            match status {
-                // Only the upstream answers an upgrade with 101: no need to ask who answered.
-                Some(101) => guard::finish(a, false),
-                Some(status) => match answered_by() {
-                    Answer::Upstream => {
-                        let failure = a.policy.failure.is_failure(status);
-                        guard::finish(a, failure);
-                    }
-                    Answer::Envoy => no_answer(a),
-                    Answer::Other => guard::abandon(a),
-                },
-                None => guard::abandon(a),
+            let status = response_status();
+            if status == Some(101) {
+                self.register_admitted(&a);
             }
+            answered(a, status);
+        } else if std::mem::take(&mut self.passed_upgrade) && response_status() == Some(101) {
+            self.register_passed();
         }
         Action::Continue
     }
 
     fn on_http_response_body(&mut self, body_size: usize, _: bool) -> Action {
-        self.drain.on_server_data(body_size)
+        match self.drain.as_mut() {
+            Some(stream) => stream.on_server_data(body_size),
+            None => Action::Continue,
+        }
     }
 
     fn on_log(&mut self) {
-        self.drain.ended();
+        if let Some(stream) = self.drain.as_mut() {
+            stream.ended();
+        }
         // The stream ended with no response through this filter: an upstream that never
         // answered (reset, connect failure, timeout: Envoy's flags say so), or a client that
         // went away before the upstream answered, which decides nothing.
@@ -231,6 +328,40 @@ pub fn classify_answer(details: Option<&[u8]>, flags: Option<u64>) -> Answer {
     }
 }
 
+fn response_status() -> Option<u16> {
+    let status = host::header(HeaderMap::ResponseHeaders, ":status").ok().flatten()?;
+    match status.as_slice() {
+        [a @ b'1'..=b'5', b @ b'0'..=b'9', c @ b'0'..=b'9'] => {
+            Some(u16::from(a - b'0') * 100 + u16::from(b - b'0') * 10 + u16::from(c - b'0'))
+        }
+        _ => None,
+    }
+}
+
+/// Decides an admitted call by its answer. Who made the answer (`response.code_details`) is read
+/// only when it can change something: for a failure status, or a success that is not a no-op
+/// (a probe, a streak to end, a window still filling). Only the upstream answers an upgrade
+/// with 101.
+fn answered(a: Admitted, status: Option<u16>) {
+    match status {
+        Some(101) => guard::finish(a, false),
+        Some(status) if a.key.policy.failure.is_failure(status) => match answered_by() {
+            Answer::Upstream => guard::finish(a, true),
+            Answer::Envoy => no_answer(a),
+            Answer::Other => guard::abandon(a),
+        },
+        Some(_) => match guard::success_if_noop(a) {
+            Success::Counted => {}
+            Success::Decide(a, read) => match answered_by() {
+                Answer::Upstream => guard::record_outcome(a, false, read),
+                Answer::Envoy => no_answer(a),
+                Answer::Other => guard::abandon(a),
+            },
+        },
+        None => guard::abandon(a),
+    }
+}
+
 fn answered_by() -> Answer {
     match host::property(&["response", "code_details"]) {
         Ok(Some(details)) if details.as_slice() == VIA_UPSTREAM => Answer::Upstream,
@@ -246,7 +377,7 @@ fn response_flags() -> Option<u64> {
 
 /// The upstream gave no answer: a failure under `failure.resets`, else nothing.
 fn no_answer(a: Admitted) {
-    if a.policy.failure.resets {
+    if a.key.policy.failure.resets {
         guard::finish(a, true);
     } else {
         guard::abandon(a);
@@ -259,13 +390,12 @@ mod tests {
     use floodgate_core::{Reason, Refusal, RefusedAs};
 
     #[test]
-    fn detects_upgrades_in_both_forms() {
-        assert!(is_websocket_upgrade(Some(b"websocket"), None));
-        assert!(is_websocket_upgrade(Some(b"WebSocket"), None));
-        assert!(is_websocket_upgrade(Some(b"foo, websocket"), None));
-        assert!(is_websocket_upgrade(None, Some(b"websocket")));
-        assert!(!is_websocket_upgrade(Some(b"h2c"), None));
-        assert!(!is_websocket_upgrade(None, None));
+    fn detects_upgrades_by_the_upgrade_header() {
+        assert!(is_websocket_upgrade(Some(b"websocket")));
+        assert!(is_websocket_upgrade(Some(b"WebSocket")));
+        assert!(is_websocket_upgrade(Some(b"foo, websocket")));
+        assert!(!is_websocket_upgrade(Some(b"h2c")));
+        assert!(!is_websocket_upgrade(None));
     }
 
     #[test]
@@ -278,6 +408,21 @@ mod tests {
         assert_eq!(classify_answer(Some(b"request_rate_limited"), Some(0x800)), Answer::Other);
         assert_eq!(classify_answer(Some(b"rbac_access_denied_matched_policy[none]"), Some(0)), Answer::Other);
         assert_eq!(classify_answer(Some(b"local_rate_limited"), None), Answer::Other);
+    }
+
+    #[test]
+    fn refusal_bodies_escape_what_json_needs_and_count_in_decimal() {
+        // A reason from the control plane (owned) is escaped; DESIGN's names (borrowed) need not be.
+        let reason = Cow::Owned("say \"no\"".to_string());
+        let r = Refused { state: RefusedAs::ForcedOpen, reason, retry_after_ms: 1_234_567_000 };
+        let body = refusal_body("a\\b\n", &r);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["breaker"], "a\\b\n");
+        assert_eq!(v["reason"], "say \"no\"");
+        assert_eq!(v["retry_after_s"], 1_234_567);
+        for n in [0, 7, 10, 18_446_744_073_709_551_615] {
+            assert_eq!(Decimal::new(n).as_str(), n.to_string());
+        }
     }
 
     #[test]

@@ -10,11 +10,13 @@
 //! - [`reset`], [`drain`]: the control plane's fleet-wide resets and drains, applied here.
 
 pub mod admission;
+pub mod alloc;
 pub mod config;
 pub mod drain;
 pub mod guard;
 pub mod host;
 pub mod http;
+pub mod keys;
 pub mod metrics;
 pub mod poller;
 pub mod reset;

@@ -139,9 +139,14 @@ impl Metrics {
     }
 
     pub fn call(&mut self, breaker: &str, outcome: Outcome) {
+        self.calls(breaker, outcome, 1);
+    }
+
+    /// `n` calls with `outcome` at once (successes are counted per worker and added on the tick).
+    pub fn calls(&mut self, breaker: &str, outcome: Outcome, n: i64) {
         let slot = &mut self.breaker(breaker).calls[outcome as usize];
         let name = || tagged(&[("breaker", breaker), ("outcome", OUTCOMES[outcome as usize])], CALLS);
-        add(on_first_use(slot, MetricKind::Counter, name), 1);
+        add(on_first_use(slot, MetricKind::Counter, name), n);
     }
 
     pub fn rejected(&mut self, breaker: &str, kind: RejectKind) {

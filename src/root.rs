@@ -82,9 +82,9 @@ impl RootContext for Root {
                     // No poller to report it: the configuration's forced-opens, set once here.
                     crate::vm::with(|vm| poller::reconcile_forced(vm, forced));
                 }
-                // The poller, and answer deadlines of calls in flight, run on this worker's tick.
-                let answers = self.kind == FilterKind::Http && c.answer_timeouts();
-                if self.poller.is_some() || answers {
+                // The poller, answer deadlines of calls in flight and the successes counted
+                // since the last tick (added to Envoy's stats then) run on this worker's tick.
+                if self.poller.is_some() || self.kind != FilterKind::Poller {
                     if let Err(e) = host::set_tick_period_ms(poller::TICK_MS) {
                         log::error!("invalid configuration: control: cannot start the worker's timer: {e:?}");
                         return false;
@@ -102,6 +102,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         crate::guard::expire_overdue();
+        crate::guard::flush_successes();
         // Out of `self` for the tick, so the SDK's dispatch (on `&self`) can be lent to it.
         if let Some(mut p) = self.poller.take() {
             p.on_tick(&|cluster, headers, timeout_ms| {
@@ -148,5 +149,6 @@ fn passthrough() -> Config {
         control: None,
         max_breakers: 1,
         tcp_breaker: None,
+        keys: Default::default(),
     }
 }

@@ -57,15 +57,32 @@ pub fn cas_update<T, E: From<StoreError>>(
     cas_update_lazy(key, initial.map(|b| move || b.to_vec()), step)
 }
 
+/// A shared-data value as read, with its CAS token (`(None, 0)`: the key is missing).
+pub type Read = (Option<Vec<u8>>, u32);
+
 /// [`cas_update`] with the initial value built only when the key is missing (the request path
 /// must not encode a fresh state on every call).
 pub fn cas_update_lazy<T, E: From<StoreError>>(
     key: &str,
     initial: Option<impl Fn() -> Vec<u8>>,
+    step: impl FnMut(Option<&[u8]>) -> Result<Step<T>, E>,
+) -> Result<T, E> {
+    cas_update_from(key, None, initial, step)
+}
+
+/// [`cas_update_lazy`] starting from a value the caller already read (`first`), so that a
+/// decision that needed the value does not read it twice.
+pub fn cas_update_from<T, E: From<StoreError>>(
+    key: &str,
+    mut first: Option<Read>,
+    initial: Option<impl Fn() -> Vec<u8>>,
     mut step: impl FnMut(Option<&[u8]>) -> Result<Step<T>, E>,
 ) -> Result<T, E> {
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let (bytes, cas) = host::shared_get(key).map_err(StoreError::from)?;
+        let (bytes, cas) = match first.take() {
+            Some(read) => read,
+            None => host::shared_get(key).map_err(StoreError::from)?,
+        };
         if let (0, Some(initial)) = (cas, &initial) {
             host::shared_set(key, &initial(), 0).map_err(StoreError::from)?;
             continue;
@@ -82,17 +99,29 @@ pub fn cas_update_lazy<T, E: From<StoreError>>(
     Err(StoreError::Contended.into())
 }
 
-/// Reads the breaker's state, lets `step` change it, writes it back if changed. A missing or
-/// unreadable value starts from a fresh state. Creating the key is Envoy's unconditional cas-0
-/// write: a worker that read the key missing can still overwrite a first update another worker
-/// made in between (a window of one host call at a breaker's first use).
+/// Writes bytes a caller stepped in place if the key's CAS is still `cas`: `Ok(false)` when
+/// another worker wrote since the read (the caller then takes the full step, which reads again).
+pub fn write_patched(key: &str, bytes: &[u8], cas: u32) -> Result<bool, StoreError> {
+    match host::shared_set(key, bytes, cas) {
+        Ok(()) => Ok(true),
+        Err(HostError::CasMismatch) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the breaker's state (at `state_key`, or from `first` when already read), lets `step`
+/// change it, writes it back if changed. A missing or unreadable value starts from a fresh
+/// state. Creating the key is Envoy's unconditional cas-0 write: a worker that read the key
+/// missing can still overwrite a first update another worker made in between (a window of one
+/// host call at a breaker's first use).
 pub fn update<T>(
-    breaker: &str,
+    state_key: &str,
     policy: &Policy,
+    first: Option<Read>,
     mut step: impl FnMut(&mut BreakerState) -> (T, Effect),
 ) -> Result<(T, Effect, BreakerState), StoreError> {
     let fresh = || BreakerState::new(policy).encode();
-    cas_update_lazy(&state_key(breaker), Some(fresh), |bytes| {
+    cas_update_from(state_key, first, Some(fresh), |bytes| {
         let mut state = bytes.and_then(BreakerState::decode).unwrap_or_else(|| BreakerState::new(policy));
         state.conform(policy);
         let (value, effect) = step(&mut state);

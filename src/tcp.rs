@@ -31,7 +31,7 @@ impl TcpFilter {
         if let Some(a) = self.admitted.take() {
             let flags = host::property_u64(&["response", "flags"]).ok().flatten().unwrap_or(0);
             if flags & CONNECT_FAILURE_FLAGS != 0 {
-                if a.policy.failure.resets {
+                if a.key.policy.failure.resets {
                     guard::finish(a, true);
                 } else {
                     guard::abandon(a);
@@ -57,7 +57,7 @@ impl StreamContext for TcpFilter {
         let Some(breaker) = self.config.tcp_breaker.clone() else {
             return Action::Continue;
         };
-        match guard::check(&self.config, &breaker, RejectKind::Tcp) {
+        match guard::check(&self.config, breaker.as_bytes(), false, &|| RejectKind::Tcp) {
             Verdict::Pass => Action::Continue,
             Verdict::Admit(a) => {
                 self.admitted = Some(a);

@@ -2,12 +2,11 @@
 //! registry, and a cheap random source for jitter.
 
 use std::cell::RefCell;
+use std::num::NonZeroU64;
 use std::rc::Rc;
 
-use hashbrown::HashMap;
-
-use crate::config::BreakerPolicy;
 use crate::host;
+use crate::keys::Key;
 use crate::metrics::Metrics;
 use crate::store::Registry;
 use floodgate_core::remote::RemoteView;
@@ -23,15 +22,27 @@ pub struct Vm {
     pub calls: Calls,
     /// This worker's live upgraded streams, for drains.
     pub live: floodgate_core::drain::LiveStreams,
+    /// Keys with successes counted since the last tick, each once (see `guard::flush_successes`).
+    pub successes: Vec<Rc<Key>>,
     rng: u64,
 }
 
 /// Calls in flight on this worker that have an answer deadline, bounded: past
 /// [`MAX_IN_FLIGHT`], a new call is not tracked (its outcome is still recorded when it comes).
+/// A slab: a call's id is its slot and the slot's generation, so tracking and settling index a
+/// vector instead of hashing, and an id never settles a later call in the same slot.
 #[derive(Default)]
 pub struct Calls {
-    next: u64,
-    pending: HashMap<u64, Pending>,
+    slots: Vec<Slot>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    live: usize,
+}
+
+#[derive(Default)]
+struct Slot {
+    generation: u32,
+    call: Option<Pending>,
 }
 
 /// Calls one worker tracks for their answer deadline at most.
@@ -40,8 +51,7 @@ pub const MAX_IN_FLIGHT: usize = 16_384;
 /// An admitted call waiting for its answer.
 #[derive(Clone)]
 pub struct Pending {
-    pub breaker: String,
-    pub policy: Rc<BreakerPolicy>,
+    pub key: Rc<Key>,
     pub probe: Option<ProbeTicket>,
     pub start_ms: u64,
     pub deadline_ms: u64,
@@ -49,45 +59,60 @@ pub struct Pending {
 
 impl Calls {
     /// Tracks a call; `None` when the table is full.
-    pub fn track(&mut self, call: Pending) -> Option<u64> {
-        if self.pending.len() >= MAX_IN_FLIGHT {
-            return None;
-        }
-        self.next = self.next.wrapping_add(1);
-        self.pending.insert(self.next, call);
-        Some(self.next)
+    pub fn track(&mut self, call: Pending) -> Option<NonZeroU64> {
+        let index = match self.free.pop() {
+            Some(i) => i as usize,
+            None if self.slots.len() < MAX_IN_FLIGHT => {
+                self.slots.push(Slot::default());
+                self.slots.len() - 1
+            }
+            None => return None,
+        };
+        let slot = self.slots.get_mut(index)?;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.call = Some(call);
+        self.live += 1;
+        // The generation is at least 1 after the increment, so an id is never 0.
+        slot.generation = slot.generation.max(1);
+        NonZeroU64::new(u64::from(slot.generation) << 32 | index as u64)
     }
 
     /// Stops tracking a call: its deadline, or `None` when it is not tracked any more (it
     /// timed out).
-    pub fn settle(&mut self, id: u64) -> Option<u64> {
-        self.pending.remove(&id).map(|c| c.deadline_ms)
+    pub fn settle(&mut self, id: NonZeroU64) -> Option<u64> {
+        let id = id.get();
+        let index = (id & u64::from(u32::MAX)) as usize;
+        let slot = self.slots.get_mut(index).filter(|s| u64::from(s.generation) == id >> 32)?;
+        let call = slot.call.take()?;
+        self.free.push(index as u32);
+        self.live -= 1;
+        Some(call.deadline_ms)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.live == 0
     }
 
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.live
     }
 
     /// Removes and returns the calls whose deadline passed. A call that started after `now_ms`
     /// (the wall clock stepped backwards) keeps its full timeout from now.
     pub fn take_overdue(&mut self, now_ms: u64) -> Vec<Pending> {
         let mut due = Vec::new();
-        self.pending.retain(|_, c| {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            let Some(c) = slot.call.as_mut() else { continue };
             if c.start_ms > now_ms {
                 c.deadline_ms = now_ms.saturating_add(c.deadline_ms.saturating_sub(c.start_ms));
                 c.start_ms = now_ms;
             }
             if c.deadline_ms <= now_ms {
-                due.push(c.clone());
-                false
-            } else {
-                true
+                due.extend(slot.call.take());
+                self.free.push(index as u32);
             }
-        });
+        }
+        self.live -= due.len();
         due
     }
 }

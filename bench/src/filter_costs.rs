@@ -45,11 +45,12 @@ impl FilterCosts {
     }
 }
 
-/// A table row `| path | instructions | host calls | by call |`; None for any other line.
+/// A table row `| path | instructions | host calls | ... |` (then the target and the calls by
+/// kind); None for any other line.
 fn path_cost(line: &str) -> Option<PathCost> {
     let inner = line.trim().strip_prefix('|')?.strip_suffix('|')?;
     let cells: Vec<&str> = inner.split('|').map(str::trim).collect();
-    let [path, instructions, host_calls, _by_call] = cells.as_slice() else { return None };
+    let [path, instructions, host_calls, _, ..] = cells.as_slice() else { return None };
     Some(PathCost {
         path: path.to_string(),
         instructions: instructions.parse().ok()?,
@@ -101,6 +102,12 @@ Linear memory after these requests: 1088 KiB.
             let p = f.path(path).unwrap_or_else(|| panic!("{path} missing from {}", file.display()));
             assert!(p.instructions > 0 && p.host_calls > 0);
         }
+    }
+
+    #[test]
+    fn rows_with_a_target_column_are_read_too() {
+        let row = "| upgrade, open, refused (503 local reply) | 5021 | 6 | ≤ 6000, ≤ 6 | send_local_response×1 |";
+        assert_eq!(path_cost(row).map(|p| (p.instructions, p.host_calls)), Some((5021, 6)));
     }
 
     #[test]

@@ -37,6 +37,18 @@ async fn main() -> anyhow::Result<()> {
         let filter = FilterCosts::read(&repo_root().join("bench/results/filter.md")).ok();
         report::render(&results, filter.as_ref())
     };
+    // `--no-storm`: sections 1 to 6 only; the storm section already in the report is kept.
+    if std::env::args().any(|a| a == "--no-storm") {
+        let old = std::fs::read_to_string(&dest).unwrap_or_default();
+        let section = match (old.find("<!-- storm -->"), old.find("<!-- /storm -->")) {
+            (Some(a), Some(b)) if b > a => &old[a..b + "<!-- /storm -->".len()],
+            _ => "",
+        };
+        let md = if section.is_empty() { md } else { storm::splice(&md, section) };
+        std::fs::write(&dest, &md)?;
+        println!("{md}\nwritten to {}", dest.display());
+        return Ok(());
+    }
     let storm = storm::run(if quick { storm::StormPlan::quick() } else { storm::StormPlan::full() }).await?;
     let svg_name = if quick { "BENCHMARKS-quick-storm.svg" } else { "BENCHMARKS-storm.svg" };
     std::fs::write(dest.with_file_name(svg_name), storm::svg(&storm))?;

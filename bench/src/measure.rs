@@ -176,20 +176,27 @@ impl Acc {
 /// Section 1: HTTP/1.1 keep-alive at `rate` on 16 connections, `plan.rounds` rounds interleaved.
 async fn fixed_rate(plan: &Plan, set: &[&Proxy], rate: u64) -> FixedRate {
     let mut accs: Vec<Acc> = set.iter().map(|_| Acc::default()).collect();
+    let mut rounds: Vec<Vec<f64>> = set.iter().map(|_| Vec::new()).collect();
     for _ in 0..plan.rounds {
-        for (acc, p) in accs.iter_mut().zip(set) {
-            acc.add(&measure(p, Load { kind: Kind::Http, rate, duration: plan.run, connections: 16 }).await);
+        for ((acc, cpu), p) in accs.iter_mut().zip(rounds.iter_mut()).zip(set) {
+            let m = measure(p, Load { kind: Kind::Http, rate, duration: plan.run, connections: 16 }).await;
+            let mut one = Acc::default();
+            one.add(&m);
+            cpu.push(one.cpu_us());
+            acc.add(&m);
         }
     }
     let rows = set
         .iter()
         .zip(&accs)
-        .map(|(p, a)| LatencyRow {
+        .zip(rounds)
+        .map(|((p, a), cpu_rounds)| LatencyRow {
             name: p.name,
             p50: a.p(0.5),
             p90: a.p(0.9),
             p99: a.p(0.99),
             cpu_us: a.cpu_us(),
+            cpu_rounds,
             errors: a.errors,
         })
         .collect();
@@ -197,24 +204,44 @@ async fn fixed_rate(plan: &Plan, set: &[&Proxy], rate: u64) -> FixedRate {
 }
 
 /// Section 2: the highest step each configuration sustains (p99 under the limit, ≥ 95 % delivered,
-/// no errors); a configuration stops at its first failed step.
+/// no errors), searched `plan.rounds` times; the median search is reported, with the spread.
 async fn saturation(plan: &Plan, set: &[&Proxy]) -> Vec<Sustained> {
-    let mut out: Vec<Sustained> =
-        set.iter().map(|p| Sustained { name: p.name, best: None, highest_tried: true }).collect();
+    let mut runs: Vec<Vec<Option<u64>>> = set.iter().map(|_| Vec::new()).collect();
+    for _ in 0..plan.rounds {
+        for (run, best) in runs.iter_mut().zip(search(plan, set).await) {
+            run.push(best);
+        }
+    }
+    let top = plan.saturation_steps.last().copied();
+    set.iter()
+        .zip(runs)
+        .map(|(p, runs)| {
+            let mut sorted = runs.clone();
+            sorted.sort();
+            let best = sorted.get(sorted.len() / 2).copied().flatten();
+            Sustained { name: p.name, best, runs, highest_tried: best.is_some() && best == top }
+        })
+        .collect()
+}
+
+/// One search: each configuration stops at its first failed step.
+async fn search(plan: &Plan, set: &[&Proxy]) -> Vec<Option<u64>> {
+    let mut best: Vec<Option<u64>> = vec![None; set.len()];
+    let mut going = vec![true; set.len()];
     let step_run = plan.run.min(Duration::from_secs(3));
     for &rate in &plan.saturation_steps {
-        for (s, p) in out.iter_mut().zip(set) {
-            if !s.highest_tried {
+        for ((b, g), p) in best.iter_mut().zip(going.iter_mut()).zip(set) {
+            if !*g {
                 continue;
             }
             if step_passes(plan, p, rate, step_run).await {
-                s.best = Some(rate);
+                *b = Some(rate);
             } else {
-                s.highest_tried = false;
+                *g = false;
             }
         }
     }
-    out
+    best
 }
 
 /// A step passes if either of two tries passes: one noisy second on a shared machine must not

@@ -68,14 +68,22 @@ fn cost_per_request(md: &mut String, r: &Results) {
     let _ = writeln!(md, "\n## 1. What does it cost per request? (HTTP/1.1 keep-alive, 16 connections)\n");
     for f in &r.fixed {
         let _ = writeln!(md, "At {} req/s ({} rounds of {:?} each):\n", f.rate, r.plan.rounds, r.plan.run);
-        let _ = writeln!(md, "| configuration | p50 µs | p90 µs | p99 µs | added p50 µs | added p99 µs | Envoy CPU µs/request | errors |");
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(md, "| configuration | p50 µs | p90 µs | p99 µs | added p50 µs | added p99 µs | Envoy CPU µs/request | per round | errors |");
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---|---:|");
         for row in &f.rows {
             let (added50, added99) = latency_added(f, row.name);
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {:+} | {:+} | {:.1} | {} |",
-                row.name, row.p50, row.p90, row.p99, added50, added99, row.cpu_us, row.errors
+                "| {} | {} | {} | {} | {:+} | {:+} | {:.1} | {} | {} |",
+                row.name,
+                row.p50,
+                row.p90,
+                row.p99,
+                added50,
+                added99,
+                row.cpu_us,
+                plain_list(&row.cpu_rounds),
+                row.errors
             );
         }
         let cpu = |n: &str| cpu_added(f, n);
@@ -93,7 +101,37 @@ fn cost_per_request(md: &mut String, r: &Results) {
             cpu(name::FLOODGATE_WS),
             cpu(name::FLOODGATE_MATCHER),
         );
+        spread(md, f);
     }
+}
+
+/// The CPU each filter adds, round by round: the spread over runs.
+fn spread(md: &mut String, f: &FixedRate) {
+    let rounds = |n: &str| list(&added_per_round(f, n));
+    let _ = writeln!(
+        md,
+        "Added per round (rounds are interleaved, so each compares runs minutes apart at most): Floodgate {}, Lua {}, \
+         admission_control {}.\n",
+        rounds(name::FLOODGATE),
+        rounds(name::LUA),
+        rounds(name::ADMISSION_CONTROL),
+    );
+}
+
+/// Envoy CPU per request of `name` minus no filter's, round by round.
+fn added_per_round(f: &FixedRate, name: &str) -> Vec<f64> {
+    let rounds = |n: &str| f.row(n).map(|r| r.cpu_rounds.clone()).unwrap_or_default();
+    rounds(name).iter().zip(rounds(name::NONE)).map(|(a, b)| a - b).collect()
+}
+
+fn plain_list(values: &[f64]) -> String {
+    let v: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+    v.join(", ")
+}
+
+fn list(values: &[f64]) -> String {
+    let v: Vec<String> = values.iter().map(|v| format!("{v:+.1}")).collect();
+    v.join(", ")
 }
 
 fn sustained<'a>(r: &'a Results, name: &str) -> Option<&'a Sustained> {
@@ -113,16 +151,19 @@ fn saturation(md: &mut String, r: &Results) {
         "## 2. How far does it go? (highest rate with p99 under {} ms and ≥ 95 % delivered)\n",
         r.plan.saturation_p99_us / 1000
     );
-    let _ = writeln!(md, "| configuration | sustained req/s | of no filter |");
-    let _ = writeln!(md, "|---|---:|---:|");
+    let _ = writeln!(md, "| configuration | sustained req/s (median of searches) | each search | of no filter |");
+    let _ = writeln!(md, "|---|---:|---|---:|");
+    let step = |b: &Option<u64>| b.map_or("-".to_string(), |r| r.to_string());
     for s in &r.saturation {
         let top = if s.highest_tried { " (highest step tried)" } else { "" };
+        let runs: Vec<String> = s.runs.iter().map(step).collect();
         let _ = writeln!(
             md,
-            "| {} | {}{} | {:.0} % |",
+            "| {} | {}{} | {} | {:.0} % |",
             s.name,
-            s.best.map_or("-".to_string(), |r| r.to_string()),
+            step(&s.best),
             top,
+            runs.join(", "),
             100.0 * of_no_filter(r, s.best)
         );
     }
@@ -267,6 +308,7 @@ fn targets(md: &mut String, r: &Results) {
         sat >= 0.95,
         &format!("{:.0} %", sat * 100.0),
     );
+    target(md, "... and at least 90 % with `shed: all` (issue 15)", sat >= 0.90, &format!("{:.0} %", sat * 100.0));
     let (_, _, shed_ratio) = shedding(r);
     target(
         md,
@@ -290,10 +332,10 @@ fn misses(md: &mut String, r: &Results, filter: Option<&FilterCosts>) {
          - Per request, Floodgate's added Envoy CPU at the highest fixed rate was {fg:.1} µs, of which {ws:.1} µs is paid with the \
          breaker not consulted at all (`floodgate_ws` on plain requests): that part is Envoy's proxy-wasm per-stream machinery \
          (a wasm context per stream, and five VM entries: create, headers, log, done, delete). The breaker itself is the rest, \
-         {} (section 5), including one shared-data write per recorded call. \
+         {} (section 5): one clock reading, the state read at admission and again at the answer, no write while \
+         the breaker is closed and its window full of successes. \
          For routes that carry plain requests too, `envoy/http-websocket-matcher.yaml` puts the filter behind an \
-         `ExtensionWithMatcher` on the `upgrade` header so only upgrades pay (`floodgate_matcher` above). What would close \
-         the rest: record successes per worker and flush them on the tick instead of writing shared data on every call.\n\
+         `ExtensionWithMatcher` on the `upgrade` header so only upgrades pay (`floodgate_matcher` above).\n\
          - A refused upgrade still costs Envoy a TCP accept, an HTTP parse, a local reply and a close: {lua_refuse_cpu:.1} µs here even for the \
          Lua refusal, against {admit_cpu:.1} µs to admit through Floodgate. With a new connection per attempt, a 3x ratio is below that \
          floor; the refusal's own work in the filter is {} (section 5).\n\
@@ -363,7 +405,7 @@ mod tests {
     use crate::results::{LatencyRow, Memory, Plan, UpgradeRow, Webhook};
 
     fn latency(name: &'static str, p50: u64, cpu_us: f64) -> LatencyRow {
-        LatencyRow { name, p50, p90: p50 + 500, p99: p50 + 1000, cpu_us, errors: 0 }
+        LatencyRow { name, p50, p90: p50 + 500, p99: p50 + 1000, cpu_us, cpu_rounds: vec![cpu_us], errors: 0 }
     }
 
     fn upgrade(name: &'static str, admitted: u64, refused: u64, cpu_us: f64) -> UpgradeRow {
@@ -380,7 +422,8 @@ mod tests {
             latency(name::FLOODGATE_WS, 1200, 230.0),
             latency(name::FLOODGATE_MATCHER, 1050, 210.0),
         ];
-        let sustained = |name, best: Option<u64>, highest_tried| Sustained { name, best, highest_tried };
+        let sustained =
+            |name, best: Option<u64>, highest_tried| Sustained { name, best, runs: vec![best], highest_tried };
         Results {
             plan: Plan::full(),
             machine: "2 × test CPU, Linux 6".into(),
@@ -435,7 +478,8 @@ mod tests {
         has(&md, "Floodgate +40.0 µs, admission_control +20.0 µs, Lua +25.0 µs");
         has(&md, "Floodgate / Lua = 1.60, Floodgate / admission_control = 2.00");
         has(&md, "Of Floodgate's, +30.0 µs is there without the breaker");
-        has(&md, "| floodgate | 1400 | 1900 | 2400 | +400 | +400 | 240.0 | 0 |");
+        has(&md, "| floodgate | 1400 | 1900 | 2400 | +400 | +400 | 240.0 | 240.0 | 0 |");
+        has(&md, "Added per round (rounds are interleaved, so each compares runs minutes apart at most): Floodgate +40.0, Lua +25.0");
         has(&md, "- MISSED: Floodgate costs less per request than Lua (Envoy CPU): 40.0 vs 25.0 µs");
         has(&md, "- MISSED: Floodgate costs at most 1.5x admission_control (Envoy CPU added): 2.00x");
         has(&md, "- not judged: Floodgate closed adds at most 10 µs at p50 at 1,000 req/s: +400 µs");
@@ -449,17 +493,18 @@ mod tests {
         r.upgrades.reverse();
         let md = render(&r, Some(&filter()));
         has(&md, "Floodgate / Lua = 1.60, Floodgate / admission_control = 2.00");
-        has(&md, "| floodgate | 6000 | 50 % |");
+        has(&md, "| floodgate | 6000 | 6000 | 50 % |");
         has(&md, "refusing is 3.0x cheaper");
     }
 
     #[test]
     fn saturation_and_shedding_are_relative() {
         let md = render(&results(), Some(&filter()));
-        has(&md, "| none | 12000 (highest step tried) | 100 % |");
-        has(&md, "| floodgate | 6000 | 50 % |");
-        has(&md, "| lua | - | 0 % |");
+        has(&md, "| none | 12000 (highest step tried) | 12000 | 100 % |");
+        has(&md, "| floodgate | 6000 | 6000 | 50 % |");
+        has(&md, "| lua | - | - | 0 % |");
         has(&md, "- MISSED: Floodgate keeps at least 95 % of the no-filter saturation throughput: 50 %");
+        has(&md, "- MISSED: ... and at least 90 % with `shed: all` (issue 15): 50 %");
         has(&md, "Admitting an upgrade costs Envoy 900.0 µs of CPU, refusing one 300.0 µs: refusing is 3.0x cheaper.");
         has(&md, "- met: Refusing an upgrade is at least 3x cheaper than admitting one: 3.0x");
         has(&md, "450.0 µs here even for the Lua refusal, against 900.0 µs to admit through Floodgate");

@@ -78,6 +78,8 @@ pub struct LatencyRow {
     pub p99: u64,
     /// Envoy CPU per completed request, idle subtracted.
     pub cpu_us: f64,
+    /// The same, per round (the spread over runs).
+    pub cpu_rounds: Vec<f64>,
     pub errors: u64,
 }
 
@@ -96,7 +98,10 @@ impl FixedRate {
 #[derive(Clone, Debug)]
 pub struct Sustained {
     pub name: &'static str,
+    /// The median of the searches.
     pub best: Option<u64>,
+    /// Each search's highest passed step, in order (the spread over runs).
+    pub runs: Vec<Option<u64>>,
     /// Passed every step: the real limit is higher.
     pub highest_tried: bool,
 }

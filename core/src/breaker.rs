@@ -2,7 +2,7 @@
 //! the time and a random value, and writes the state back when `changed` says so.
 
 use super::policy::{Mode, Policy};
-use super::state::{BreakerState, Phase, Reason};
+use super::state::{self, BreakerState, Head, Phase, Reason};
 
 /// How long a half-open probe may hold its slot before the slot is reclaimed. A probe normally
 /// frees it at its response or when its stream ends; this bounds the loss when neither happens
@@ -99,6 +99,98 @@ pub fn admit(s: &mut BreakerState, p: &Policy, now_ms: u64, unit: f64) -> (Decis
     admit_normalized(s, p, now_ms, unit, effect)
 }
 
+/// What [`admit`] decides when it would not change the state and the head alone decides: a
+/// closed breaker outside its recovery ramp admits, an open one before its time refuses. `None`
+/// when the full state is needed (half-open, a ramp, an open time that ended, a clock stepped
+/// back): the caller then runs [`admit`]. The same decision as `admit`, without decoding.
+pub fn admit_unchanged(h: &Head, p: &Policy, now_ms: u64, unit: impl FnOnce() -> f64) -> Option<Decision> {
+    if !matches!(p.mode, Mode::Enforce | Mode::DryRun) {
+        return None;
+    }
+    // What `normalize` would change.
+    let clamped = h.phase == Phase::Open && h.open_until_ms > now_ms.saturating_add(p.longest_open_ms());
+    if clamped || h.closed_at_ms > now_ms || h.since_ms > now_ms {
+        return None;
+    }
+    match h.phase {
+        Phase::Closed => {
+            let ramping = p.recovery_ramp_ms > 0 && h.closed_at_ms != 0 && now_ms < h.closed_at_ms + p.recovery_ramp_ms;
+            (!ramping).then_some(Decision::Admit { probe: None })
+        }
+        Phase::Open if now_ms < h.open_until_ms => {
+            let retry_after_ms = spread(p, h.open_until_ms - now_ms, unit());
+            Some(Decision::Refuse(Refusal { state: RefusedAs::Open, reason: h.reason, retry_after_ms }))
+        }
+        _ => None,
+    }
+}
+
+/// [`admit`] on a half-open breaker, stepped on its encoded bytes in place (no decoding, no
+/// re-encoding): takes a free probe slot (writing its deadline into `bytes`) or refuses. `None`
+/// when the full step is needed (not half-open, a probe past its answer deadline to re-open
+/// for, a clock stepped back, a state of another shape). `Some((decision, changed))` otherwise:
+/// the same decision and bytes as `admit` then `encode`.
+pub fn admit_probe_in_place(
+    bytes: &mut [u8],
+    p: &Policy,
+    now_ms: u64,
+    unit: impl FnOnce() -> f64,
+) -> Option<(Decision, bool)> {
+    let h = Head::peek(bytes)?;
+    let steady = h.phase == Phase::HalfOpen && h.closed_at_ms <= now_ms && h.since_ms <= now_ms;
+    if !matches!(p.mode, Mode::Enforce | Mode::DryRun) || !steady || !state::fits(bytes, p) {
+        return None;
+    }
+    // One pass: a probe past its answer deadline re-opens (the full step), else the first free slot.
+    let mut free = None;
+    for (i, d) in state::slot_deadlines(bytes).enumerate() {
+        if p.answer_timeout_ms > 0 && d != 0 && d <= now_ms {
+            return None;
+        }
+        if free.is_none() && (d == 0 || d <= now_ms) {
+            free = Some(i);
+        }
+    }
+    match free {
+        Some(i) => {
+            let deadline_ms = now_ms.saturating_add(p.probe_lease_ms()).max(1);
+            state::set_slot(bytes, i, deadline_ms);
+            Some((Decision::Admit { probe: Some(ProbeTicket { slot: i as u8, deadline_ms }) }, true))
+        }
+        None => {
+            let retry_after_ms = spread(p, SHORT_RETRY_MS, unit());
+            Some((Decision::Refuse(Refusal { state: RefusedAs::HalfOpen, reason: h.reason, retry_after_ms }), false))
+        }
+    }
+}
+
+/// [`record_success`] of a probe, stepped on the encoded bytes in place: frees its slot and
+/// counts the success. `None` when the full step is needed (a success that closes the breaker,
+/// a closed breaker, a state of another shape); `Some(changed)` otherwise, with the same bytes
+/// as `record_success` then `encode`.
+pub fn record_probe_success_in_place(bytes: &mut [u8], p: &Policy, start_ms: u64, t: ProbeTicket) -> Option<bool> {
+    let h = Head::peek(bytes)?;
+    if !matches!(p.mode, Mode::Enforce | Mode::DryRun) || !state::fits(bytes, p) {
+        return None;
+    }
+    match h.phase {
+        Phase::Open => return Some(false),
+        Phase::Closed => return None,
+        Phase::HalfOpen => {}
+    }
+    let i = usize::from(t.slot);
+    if i >= state::slots(bytes) || state::slot(bytes, i) != t.deadline_ms || t.deadline_ms <= start_ms {
+        return Some(false);
+    }
+    let successes = state::probe_successes(bytes).saturating_add(1);
+    if successes >= p.half_open_successes {
+        return None;
+    }
+    state::set_slot(bytes, i, 0);
+    state::set_probe_successes(bytes, successes);
+    Some(true)
+}
+
 fn admit_normalized(
     s: &mut BreakerState,
     p: &Policy,
@@ -153,11 +245,34 @@ pub fn record(
     probe: Option<ProbeTicket>,
     unit: f64,
 ) -> Effect {
-    let mut effect = Effect::default();
     if p.mode == Mode::Disabled {
-        return effect;
+        return Effect::default();
     }
-    effect.changed = normalize(s, p, now_ms);
+    let changed = normalize(s, p, now_ms);
+    record_normalized(s, p, now_ms, call, probe, unit, Effect { changed, transition: None })
+}
+
+/// Records a success without a clock reading (the request path reads the clock once, at
+/// admission): as of the call's start, and without [`normalize`], whose clamps need the
+/// current time (the next admission applies them). Nothing a success records depends on the
+/// time but the probe lease, which the caller's answer deadline enforces, and when a ramp starts.
+pub fn record_success(s: &mut BreakerState, p: &Policy, start_ms: u64, probe: Option<ProbeTicket>) -> Effect {
+    if p.mode == Mode::Disabled {
+        return Effect::default();
+    }
+    let call = Call { failure: false, slow: false };
+    record_normalized(s, p, start_ms, call, probe, 0.0, Effect::default())
+}
+
+fn record_normalized(
+    s: &mut BreakerState,
+    p: &Policy,
+    now_ms: u64,
+    call: Call,
+    probe: Option<ProbeTicket>,
+    unit: f64,
+    mut effect: Effect,
+) -> Effect {
     match s.phase {
         Phase::Closed => {
             s.window.record(now_ms, call.failure, call.slow);

@@ -23,7 +23,8 @@ pub mod wire;
 mod tests;
 
 pub use breaker::{
-    admit, record, release, timeout, Call, Decision, Effect, ProbeTicket, Refusal, RefusedAs, Transition,
+    admit, record, record_success, release, timeout, Call, Decision, Effect, ProbeTicket, Refusal, RefusedAs,
+    Transition,
 };
 pub use policy::{Mode, Policy, WindowSpec};
 pub use state::{BreakerState, Phase, Reason};

@@ -120,7 +120,23 @@ impl BreakerState {
     }
 
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(64);
+        let mut out = Vec::with_capacity(self.encoded_len());
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// The encoding's length in bytes.
+    pub fn encoded_len(&self) -> usize {
+        let window = match &self.window {
+            Window::Count { failures, slow, .. } => 1 + 6 + failures.len() + slow.len(),
+            Window::Time { .. } => 1 + 4 + TIME_BUCKETS * 10,
+        };
+        HEAD_LEN + 1 + 8 * self.probe_slots.len() + window
+    }
+
+    /// Appends the encoding to `out` (one buffer, sized once, for the caller to reuse).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.encoded_len());
         out.push(ENCODING_VERSION);
         out.push(self.phase as u8);
         out.push(self.reason as u8);
@@ -154,7 +170,6 @@ impl BreakerState {
                 }
             }
         }
-        out
     }
 
     /// `None` for bytes this version did not write (they are then replaced by a fresh state).
@@ -175,7 +190,10 @@ impl BreakerState {
         if slots > MAX_PERMITS {
             return None;
         }
-        let probe_slots = (0..slots).map(|_| r.u64()).collect::<Option<Vec<u64>>>()?;
+        let mut probe_slots = Vec::with_capacity(usize::from(slots));
+        for _ in 0..slots {
+            probe_slots.push(r.u64()?);
+        }
         let window = match r.u8()? {
             0 => {
                 let (size, next, filled) = (r.u16()?, r.u16()?, r.u16()?);
@@ -226,6 +244,164 @@ impl BreakerState {
     }
 }
 
+/// Bytes before the probe slots: version, phase, reason, reopens, streak, probe successes and
+/// the three times.
+pub const HEAD_LEN: usize = 1 + 1 + 1 + 1 + 2 + 1 + 8 + 8 + 8;
+
+/// The scalar fields of an encoded state, read in place (no allocation): what admission needs
+/// while the breaker is closed or open, and what tells a success apart from a no-op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub phase: Phase,
+    pub reason: Reason,
+    pub consecutive_failures: u16,
+    pub since_ms: u64,
+    pub open_until_ms: u64,
+    pub closed_at_ms: u64,
+}
+
+impl Head {
+    /// The head of bytes [`BreakerState::decode`] accepts; `None` for anything it would not
+    /// (the caller then takes the full path, which treats them as it always did).
+    pub fn peek(bytes: &[u8]) -> Option<Head> {
+        let (head, _) = bytes.split_first_chunk::<SLOTS_AT>()?;
+        if head[0] != ENCODING_VERSION || !layout_ok(bytes, head[HEAD_LEN]) {
+            return None;
+        }
+        let u64_at = |i: usize| head[i..].first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b));
+        Some(Head {
+            phase: Phase::from_u8(head[1])?,
+            reason: Reason::from_u8(head[2]),
+            consecutive_failures: u16::from_le_bytes([head[4], head[5]]),
+            since_ms: u64_at(7),
+            open_until_ms: u64_at(15),
+            closed_at_ms: u64_at(23),
+        })
+    }
+}
+
+/// Whether the bytes after the head (with `slots` probe slots) have the length and bounds
+/// `decode` checks.
+fn layout_ok(bytes: &[u8], slots: u8) -> bool {
+    let at = SLOTS_AT + 8 * usize::from(slots);
+    let Some((&kind, rest)) = bytes.get(at..).and_then(<[u8]>::split_first) else { return false };
+    if slots > MAX_PERMITS {
+        return false;
+    }
+    match kind {
+        0 => match rest.first_chunk::<6>() {
+            Some(&[s0, s1, x0, x1, f0, f1]) => {
+                let (size, next, filled) =
+                    (u16::from_le_bytes([s0, s1]), u16::from_le_bytes([x0, x1]), u16::from_le_bytes([f0, f1]));
+                next < size.max(1) && filled <= size && rest.len() == 6 + 2 * usize::from(size).div_ceil(8)
+            }
+            None => false,
+        },
+        1 => rest.len() == 4 + TIME_BUCKETS * 10 && rest[..4] != [0; 4],
+        _ => false,
+    }
+}
+
+fn count_header(rest: &[u8]) -> (u16, u16, u16) {
+    let at = |i: usize| u16::from_le_bytes([rest[i], rest[i + 1]]);
+    (at(0), at(2), at(4))
+}
+
+/// Whether one more success leaves every later decision as it is: a closed breaker with no
+/// failure streak whose count window of `size` calls is full and holds no failure or slow call
+/// (a success then only replaces a success), in the shape `permits` probe slots give. Read in
+/// place (this runs on every success); `false` whenever unsure.
+pub fn success_is_noop(bytes: &[u8], permits: u8, size: u16) -> bool {
+    let at = SLOTS_AT + 8 * usize::from(permits);
+    let n = usize::from(size).div_ceil(8);
+    if bytes.len() != at + 7 + 2 * n || permits > MAX_PERMITS {
+        return false;
+    }
+    let Some((head, rest)) = bytes.split_first_chunk::<SLOTS_AT>() else { return false };
+    let closed = head[0] == ENCODING_VERSION && head[1] == Phase::Closed as u8;
+    if !closed || head[4] | head[5] != 0 || head[HEAD_LEN] != permits {
+        return false;
+    }
+    let Some((window, bits)) = rest[at - SLOTS_AT..].split_first_chunk::<7>() else { return false };
+    let [kind, s0, s1, x0, x1, f0, f1] = *window;
+    let (stored, next, filled) =
+        (u16::from_le_bytes([s0, s1]), u16::from_le_bytes([x0, x1]), u16::from_le_bytes([f0, f1]));
+    kind == 0 && stored == size && filled == size && next < size && all_zero(bits)
+}
+
+/// Whether every byte is 0, eight at a time.
+fn all_zero(bytes: &[u8]) -> bool {
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
+    words.fold(0u64, |any, w| any | word(w)) == 0 && rest.iter().all(|&b| b == 0)
+}
+
+/// The probe slots of encoded bytes (which [`Head::peek`] accepted), in order.
+pub fn slot_deadlines(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    let n = usize::from(bytes[HEAD_LEN]);
+    bytes[SLOTS_AT..SLOTS_AT + 8 * n]
+        .chunks_exact(8)
+        .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+}
+
+/// Where the probe slots start, and the byte before them that counts them.
+const SLOTS_AT: usize = HEAD_LEN + 1;
+const PROBE_SUCCESSES_AT: usize = 6;
+
+/// Whether encoded bytes (which [`Head::peek`] accepted) already have the shape `policy` asks
+/// for: as many probe slots as permits, and its window. Else `conform` would reshape them, and
+/// only the full step does that.
+pub fn fits(bytes: &[u8], policy: &Policy) -> bool {
+    let slots = usize::from(bytes[HEAD_LEN]);
+    if slots != usize::from(policy.half_open_permits) {
+        return false;
+    }
+    let at = SLOTS_AT + 8 * slots;
+    let rest = &bytes[at + 1..];
+    match (bytes[at], policy.window) {
+        (0, WindowSpec::Count { size }) => count_header(rest).0 == size,
+        (1, spec @ WindowSpec::Time { .. }) => Window::Time {
+            bucket_ms: u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]),
+            buckets: [Bucket::default(); TIME_BUCKETS],
+        }
+        .fits(spec),
+        _ => false,
+    }
+}
+
+/// Probe slot `i` of encoded bytes (which [`Head::peek`] accepted and that have `i` slots at least).
+pub fn slot(bytes: &[u8], i: usize) -> u64 {
+    let at = SLOTS_AT + 8 * i;
+    u64::from_le_bytes([
+        bytes[at],
+        bytes[at + 1],
+        bytes[at + 2],
+        bytes[at + 3],
+        bytes[at + 4],
+        bytes[at + 5],
+        bytes[at + 6],
+        bytes[at + 7],
+    ])
+}
+
+pub fn set_slot(bytes: &mut [u8], i: usize, deadline_ms: u64) {
+    let at = SLOTS_AT + 8 * i;
+    bytes[at..at + 8].copy_from_slice(&deadline_ms.to_le_bytes());
+}
+
+pub fn slots(bytes: &[u8]) -> usize {
+    usize::from(bytes[HEAD_LEN])
+}
+
+pub fn probe_successes(bytes: &[u8]) -> u8 {
+    bytes[PROBE_SUCCESSES_AT]
+}
+
+pub fn set_probe_successes(bytes: &mut [u8], n: u8) {
+    bytes[PROBE_SUCCESSES_AT] = n;
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -267,6 +443,57 @@ mod tests {
             s.probe_slots[1] = 7;
             assert_eq!(BreakerState::decode(&s.encode()), Some(s.clone()));
         }
+    }
+
+    #[test]
+    fn the_head_is_read_in_place_from_exactly_the_bytes_decode_accepts() {
+        for window in [WindowSpec::Count { size: 100 }, WindowSpec::Time { seconds: 30 }] {
+            let policy = Policy { window, ..Policy::default() };
+            let mut s = BreakerState::new(&policy);
+            s.phase = Phase::Open;
+            s.reason = Reason::ProbeFailed;
+            s.consecutive_failures = 7;
+            (s.since_ms, s.open_until_ms, s.closed_at_ms) = (11, 22, 33);
+            let bytes = s.encode();
+            assert_eq!(bytes.len(), s.encoded_len());
+            let head = Head::peek(&bytes).unwrap();
+            assert_eq!((head.phase, head.reason, head.consecutive_failures), (Phase::Open, Reason::ProbeFailed, 7));
+            assert_eq!((head.since_ms, head.open_until_ms, head.closed_at_ms), (11, 22, 33));
+            for n in 0..bytes.len() {
+                assert_eq!(Head::peek(&bytes[..n]), None, "prefix of {n} bytes");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert_eq!(Head::peek(&longer), None);
+        }
+    }
+
+    #[test]
+    fn a_success_is_a_noop_only_on_a_full_clean_count_window_with_no_streak() {
+        let policy = Policy { window: WindowSpec::Count { size: 10 }, ..Policy::default() };
+        let mut s = BreakerState::new(&policy);
+        for _ in 0..9 {
+            s.window.record(0, false, false);
+        }
+        assert!(!success_is_noop(&s.encode(), 3, 10), "a window still filling counts every call");
+        s.window.record(0, false, false);
+        assert!(success_is_noop(&s.encode(), 3, 10));
+        assert!(!success_is_noop(&s.encode(), 3, 20), "a window of another size is rebuilt");
+        assert!(!success_is_noop(&s.encode(), 2, 10), "a state of another shape is rebuilt");
+        let mut streak = s.clone();
+        streak.consecutive_failures = 1;
+        assert!(!success_is_noop(&streak.encode(), 3, 10), "a success ends a streak");
+        let mut failed = s.clone();
+        failed.window.record(0, true, false);
+        assert!(!success_is_noop(&failed.encode(), 3, 10), "a success pushes a failure out");
+        let mut slow = s.clone();
+        slow.window.record(0, false, true);
+        assert!(!success_is_noop(&slow.encode(), 3, 10), "a success pushes a slow call out");
+        let mut half_open = s.clone();
+        half_open.phase = Phase::HalfOpen;
+        assert!(!success_is_noop(&half_open.encode(), 3, 10));
+        let time = BreakerState::new(&Policy { window: WindowSpec::Time { seconds: 10 }, ..Policy::default() });
+        assert!(!success_is_noop(&time.encode(), 3, 10), "a time window counts every call");
     }
 
     #[test]

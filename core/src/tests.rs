@@ -477,3 +477,76 @@ fn ramp_refusals_keep_their_retry_after_spread_late_in_the_ramp() {
         .collect();
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), [1_000, 2_000]);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    /// The lean admission reads only the head; whenever it decides, `admit` on the whole state
+    /// decides the same and changes nothing.
+    #[test]
+    fn admission_from_the_head_decides_as_admit(
+        phase in 0u8..3,
+        since in 0u64..2_000,
+        open_until in 0u64..40_000,
+        closed_at in prop_oneof![Just(0u64), 0u64..2_000],
+        ramp in prop_oneof![Just(0u64), 1u64..1_000],
+        now in 0u64..30_000,
+        unit in 0.0f64..1.0,
+    ) {
+        let p = Policy { recovery_ramp_ms: ramp, open_max_ms: 20_000, ..policy(3, 0.5, 10, 5, 2, 1) };
+        let mut s = BreakerState::new(&p);
+        s.phase = [Phase::Closed, Phase::HalfOpen, Phase::Open][usize::from(phase)];
+        (s.since_ms, s.open_until_ms, s.closed_at_ms) = (since, open_until, closed_at);
+        let head = state::Head::peek(&s.encode()).expect("a valid encoding has a head");
+        if let Some(fast) = breaker::admit_unchanged(&head, &p, now, || unit) {
+            let (full, effect) = admit(&mut s, &p, now, unit);
+            prop_assert_eq!(fast, full);
+            prop_assert_eq!(effect, Effect::default());
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4000, ..ProptestConfig::default() })]
+
+    /// A probe admitted, refused or answered on the encoded bytes in place leaves the bytes and
+    /// decides what the full step on the decoded state does.
+    #[test]
+    fn probe_steps_in_place_match_the_full_steps(
+        slots in prop::collection::vec(prop_oneof![Just(0u64), 1u64..3_000], 3),
+        successes in 0u8..3,
+        timeout in prop_oneof![Just(0u64), 1u64..2_000],
+        time_window in any::<bool>(),
+        now in 0u64..3_000,
+        slot in 0u8..4,
+        unit in 0.0f64..1.0,
+    ) {
+        let window = if time_window { WindowSpec::Time { seconds: 10 } } else { WindowSpec::Count { size: 10 } };
+        let p = Policy { answer_timeout_ms: timeout, window, half_open_successes: 3, ..policy(3, 0.5, 10, 5, 3, 3) };
+        let mut s = BreakerState::new(&p);
+        s.phase = Phase::HalfOpen;
+        s.probe_slots = slots.clone();
+        s.probe_successes = successes;
+        let bytes = s.encode();
+
+        let mut patched = bytes.clone();
+        if let Some((fast, changed)) = breaker::admit_probe_in_place(&mut patched, &p, now, || unit) {
+            let mut full = s.clone();
+            let (decision, effect) = admit(&mut full, &p, now, unit);
+            prop_assert_eq!(fast, decision);
+            prop_assert_eq!(changed, effect.changed);
+            prop_assert_eq!(&patched, &full.encode());
+        }
+
+        let deadline = slots.get(usize::from(slot)).copied().unwrap_or(7);
+        let ticket = ProbeTicket { slot, deadline_ms: deadline };
+        let mut patched = bytes.clone();
+        if let Some(changed) = breaker::record_probe_success_in_place(&mut patched, &p, now, ticket) {
+            let mut full = s.clone();
+            let effect = record_success(&mut full, &p, now, Some(ticket));
+            prop_assert_eq!(changed, effect.changed);
+            prop_assert_eq!(effect.transition, None);
+            prop_assert_eq!(&patched, &full.encode());
+        }
+    }
+}

@@ -131,6 +131,9 @@ pub struct CallStats {
     /// Wasm instructions executed (wasmtime fuel).
     pub instructions: u64,
     pub host_calls: BTreeMap<String, u32>,
+    /// Instructions run between consecutive host calls, in order: (`callback: previous call ->
+    /// next call`, instructions). Where a callback's instructions went, with no profiler.
+    pub segments: Vec<(String, u64)>,
 }
 
 impl CallStats {
@@ -167,11 +170,27 @@ pub(crate) struct WorkerState {
     pub(crate) http_calls: Vec<HttpCall>,
     pub(crate) tick_period_ms: u32,
     pub(crate) host_calls: BTreeMap<String, u32>,
+    /// The running callback's segments so far, its name, the last host call and the fuel then.
+    pub(crate) segments: Vec<(String, u64)>,
+    pub(crate) callback: &'static str,
+    pub(crate) last_call: &'static str,
+    pub(crate) last_fuel: u64,
 }
 
 impl WorkerState {
-    pub(crate) fn count(&mut self, call: &str) -> Option<u32> {
+    /// Counts host call `call`, made with `fuel` left; the fault status to answer, if any.
+    pub(crate) fn count(&mut self, call: &'static str, fuel: u64) -> Option<u32> {
         *self.host_calls.entry(call.to_string()).or_default() += 1;
+        self.segment(call, fuel);
         lock(&self.shared).fault(call)
+    }
+
+    /// Closes the segment that ends at `next` (a host call, or the callback's return).
+    pub(crate) fn segment(&mut self, next: &'static str, fuel: u64) {
+        let used = self.last_fuel.saturating_sub(fuel);
+        let label = format!("{}: {} -> {}", self.callback, self.last_call, next.trim_start_matches("proxy_"));
+        self.segments.push((label, used));
+        self.last_call = next.trim_start_matches("proxy_");
+        self.last_fuel = fuel;
     }
 }

@@ -37,6 +37,10 @@ impl Worker {
             http_calls: Vec::new(),
             tick_period_ms: 0,
             host_calls: BTreeMap::new(),
+            segments: Vec::new(),
+            callback: "",
+            last_call: "",
+            last_fuel: 0,
         };
         let mut store = Store::new(&host.engine, state);
         store.set_fuel(u64::MAX)?;
@@ -59,16 +63,28 @@ impl Worker {
     fn call<P: wasmtime::WasmParams, R: wasmtime::WasmResults>(
         &mut self,
         ctx: u32,
-        name: &str,
+        name: &'static str,
         args: P,
     ) -> wasmtime::Result<R> {
         let f = self.func::<P, R>(name)?;
-        self.store.data_mut().current = ctx;
-        self.store.data_mut().host_calls.clear();
+        let st = self.store.data_mut();
+        st.current = ctx;
+        st.host_calls.clear();
+        st.segments.clear();
+        st.callback = name.trim_start_matches("proxy_");
+        st.last_call = "start";
+        st.last_fuel = u64::MAX;
         self.store.set_fuel(u64::MAX)?;
         let r = f.call(&mut self.store, args).with_context(|| format!("{name} trapped"))?;
-        let used = u64::MAX - self.store.get_fuel()?;
-        self.last = CallStats { instructions: used, host_calls: std::mem::take(&mut self.store.data_mut().host_calls) };
+        let left = self.store.get_fuel()?;
+        let used = u64::MAX - left;
+        let st = self.store.data_mut();
+        st.segment("return", left);
+        self.last = CallStats {
+            instructions: used,
+            host_calls: std::mem::take(&mut st.host_calls),
+            segments: std::mem::take(&mut st.segments),
+        };
         Ok(r)
     }
 

@@ -177,6 +177,16 @@ impl Breaker {
         }
     }
 
+    /// A success, recorded with no clock reading: no clamp of a stepped clock, and a probe
+    /// decides while it holds its slot (its deadline is its worker's tick's to enforce).
+    fn succeed(&mut self, probe: Option<(usize, u64)>) {
+        match self.phase {
+            Phase::Closed => self.streak = 0,
+            Phase::HalfOpen => self.record(0, false, probe),
+            Phase::Open => {}
+        }
+    }
+
     fn timeout(&mut self, now: u64, probe: Option<(usize, u64)>) {
         if self.phase != Phase::HalfOpen {
             return self.record(now, true, None);
@@ -468,7 +478,10 @@ fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize
                 if c.guarded && !c.timed_out {
                     let b = m.breakers.get_mut(&c.key).expect("a guarded call's breaker");
                     match end.outcome() {
-                        // Past its deadline, whatever the end: no answer in time.
+                        // A success reads no clock (the request path's budget): it counts unless
+                        // its worker's tick already timed it out.
+                        Some(false) => b.succeed(c.probe),
+                        // Past its deadline, any other end: no answer in time.
                         _ if now >= c.deadline => b.timeout(now, c.probe),
                         Some(failure) => b.record(now, failure, c.probe),
                         None => b.release(now, c.probe),

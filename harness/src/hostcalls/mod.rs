@@ -1,5 +1,6 @@
 //! The host calls (imports of module `env`), by concern. Each is registered once with
-//! [`host_call!`], which counts it into the callback's [`crate::CallStats`] and answers an injected
+//! [`host_call!`], which counts it (and the instructions run since the previous call) into the callback's
+//! [`crate::CallStats`] and answers an injected
 //! fault's status instead of running it. They follow Envoy's semantics: the proxy-wasm Rust SDK
 //! panics on statuses it does not expect, so the statuses matter.
 
@@ -19,7 +20,8 @@ macro_rules! host_call {
             "env",
             name,
             move |mut $c: $crate::hostcalls::Mem<'_> $(, $arg: $ty)*| -> wasmtime::Result<i32> {
-                if let Some(status) = $c.data_mut().count(name) {
+                let fuel = $c.get_fuel().unwrap_or(0);
+                if let Some(status) = $c.data_mut().count(name, fuel) {
                     return Ok(status as i32);
                 }
                 $body
