@@ -173,6 +173,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
+          # ACCESS_LOG
           upgrade_configs: [{upgrade_type: websocket}]
           route_config:
             virtual_hosts:
@@ -220,7 +221,15 @@ static_resources:
 pub fn render(setup: &StormSetup, admin: u16, listen: u16, storm: u16, steady: u16) -> String {
     let filters =
         if setup.filters.is_empty() { String::new() } else { format!("          {}\n", setup.filters.trim_end()) };
+    let log = match std::env::var("FLOODGATE_STORM_DIAG") {
+        Ok(dir) => format!(
+            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {dir}/{}-envoy.log\n              log_format: {{text_format_source: {{inline_string: \"%START_TIME(%s.%3f)% %REQ(X-ID)% %RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}}}}\n",
+            setup.name
+        ),
+        Err(_) => String::new(),
+    };
     ENVOY
+        .replace("          # ACCESS_LOG\n", &log)
         .replace("          # FILTERS\n", &filters)
         .replace("THRESHOLDS", &setup.thresholds)
         .replace("port_value: ADMIN", &format!("port_value: {admin}"))
@@ -239,16 +248,25 @@ const REFUSAL_COST: f64 = 0.25;
 struct Backend {
     addr: SocketAddr,
     state: Arc<BackendState>,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends the backend's thread (and with its runtime, every session task).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         // Sessions watch the epoch: a restart ends them; so does the end of the backend.
         self.state.epoch.send_modify(|e| *e += 1);
     }
 }
+
+/// Since `t0`: arrivals and acceptances per second, each arrival's read lag (ms).
+type Series = (Instant, Vec<u64>, Vec<u64>, Vec<f32>);
+/// One arrival, for diagnostics: its id, epoch ms at accept and at reading its head, whether the
+/// backend was down at accept, whether it was accepted.
+type Arrival = (u64, f64, f64, bool, bool);
 
 struct BackendState {
     down: AtomicBool,
@@ -256,10 +274,14 @@ struct BackendState {
     capacity: AtomicU64,
     burst: AtomicU64,
     bucket: Mutex<(f64, Instant)>,
-    /// Arrivals and acceptances per second since `t0`.
-    series: Mutex<(Instant, Vec<u64>, Vec<u64>)>,
+    /// Arrivals and acceptances per second since `t0`, and each arrival's read lag (ms from
+    /// accepting its connection to having read its request).
+    series: Mutex<Series>,
     epoch: watch::Sender<u64>,
     sessions: AtomicI64,
+    /// Diagnostics (`FLOODGATE_STORM_DIAG`): per arrival, its id, epoch ms at accept and at
+    /// reading the head, whether the backend was down at accept, whether it was accepted.
+    diag: Option<Mutex<Vec<Arrival>>>,
 }
 
 impl BackendState {
@@ -285,9 +307,10 @@ impl BackendState {
         }
     }
 
-    fn count(&self, accepted: bool) {
+    fn count(&self, accepted: bool, lag: Duration) {
         let mut guard = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let (t0, arrivals, acceptances) = &mut *guard;
+        let (t0, arrivals, acceptances, lags) = &mut *guard;
+        lags.push(lag.as_secs_f32() * 1000.0);
         let i = t0.elapsed().as_secs() as usize;
         for v in [&mut *arrivals, &mut *acceptances] {
             if v.len() <= i {
@@ -301,38 +324,55 @@ impl BackendState {
     }
 
     fn reset_series(&self) {
-        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), vec![], vec![]);
+        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), vec![], vec![], vec![]);
     }
 
-    fn series(&self) -> (Vec<u64>, Vec<u64>) {
+    fn series(&self) -> (Vec<u64>, Vec<u64>, Vec<f32>) {
         let s = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        (s.1.clone(), s.2.clone())
+        (s.1.clone(), s.2.clone(), s.3.clone())
     }
 }
 
 impl Backend {
+    /// The backend runs on its own thread and runtime, as a backend is its own process: the
+    /// clients' tasks on the bench's runtime must not delay it reading the upgrades (a backend
+    /// that reads late counts arrivals in the wrong second; see the storm's notes).
     async fn start(capacity: u32, burst: u32) -> anyhow::Result<Backend> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(BackendState {
             down: AtomicBool::new(false),
             capacity: AtomicU64::new(u64::from(capacity)),
             burst: AtomicU64::new(u64::from(burst)),
             bucket: Mutex::new((f64::from(burst), Instant::now())),
-            series: Mutex::new((Instant::now(), vec![], vec![])),
+            series: Mutex::new((Instant::now(), vec![], vec![], vec![])),
             epoch: watch::channel(0).0,
             sessions: AtomicI64::new(0),
+            diag: std::env::var_os("FLOODGATE_STORM_DIAG").map(|_| Mutex::new(vec![])),
         });
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
-                let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
-                let _ = sock.set_nodelay(true);
-                tokio::spawn(serve(sock, st.clone()));
-            }
-        });
-        Ok(Backend { addr, state, task })
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("storm-backend".into()).spawn(move || {
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else { return };
+                let accept = async {
+                    loop {
+                        let Ok((sock, _)) = listener.accept().await else { continue };
+                        let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+                        let _ = sock.set_nodelay(true);
+                        let at = (Instant::now(), epoch_ms(), st.down.load(Ordering::SeqCst));
+                        tokio::spawn(serve(sock, st.clone(), at));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+        Ok(Backend { addr, state, stop: Some(stop) })
     }
 
     /// Drops every session and refuses connections for `down`, then takes upgrades again at its
@@ -365,7 +405,11 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-async fn serve(mut sock: TcpStream, st: Arc<BackendState>) {
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+async fn serve(mut sock: TcpStream, st: Arc<BackendState>, at: (Instant, f64, bool)) {
     if st.down.load(Ordering::SeqCst) {
         return; // dropped with linger 0: a reset, as a process that is not listening yet
     }
@@ -373,7 +417,12 @@ async fn serve(mut sock: TcpStream, st: Arc<BackendState>) {
     let mut buf = Vec::new();
     let Some(head_len) = read_head(&mut sock, &mut buf).await else { return };
     let accepted = st.admit();
-    st.count(accepted);
+    st.count(accepted, at.0.elapsed());
+    if let Some(d) = &st.diag {
+        let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
+        let id = head.lines().find_map(|l| l.strip_prefix("x-id:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        d.lock().unwrap_or_else(|e| e.into_inner()).push((id, at.1, epoch_ms(), at.2, accepted));
+    }
     if !accepted {
         let _ = sock
             .write_all(b"HTTP/1.1 503 Service Unavailable\r\nx-backend: overloaded\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
@@ -475,8 +524,10 @@ async fn attempt(addr: SocketAddr, path: &str) -> Answer {
     };
     let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
     let _ = sock.set_nodelay(true);
+    static IDS: AtomicU64 = AtomicU64::new(1);
+    let id = IDS.fetch_add(1, Ordering::Relaxed);
     let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: collab\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: collab\r\nx-id: {id}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     if sock.write_all(req.as_bytes()).await.is_err() {
         return Answer::Error;
@@ -605,6 +656,9 @@ pub struct StormRun {
     /// Upgrades reaching the backend per second since the restart (accepted or not).
     pub arrivals: Vec<u64>,
     pub accepted: Vec<u64>,
+    /// The backend's read lag (accepting a connection to having read its upgrade), p99 and
+    /// max, ms: the measurement's own error on which second an arrival is counted in.
+    pub read_lag_ms: [f32; 2],
     /// Seconds from the backend's return until every client was connected again (None: cut off).
     pub reconnect_s: Option<f64>,
     /// Seconds from the backend's return until 95 % of the clients were connected again.
@@ -673,8 +727,10 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     let cpu_before = cpu_ns(pid);
     backend.state.reset_series();
     let started = Instant::now();
+    let t0_ms = epoch_ms();
     backend.restart(plan.down, plan.capacity, plan.burst()).await;
     let up = Instant::now();
+    let up_ms = epoch_ms();
     let (back95, reconnect) = wait_all_95(&stats, plan.clients, plan.max_storm.saturating_sub(plan.down)).await;
     let reconnect_s = reconnect.map(|d| d.as_secs_f64());
     let back95_s = back95.map(|d| d.as_secs_f64());
@@ -682,7 +738,19 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     let storm_s = started.elapsed().as_secs_f64();
     let envoy_cpu_ns = cpu_ns(pid).saturating_sub(cpu_before);
     let after = [&stats.refused, &stats.failed, &stats.errors, &stats.attempts].map(|c| c.load(Ordering::SeqCst));
-    let (arrivals, accepted) = backend.state.series();
+    let (arrivals, accepted, mut lags) = backend.state.series();
+    lags.sort_unstable_by(f32::total_cmp);
+    let read_lag_ms = [0.99, 1.0].map(|q| {
+        let i = ((lags.len() as f64 * q).ceil() as usize).clamp(1, lags.len().max(1)) - 1;
+        lags.get(i).copied().unwrap_or(0.0)
+    });
+    if let (Ok(dir), Some(d)) = (std::env::var("FLOODGATE_STORM_DIAG"), &backend.state.diag) {
+        let mut out = format!("# t0 {t0_ms:.3} up {up_ms:.3}\n");
+        for (id, acc, head, down, ok) in d.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "{id} {acc:.3} {head:.3} {} {}", u8::from(*down), u8::from(*ok));
+        }
+        let _ = std::fs::write(format!("{dir}/{}-backend.txt", setup.name), out);
+    }
     let steady_alive = alive(&mut held).await;
     let connected_at_end = stats.connected.load(Ordering::SeqCst);
     let _ = stop_tx.send(true);
@@ -694,6 +762,7 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     Ok(StormRun {
         arrivals,
         accepted,
+        read_lag_ms,
         reconnect_s,
         back95_s,
         connected_at_end,
@@ -753,7 +822,9 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<StormResults> {
     }
     pin(std::process::id(), 1);
     let steady = Backend::start(0, 0).await?;
-    let setups = setups(&plan);
+    let only = std::env::var("FLOODGATE_STORM_CONFIGS").unwrap_or_default();
+    let setups: Vec<StormSetup> =
+        setups(&plan).into_iter().filter(|s| only.is_empty() || only.split(',').any(|o| o == s.name)).collect();
     let mut runs: Vec<Vec<StormRun>> = setups.iter().map(|_| vec![]).collect();
     for round in 0..plan.rounds {
         for (i, setup) in setups.iter().enumerate() {
@@ -822,11 +893,11 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, upper bound) | Envoy CPU per upgrade attempt (µs) | undisturbed sessions alive |",
+        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, upper bound) | Envoy CPU per upgrade attempt (µs) | undisturbed sessions alive | backend read lag p99 / max (ms) |",
         p.capacity + p.burst(),
         p.ideal().as_secs_f64()
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for ((name, _), runs) in r.setups.iter().zip(&r.runs) {
         let f = |g: &dyn Fn(&StormRun) -> f64, d: usize| spread(&runs.iter().map(g).collect::<Vec<_>>(), d);
         let back: Vec<String> = runs
@@ -846,7 +917,7 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
             |x: &StormRun| if x.refused == 0 { 0.0 } else { x.envoy_cpu_ns as f64 / x.refused as f64 / 1000.0 };
         let _ = writeln!(
             md,
-            "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             f(&|x| x.peak() as f64, 0),
             f(&|x| x.p99() as f64, 0),
             f(&over, 0),
@@ -861,6 +932,10 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
             if runs.iter().all(|x| x.refused == 0) { "–".into() } else { f(&per_refusal, 1) },
             f(&per_attempt, 1),
             runs.iter().map(|x| format!("{}/{}", x.steady_alive, x.steady)).collect::<Vec<_>>().join(", "),
+            runs.iter()
+                .map(|x| format!("{:.0} / {:.0}", x.read_lag_ms[0], x.read_lag_ms[1]))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
     let _ = writeln!(
@@ -883,7 +958,10 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
         "\n\"Refused by the proxy\" counts answers made by the protection itself (a Floodgate refusal, \
          `x-envoy-overloaded`, admission control's denial) during the storm; 503s for a backend that is down or \
          overloaded are not refusals. Envoy CPU per refusal divides all of Envoy's CPU during the storm (admitted \
-         upgrades, proxied sessions and refusals alike) by the refusals, so it is an upper bound.\n"
+         upgrades, proxied sessions and refusals alike) by the refusals, so it is an upper bound. The backend runs \
+         on its own thread and runtime (as a backend is its own process) and counts an upgrade in the second it \
+         reads it; its read lag (from accepting the connection to having read the upgrade) is the measurement's \
+         own error on which second an arrival falls in.\n"
     );
     let _ = writeln!(md, "![new upgrades per second at the backend, per configuration]({svg_name})\n");
     let _ = writeln!(md, "<!-- /storm -->");
@@ -1013,6 +1091,7 @@ mod tests {
         let run = StormRun {
             arrivals: vec![0, 900, 400, 380, 10],
             accepted: vec![0, 400, 400, 380, 10],
+            read_lag_ms: [3.0, 12.0],
             reconnect_s: Some(6.0),
             back95_s: Some(5.0),
             connected_at_end: 2000,
@@ -1036,7 +1115,7 @@ mod tests {
         let section = report(&r, "storm.svg");
         assert!(
             section.contains(
-                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 50.0 | 16.7 | 50/50 |"
+                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 50.0 | 16.7 | 50/50 | 3 / 12 |"
             ),
             "{section}"
         );
