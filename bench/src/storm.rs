@@ -37,6 +37,9 @@ pub struct StormPlan {
     /// The storm is cut off after this long.
     pub max_storm: Duration,
     pub rounds: usize,
+    /// The cost phase: upgrades per second and per measured phase.
+    pub cost_rate: u32,
+    pub cost_upgrades: usize,
 }
 
 impl StormPlan {
@@ -48,6 +51,8 @@ impl StormPlan {
             down: Duration::from_secs(2),
             max_storm: Duration::from_secs(15),
             rounds: 1,
+            cost_rate: 400,
+            cost_upgrades: 400,
         }
     }
     pub fn full() -> StormPlan {
@@ -58,6 +63,8 @@ impl StormPlan {
             down: Duration::from_secs(2),
             max_storm: Duration::from_secs(60),
             rounds: 2,
+            cost_rate: 400,
+            cost_upgrades: 800,
         }
     }
     /// The time the capacity needs to take every client back (clients / capacity).
@@ -75,8 +82,13 @@ pub struct StormSetup {
     pub name: &'static str,
     pub what: String,
     filters: String,
-    /// `circuit_breakers.thresholds` of the storm cluster.
+    /// `circuit_breakers.thresholds` of the storm cluster (and of `cost_ws`, the cost phase's
+    /// admitting cluster).
     thresholds: String,
+    /// How the cost phase makes this configuration refuse every upgrade to `cost_refuse_ws`
+    /// (None: it has no refusal that can be made on purpose), and that cluster's thresholds.
+    refusal: Option<&'static str>,
+    refuse_thresholds: String,
 }
 
 const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
@@ -93,6 +105,44 @@ const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
                   http_success_status: [{start: 100, end: 500}]
           "#;
 
+/// The upgrade budget as an operator would hand-write it in Lua: a token bucket per path
+/// prefix in the worker's Lua state (exact with `--concurrency 1`), refusing with 503 and a
+/// `retry-after` of the time to the next token. `/cost/refuse` is the cost phase's refusing
+/// route (one upgrade per second).
+const LUA_BUDGET: &str = r#"- name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  local budgets = {["/collab"] = {CAP, BURST}, ["/cost/refuse"] = {1, 1}}
+                  local buckets = {}
+                  function envoy_on_request(h)
+                    local headers = h:headers()
+                    if headers:get("upgrade") == nil then return end
+                    local path = headers:get(":path") or ""
+                    for prefix, b in pairs(budgets) do
+                      if string.sub(path, 1, #prefix) == prefix then
+                        local now = tonumber(h:timestampString(EnvoyTimestampResolution.MILLISECOND))
+                        local s = buckets[prefix]
+                        if s == nil then
+                          s = {tokens = b[2], last = now}
+                          buckets[prefix] = s
+                        end
+                        s.tokens = math.min(b[2], s.tokens + (now - s.last) * b[1] / 1000)
+                        s.last = now
+                        if s.tokens >= 1 then
+                          s.tokens = s.tokens - 1
+                          return
+                        end
+                        local wait = math.max(1, math.ceil((1 - s.tokens) / b[1]))
+                        h:respond({[":status"] = "503", ["retry-after"] = tostring(wait),
+                                   ["content-type"] = "application/json"}, '{"error":"rate_limited"}')
+                        return
+                      end
+                    end
+                  end
+          "#;
+
 const OPEN_THRESHOLDS: &str =
     "{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000, max_retries: 1000000}";
 
@@ -105,57 +155,86 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
     let sessions = plan.clients + plan.clients / 20;
     let cb =
         format!("{{max_connections: {sessions}, max_pending_requests: 64, max_requests: {sessions}, max_retries: 3}}");
+    // The cost phase's clusters: `cost_ws` admits under the storm cluster's policy, `cost_refuse_ws`
+    // refuses every upgrade the way the storm's refusals are made.
+    let forced = r#""cost_refuse_ws": {"mode": "forced_open"}"#;
+    let budget = |policy: &str| {
+        let sep = if policy.is_empty() { "" } else { ", " };
+        format!(
+            r#""collab_ws": {{{policy}{sep}"admission": {{"per_second": {cap}, "burst": {burst}}}}}, "cost_ws": {{{policy}{sep}"admission": {{"per_second": 1000000, "burst": 1000000}}}}, "cost_refuse_ws": {{{policy}{sep}"admission": {{"per_second": 1, "burst": 1}}}}"#
+        )
+    };
+    let floodgate = |name, what, config: String, refusal| StormSetup {
+        name,
+        what,
+        filters: crate::setups::wasm_filter(&config),
+        thresholds: OPEN_THRESHOLDS.into(),
+        refusal: Some(refusal),
+        refuse_thresholds: OPEN_THRESHOLDS.into(),
+    };
     vec![
         StormSetup {
             name: "none",
             what: "no filter".into(),
             filters: String::new(),
             thresholds: OPEN_THRESHOLDS.into(),
+            refusal: Some("a route's `direct_response: {status: 503}` (Envoy's own floor: no filter runs)"),
+            refuse_thresholds: OPEN_THRESHOLDS.into(),
         },
         StormSetup {
             name: "circuit_breakers",
             what: format!("Envoy cluster `circuit_breakers` (max_requests {sessions}, max_pending_requests 64)"),
             filters: String::new(),
-            thresholds: cb,
+            thresholds: cb.clone(),
+            refusal: Some("`max_pending_requests: 0` (every upgrade overflows the pending queue)"),
+            refuse_thresholds: format!(
+                "{{max_connections: {sessions}, max_pending_requests: 0, max_requests: {sessions}, max_retries: 3}}"
+            ),
         },
         StormSetup {
             name: "admission_control",
             what: "Envoy `admission_control` (10 s window, success rate 95 %)".into(),
             filters: ADMISSION_CONTROL.into(),
             thresholds: OPEN_THRESHOLDS.into(),
+            refusal: None,
+            refuse_thresholds: OPEN_THRESHOLDS.into(),
         },
         StormSetup {
-            name: "floodgate",
-            what: "Floodgate local breaker (5 failures, open 5 s, jitter 0.5)".into(),
-            filters: crate::setups::wasm_filter(&format!(r#"{{"defaults": {{{breaker}}}}}"#)),
-            thresholds: OPEN_THRESHOLDS.into(),
-        },
-        StormSetup {
-            name: "floodgate_ramp",
-            what: format!("Floodgate local breaker + `recovery_ramp_ms: {ramp_ms}`"),
-            filters: crate::setups::wasm_filter(&format!(r#"{{"defaults": {{{breaker}, "recovery_ramp_ms": {ramp_ms}}}}}"#)),
-            thresholds: OPEN_THRESHOLDS.into(),
-        },
-        StormSetup {
-            name: "floodgate_budget",
+            name: "lua_budget",
             what: format!(
-                "Floodgate local breaker + `admission: {{per_second: {cap}, burst: {burst}}}` on the storm cluster"
+                "hand-written Lua guard: a token bucket of {cap} upgrades/s, {burst} at once, in the worker's Lua state; refuses with 503 and `retry-after` to the next token"
             ),
-            filters: crate::setups::wasm_filter(&format!(
-                r#"{{"defaults": {{{breaker}}}, "breakers": {{"collab_ws": {{"admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
-            )),
+            filters: LUA_BUDGET.replace("CAP", &cap.to_string()).replace("BURST", &burst.to_string()),
             thresholds: OPEN_THRESHOLDS.into(),
+            refusal: Some("its bucket of 1 upgrade/s"),
+            refuse_thresholds: OPEN_THRESHOLDS.into(),
         },
-        StormSetup {
-            name: "floodgate_budget_only",
-            what: format!(
+        floodgate(
+            "floodgate",
+            "Floodgate local breaker (5 failures, open 5 s, jitter 0.5)".into(),
+            format!(r#"{{"defaults": {{{breaker}}}, "breakers": {{{forced}}}}}"#),
+            "`mode: forced_open`",
+        ),
+        floodgate(
+            "floodgate_ramp",
+            format!("Floodgate local breaker + `recovery_ramp_ms: {ramp_ms}`"),
+            format!(r#"{{"defaults": {{{breaker}, "recovery_ramp_ms": {ramp_ms}}}, "breakers": {{{forced}}}}}"#),
+            "`mode: forced_open`",
+        ),
+        floodgate(
+            "floodgate_budget",
+            format!("Floodgate local breaker + `admission: {{per_second: {cap}, burst: {burst}}}` on the storm cluster"),
+            format!(r#"{{"defaults": {{{breaker}}}, "breakers": {{{}}}}}"#, budget("")),
+            "a budget of 1 upgrade/s",
+        ),
+        floodgate(
+            "floodgate_budget_only",
+            format!(
                 "Floodgate `admission: {{per_second: {cap}, burst: {burst}}}` alone (no outcome counts as a failure: the breaker never opens)"
             ),
-            filters: crate::setups::wasm_filter(&format!(
-                r#"{{"breakers": {{"collab_ws": {{"failure": {{"statuses": [], "resets": false}}, "admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
-            )),
-            thresholds: OPEN_THRESHOLDS.into(),
-        },
+            format!(r#"{{"breakers": {{{}}}}}"#, budget(r#""failure": {"statuses": [], "resets": false}"#)),
+            "a budget of 1 upgrade/s",
+        ),
     ]
 }
 
@@ -182,6 +261,10 @@ static_resources:
               routes:
               - match: {prefix: "/steady"}
                 route: {cluster: steady_ws, timeout: 0s}
+              - match: {prefix: "/cost/admit"}
+                route: {cluster: cost_ws, timeout: 0s}
+              - match: {prefix: "/cost/refuse"}
+                REFUSE_ROUTE
               - match: {prefix: "/"}
                 route: {cluster: collab_ws, timeout: 0s}
           http_filters:
@@ -203,6 +286,32 @@ static_resources:
         - endpoint:
             address:
               socket_address: {address: 127.0.0.1, port_value: STORM_BACKEND}
+  - name: cost_ws
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds:
+      - THRESHOLDS
+    load_assignment:
+      cluster_name: cost_ws
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: STEADY_BACKEND}
+  - name: cost_refuse_ws
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds:
+      - REFUSE_THRESHOLDS
+    load_assignment:
+      cluster_name: cost_refuse_ws
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: STEADY_BACKEND}
   - name: steady_ws
     type: STATIC
     connect_timeout: 1s
@@ -231,6 +340,15 @@ pub fn render(setup: &StormSetup, admin: u16, listen: u16, storm: u16, steady: u
     ENVOY
         .replace("          # ACCESS_LOG\n", &log)
         .replace("          # FILTERS\n", &filters)
+        .replace(
+            "REFUSE_ROUTE",
+            if setup.name == "none" {
+                "direct_response: {status: 503}"
+            } else {
+                "route: {cluster: cost_refuse_ws, timeout: 0s}"
+            },
+        )
+        .replace("REFUSE_THRESHOLDS", &setup.refuse_thresholds)
         .replace("THRESHOLDS", &setup.thresholds)
         .replace("port_value: ADMIN", &format!("port_value: {admin}"))
         .replace("port_value: LISTEN", &format!("port_value: {listen}"))
@@ -672,6 +790,7 @@ pub struct StormRun {
     pub envoy_cpu_ns: u64,
     pub steady_alive: usize,
     pub steady: usize,
+    pub costs: Costs,
 }
 
 impl StormRun {
@@ -757,6 +876,7 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
+    let costs = costs(proxy.listen, pid, setup.refusal.is_some(), plan).await;
     drop(held);
     drop(proxy);
     Ok(StormRun {
@@ -774,7 +894,111 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
         envoy_cpu_ns,
         steady_alive,
         steady: plan.steady,
+        costs,
     })
+}
+
+/// Envoy's CPU per admitted and per refused upgrade, measured apart from the storm in the same
+/// Envoy once its clients are gone (see [`Costs`]).
+#[derive(Clone, Debug, Default)]
+pub struct Costs {
+    /// Envoy CPU per admitted upgrade (connect, upgrade through the filters, 101, close), µs.
+    pub admit_us: f64,
+    /// Envoy CPU per refused upgrade (connect, refusal, close), µs; None without a refusal phase.
+    pub refuse_us: Option<f64>,
+    pub admitted: u64,
+    pub refused: u64,
+    /// Answers that were neither what the phase expected (for example admitted in the refusal
+    /// phase, whose CPU is taken off at the admitted price).
+    pub other: u64,
+}
+
+#[derive(Default)]
+struct Phase {
+    cpu_ns: u64,
+    secs: f64,
+    admitted: u64,
+    refused: u64,
+    other: u64,
+}
+
+/// `n` upgrades to `path`, open loop at `rate` per second, each closed at once after its
+/// answer; Envoy's CPU from the first until every answer is in and the closes settled.
+async fn phase(addr: SocketAddr, pid: u32, path: &'static str, rate: u32, n: usize) -> Phase {
+    let admitted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_ns(pid);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
+        let (a, r, o) = (admitted.clone(), refused.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = match attempt(addr, path).await {
+                Answer::Connected(_) => &a,
+                Answer::Refused(_) => &r,
+                _ => &o,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Phase {
+        cpu_ns: cpu_ns(pid).saturating_sub(cpu0),
+        secs: start.elapsed().as_secs_f64(),
+        admitted: admitted.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        other: other.load(Ordering::Relaxed),
+    }
+}
+
+/// The cost phase: Envoy idle (its base load: held sessions, timers), then admits only and
+/// refusals only, alternated `COST_REPS` times. CPU per upgrade = (phase CPU − idle CPU for as
+/// long) / upgrades; a refusal phase's few admitted upgrades are taken off at the admitted price.
+async fn costs(addr: SocketAddr, pid: u32, refusals: bool, plan: &StormPlan) -> Costs {
+    const COST_REPS: usize = 3;
+    let (rate, n) = (plan.cost_rate, plan.cost_upgrades);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle0 = cpu_ns(pid);
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_ns_per_s = cpu_ns(pid).saturating_sub(idle0) as f64 / t.elapsed().as_secs_f64();
+    let net = |p: &Phase| (p.cpu_ns as f64 - idle_ns_per_s * p.secs).max(0.0);
+    let (mut admit, mut refuse) = (Phase::default(), Phase::default());
+    for _ in 0..COST_REPS {
+        let a = phase(addr, pid, "/cost/admit", rate, n).await;
+        admit = Phase {
+            cpu_ns: admit.cpu_ns + a.cpu_ns,
+            secs: admit.secs + a.secs,
+            admitted: admit.admitted + a.admitted,
+            refused: admit.refused + a.refused,
+            other: admit.other + a.other,
+        };
+        if refusals {
+            let r = phase(addr, pid, "/cost/refuse", rate, n).await;
+            refuse = Phase {
+                cpu_ns: refuse.cpu_ns + r.cpu_ns,
+                secs: refuse.secs + r.secs,
+                admitted: refuse.admitted + r.admitted,
+                refused: refuse.refused + r.refused,
+                other: refuse.other + r.other,
+            };
+        }
+    }
+    let admit_ns = net(&admit) / admit.admitted.max(1) as f64;
+    let refuse_us = (refusals && refuse.refused > 0)
+        .then(|| (net(&refuse) - admit_ns * refuse.admitted as f64).max(0.0) / refuse.refused as f64 / 1000.0);
+    Costs {
+        admit_us: admit_ns / 1000.0,
+        refuse_us,
+        admitted: admit.admitted,
+        refused: refuse.refused,
+        other: admit.refused + admit.other + refuse.admitted + refuse.other,
+    }
 }
 
 /// When 95 % of the `n` clients, then all of them, were connected (each `None` if not within).
@@ -808,6 +1032,8 @@ async fn wait_all(stats: &ClientStats, n: usize, within: Duration) -> Option<Dur
 pub struct StormResults {
     pub plan: StormPlan,
     pub setups: Vec<(&'static str, String)>,
+    /// Per configuration, how its cost phase makes refusals.
+    pub refusals: Vec<Option<&'static str>>,
     /// Per configuration, its runs (one per round).
     pub runs: Vec<Vec<StormRun>>,
     pub open_files: u64,
@@ -842,7 +1068,13 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<StormResults> {
             runs[i].push(r);
         }
     }
-    Ok(StormResults { plan, setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(), runs, open_files })
+    Ok(StormResults {
+        plan,
+        setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
+        refusals: setups.iter().map(|s| s.refusal).collect(),
+        runs,
+        open_files,
+    })
 }
 
 // ---- the report ----
@@ -963,12 +1195,53 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
          reads it; its read lag (from accepting the connection to having read the upgrade) is the measurement's \
          own error on which second an arrival falls in.\n"
     );
+    let _ = writeln!(
+        md,
+        "### What a refusal costs Envoy\n\nMeasured apart from the storm, in each configuration's Envoy once the storm's clients are gone: \
+         Envoy idle for 1 s (its base load), then {} upgrades at {}/s that the configuration admits (to `cost_ws`, a backend \
+         without limit, under the storm cluster's policy; each closed at once after its 101) and {} that it refuses \
+         (to `cost_refuse_ws`, refused the way the storm's refusals are made), alternated three times. CPU per upgrade is the \
+         phase's Envoy CPU (all threads, from the scheduler) less the idle rate for as long, over the upgrades; the few \
+         upgrades a refusal phase admits are taken off at the admitted price. Every upgrade is a new connection, as in the storm.\n",
+        p.cost_upgrades, p.cost_rate, p.cost_upgrades
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | refusals made by | Envoy CPU per refused upgrade (µs) | per admitted upgrade (µs) | admitted ÷ refused | measured: admitted, refused (other) |\n|---|---|---|---|---|---|"
+    );
+    for (((name, _), refusal), runs) in r.setups.iter().zip(&r.refusals).zip(&r.runs) {
+        let f = |g: &dyn Fn(&StormRun) -> f64| spread(&runs.iter().map(g).collect::<Vec<_>>(), 1);
+        let has = runs.iter().all(|x| x.costs.refuse_us.is_some());
+        let _ = writeln!(
+            md,
+            "| `{name}` | {} | {} | {} | {} | {} |",
+            refusal.unwrap_or("– (no refusal made on purpose)"),
+            if has { f(&|x| x.costs.refuse_us.unwrap_or(0.0)) } else { "–".into() },
+            f(&|x| x.costs.admit_us),
+            if has {
+                spread(
+                    &runs
+                        .iter()
+                        .map(|x| x.costs.admit_us / x.costs.refuse_us.unwrap_or(1.0).max(0.001))
+                        .collect::<Vec<_>>(),
+                    1,
+                ) + "×"
+            } else {
+                "–".into()
+            },
+            runs.iter()
+                .map(|x| format!("{}, {} ({})", x.costs.admitted, x.costs.refused, x.costs.other))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+    }
+    let _ = writeln!(md);
     let _ = writeln!(md, "![new upgrades per second at the backend, per configuration]({svg_name})\n");
     let _ = writeln!(md, "<!-- /storm -->");
     md
 }
 
-const COLORS: [&str; 7] = ["#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd", "#17becf"];
+const COLORS: [&str; 8] = ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#1f77b4", "#2ca02c", "#9467bd", "#17becf"];
 
 /// New upgrades per second at the backend, one polyline per configuration (first round), and the
 /// capacity as a dashed line. Plain SVG, no dependencies.
@@ -1103,11 +1376,13 @@ mod tests {
             envoy_cpu_ns: 50_000_000,
             steady_alive: 50,
             steady: 50,
+            costs: Costs { admit_us: 300.0, refuse_us: Some(100.0), admitted: 800, refused: 798, other: 2 },
         };
         assert_eq!((run.peak(), run.p99()), (900, 900));
         let setups = setups(&plan);
         let r = StormResults {
             setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
+            refusals: setups.iter().map(|s| s.refusal).collect(),
             runs: setups.iter().map(|_| vec![run.clone()]).collect(),
             plan,
             open_files: 20_000,
@@ -1119,12 +1394,16 @@ mod tests {
             ),
             "{section}"
         );
+        assert!(
+            section.contains("| `floodgate_budget` | a budget of 1 upgrade/s | 100.0 | 300.0 | 3.0× | 800, 798 (2) |"),
+            "{section}"
+        );
         let md = splice("# Bench\n\ntext\n", &section);
         let again = splice(&md, &section.replace("900", "901"));
         assert_eq!(again.matches("<!-- storm -->").count(), 1);
         assert!(again.starts_with("# Bench") && again.contains("901"));
         let svg = svg(&r);
-        assert_eq!(svg.matches("<polyline").count(), 7);
+        assert_eq!(svg.matches("<polyline").count(), 8);
         assert!(svg.contains("capacity 500/s"));
     }
 }

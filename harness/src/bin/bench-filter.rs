@@ -87,12 +87,22 @@ fn main() -> wasmtime::Result<()> {
         Ok(())
     };
     let none = |_: &Host, _: &mut Worker| Ok(());
+    let budget_wide =
+        r#"{"defaults": {"consecutive_failures": 3, "admission": {"per_second": 1000000, "burst": 1000000}}}"#;
+    let budget_one = r#"{"defaults": {"consecutive_failures": 3, "admission": {"per_second": 1, "burst": 1}}}"#;
+    // The one token goes to a first upgrade; every later one (the clock stands still) is refused.
+    let spend = |_: &Host, w: &mut Worker| -> wasmtime::Result<()> {
+        request(w, true, 101, CONTINUE)?;
+        Ok(())
+    };
     let rows = vec![
         measure("plain request, `shed: websocket` (not guarded)", config, none, false, 200, CONTINUE)?,
         measure("plain request, `shed: all`, closed, admitted", shed_all, none, false, 200, CONTINUE)?,
         measure("upgrade, closed, admitted (101)", config, none, true, 101, CONTINUE)?,
         measure("upgrade, open, refused (503 local reply)", config, trip, true, 101, PAUSE)?,
         measure("upgrade, half-open probe, admitted (101)", config, half_open, true, 101, CONTINUE)?,
+        measure("upgrade, closed, admission budget admits (101)", budget_wide, none, true, 101, CONTINUE)?,
+        measure("upgrade, closed, admission budget refuses (503 local reply)", budget_one, spend, true, 101, PAUSE)?,
     ];
     let mut out = String::from(
         "# Filter cost per request (harness, deterministic)\n\n\
