@@ -52,7 +52,7 @@ impl StormPlan {
             max_storm: Duration::from_secs(15),
             rounds: 1,
             cost_rate: 400,
-            cost_upgrades: 400,
+            cost_upgrades: 200,
         }
     }
     pub fn full() -> StormPlan {
@@ -64,7 +64,7 @@ impl StormPlan {
             max_storm: Duration::from_secs(60),
             rounds: 2,
             cost_rate: 400,
-            cost_upgrades: 800,
+            cost_upgrades: 600,
         }
     }
     /// The time the capacity needs to take every client back (clients / capacity).
@@ -473,6 +473,14 @@ impl Backend {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name("storm-backend".into()).spawn(move || {
+            // Ahead of the clients' threads on the shared core, as a backend on its own core
+            // would be: it must read upgrades when they arrive.
+            if let Some(tid) = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|l| l.file_name().map(|t| t.to_string_lossy().into_owned()))
+            {
+                let _ = std::process::Command::new("renice").args(["-n", "-10", "-p", &tid]).output();
+            }
             rt.block_on(async move {
                 let Ok(listener) = TcpListener::from_std(listener) else { return };
                 let accept = async {
@@ -790,7 +798,6 @@ pub struct StormRun {
     pub envoy_cpu_ns: u64,
     pub steady_alive: usize,
     pub steady: usize,
-    pub costs: Costs,
 }
 
 impl StormRun {
@@ -876,7 +883,6 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
-    let costs = costs(proxy.listen, pid, setup.refusal.is_some(), plan).await;
     drop(held);
     drop(proxy);
     Ok(StormRun {
@@ -894,18 +900,17 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
         envoy_cpu_ns,
         steady_alive,
         steady: plan.steady,
-        costs,
     })
 }
 
-/// Envoy's CPU per admitted and per refused upgrade, measured apart from the storm in the same
-/// Envoy once its clients are gone (see [`Costs`]).
+/// Envoy's CPU per admitted and per refused upgrade of one configuration, measured apart from
+/// the storm (see [`cost_stage`]): one value per repetition.
 #[derive(Clone, Debug, Default)]
 pub struct Costs {
     /// Envoy CPU per admitted upgrade (connect, upgrade through the filters, 101, close), µs.
-    pub admit_us: f64,
-    /// Envoy CPU per refused upgrade (connect, refusal, close), µs; None without a refusal phase.
-    pub refuse_us: Option<f64>,
+    pub admit_us: Vec<f64>,
+    /// Envoy CPU per refused upgrade (connect, refusal, close), µs; empty without a refusal phase.
+    pub refuse_us: Vec<f64>,
     pub admitted: u64,
     pub refused: u64,
     /// Answers that were neither what the phase expected (for example admitted in the refusal
@@ -913,7 +918,16 @@ pub struct Costs {
     pub other: u64,
 }
 
-#[derive(Default)]
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_unstable_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
 struct Phase {
     cpu_ns: u64,
     secs: f64,
@@ -956,49 +970,67 @@ async fn phase(addr: SocketAddr, pid: u32, path: &'static str, rate: u32, n: usi
     }
 }
 
-/// The cost phase: Envoy idle (its base load: held sessions, timers), then admits only and
-/// refusals only, alternated `COST_REPS` times. CPU per upgrade = (phase CPU − idle CPU for as
-/// long) / upgrades; a refusal phase's few admitted upgrades are taken off at the admitted price.
-async fn costs(addr: SocketAddr, pid: u32, refusals: bool, plan: &StormPlan) -> Costs {
-    const COST_REPS: usize = 3;
+/// Repetitions of the cost stage.
+const COST_REPS: usize = 5;
+
+/// The cost stage, after the storms: every configuration's Envoy at once (each `--concurrency 1`
+/// on CPU 0, only one loaded at a time), so all are measured in the same minutes and whatever
+/// else the machine does falls on all of them alike. After a warm-up of both kinds and Envoy's
+/// idle rate (its base load), each repetition runs, configuration after configuration (the order
+/// rotating), `cost_upgrades` upgrades it admits (`/cost/admit`) then as many it refuses
+/// (`/cost/refuse`). CPU per upgrade = (phase CPU − idle rate × phase time) / upgrades; a refusal
+/// phase's few admitted upgrades are taken off at that repetition's admitted price.
+async fn cost_stage(plan: &StormPlan, setups: &[StormSetup], backend: &Backend) -> anyhow::Result<Vec<Costs>> {
     let (rate, n) = (plan.cost_rate, plan.cost_upgrades);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle0 = cpu_ns(pid);
-    let t = Instant::now();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_ns_per_s = cpu_ns(pid).saturating_sub(idle0) as f64 / t.elapsed().as_secs_f64();
-    let net = |p: &Phase| (p.cpu_ns as f64 - idle_ns_per_s * p.secs).max(0.0);
-    let (mut admit, mut refuse) = (Phase::default(), Phase::default());
-    for _ in 0..COST_REPS {
-        let a = phase(addr, pid, "/cost/admit", rate, n).await;
-        admit = Phase {
-            cpu_ns: admit.cpu_ns + a.cpu_ns,
-            secs: admit.secs + a.secs,
-            admitted: admit.admitted + a.admitted,
-            refused: admit.refused + a.refused,
-            other: admit.other + a.other,
-        };
-        if refusals {
-            let r = phase(addr, pid, "/cost/refuse", rate, n).await;
-            refuse = Phase {
-                cpu_ns: refuse.cpu_ns + r.cpu_ns,
-                secs: refuse.secs + r.secs,
-                admitted: refuse.admitted + r.admitted,
-                refused: refuse.refused + r.refused,
-                other: refuse.other + r.other,
-            };
+    let port = backend.addr.port();
+    let mut envoys = Vec::with_capacity(setups.len());
+    for s in setups {
+        let ports = Ports::free(port)?;
+        let proxy = Envoy::start(&render(s, ports.admin, ports.listen, port, port), ports, 1)
+            .await
+            .with_context(|| format!("cost stage: {}", s.name))?;
+        let pid = proxy.pid().unwrap_or(0);
+        pin(pid, 0);
+        envoys.push((proxy, pid));
+    }
+    for ((proxy, pid), s) in envoys.iter().zip(setups) {
+        phase(proxy.listen, *pid, "/cost/admit", rate, n / 2).await;
+        if s.refusal.is_some() {
+            phase(proxy.listen, *pid, "/cost/refuse", rate, n / 2).await;
         }
     }
-    let admit_ns = net(&admit) / admit.admitted.max(1) as f64;
-    let refuse_us = (refusals && refuse.refused > 0)
-        .then(|| (net(&refuse) - admit_ns * refuse.admitted as f64).max(0.0) / refuse.refused as f64 / 1000.0);
-    Costs {
-        admit_us: admit_ns / 1000.0,
-        refuse_us,
-        admitted: admit.admitted,
-        refused: refuse.refused,
-        other: admit.refused + admit.other + refuse.admitted + refuse.other,
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle0: Vec<u64> = envoys.iter().map(|(_, pid)| cpu_ns(*pid)).collect();
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<f64> = envoys
+        .iter()
+        .zip(&idle0)
+        .map(|((_, pid), c0)| cpu_ns(*pid).saturating_sub(*c0) as f64 / t.elapsed().as_secs_f64())
+        .collect();
+    let mut costs = vec![Costs::default(); setups.len()];
+    for rep in 0..COST_REPS {
+        for k in 0..setups.len() {
+            let i = (k + rep) % setups.len();
+            let (proxy, pid) = &envoys[i];
+            let net = |p: &Phase| (p.cpu_ns as f64 - idle[i] * p.secs).max(0.0);
+            let c = &mut costs[i];
+            let a = phase(proxy.listen, *pid, "/cost/admit", rate, n).await;
+            let admit_ns = net(&a) / a.admitted.max(1) as f64;
+            c.admit_us.push(admit_ns / 1000.0);
+            c.admitted += a.admitted;
+            c.other += a.refused + a.other;
+            if setups[i].refusal.is_some() {
+                let r = phase(proxy.listen, *pid, "/cost/refuse", rate, n).await;
+                if r.refused > 0 {
+                    c.refuse_us.push((net(&r) - admit_ns * r.admitted as f64).max(0.0) / r.refused as f64 / 1000.0);
+                }
+                c.refused += r.refused;
+                c.other += r.admitted + r.other;
+            }
+        }
     }
+    Ok(costs)
 }
 
 /// When 95 % of the `n` clients, then all of them, were connected (each `None` if not within).
@@ -1036,6 +1068,8 @@ pub struct StormResults {
     pub refusals: Vec<Option<&'static str>>,
     /// Per configuration, its runs (one per round).
     pub runs: Vec<Vec<StormRun>>,
+    /// Per configuration, its costs (the cost stage).
+    pub costs: Vec<Costs>,
     pub open_files: u64,
 }
 
@@ -1068,11 +1102,16 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<StormResults> {
             runs[i].push(r);
         }
     }
+    let costs = cost_stage(&plan, &setups, &steady).await?;
+    for (s, c) in setups.iter().zip(&costs) {
+        eprintln!("storm costs {}: admitted {:?} µs, refused {:?} µs", s.name, c.admit_us, c.refuse_us);
+    }
     Ok(StormResults {
         plan,
         setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
         refusals: setups.iter().map(|s| s.refusal).collect(),
         runs,
+        costs,
         open_files,
     })
 }
@@ -1125,12 +1164,12 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, upper bound) | Envoy CPU per upgrade attempt (µs) | undisturbed sessions alive | backend read lag p99 / max (ms) |",
+        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, median of the cost stage) | Envoy CPU in the storm per upgrade attempt (µs) | undisturbed sessions alive | backend read lag p99 / max (ms) |",
         p.capacity + p.burst(),
         p.ideal().as_secs_f64()
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for ((name, _), runs) in r.setups.iter().zip(&r.runs) {
+    for (ci, ((name, _), runs)) in r.setups.iter().zip(&r.runs).enumerate() {
         let f = |g: &dyn Fn(&StormRun) -> f64, d: usize| spread(&runs.iter().map(g).collect::<Vec<_>>(), d);
         let back: Vec<String> = runs
             .iter()
@@ -1145,8 +1184,6 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
             .collect();
         let over = |x: &StormRun| (x.peak() as f64 - f64::from(p.capacity + p.burst())).max(0.0);
         let per_attempt = |x: &StormRun| x.envoy_cpu_ns as f64 / x.attempts.max(1) as f64 / 1000.0;
-        let per_refusal =
-            |x: &StormRun| if x.refused == 0 { 0.0 } else { x.envoy_cpu_ns as f64 / x.refused as f64 / 1000.0 };
         let _ = writeln!(
             md,
             "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -1161,7 +1198,7 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
             ratio.join(", "),
             f(&|x| x.refused as f64, 0),
             f(&|x| x.refused as f64 / x.storm_s, 0),
-            if runs.iter().all(|x| x.refused == 0) { "–".into() } else { f(&per_refusal, 1) },
+            median(&r.costs[ci].refuse_us).map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into()),
             f(&per_attempt, 1),
             runs.iter().map(|x| format!("{}/{}", x.steady_alive, x.steady)).collect::<Vec<_>>().join(", "),
             runs.iter()
@@ -1189,55 +1226,98 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
         md,
         "\n\"Refused by the proxy\" counts answers made by the protection itself (a Floodgate refusal, \
          `x-envoy-overloaded`, admission control's denial) during the storm; 503s for a backend that is down or \
-         overloaded are not refusals. Envoy CPU per refusal divides all of Envoy's CPU during the storm (admitted \
-         upgrades, proxied sessions and refusals alike) by the refusals, so it is an upper bound. The backend runs \
-         on its own thread and runtime (as a backend is its own process) and counts an upgrade in the second it \
+         overloaded are not refusals. Envoy CPU per refusal is measured apart (below); Envoy CPU in the storm per upgrade \
+         attempt divides all of Envoy's CPU during the storm (admitted upgrades, refusals, dropped and proxied sessions \
+         alike) by the clients' attempts. The backend runs \
+         on its own thread and runtime (as a backend is its own process), ahead of the clients (nice -10), and counts an upgrade in the second it \
          reads it; its read lag (from accepting the connection to having read the upgrade) is the measurement's \
          own error on which second an arrival falls in.\n"
     );
     let _ = writeln!(
         md,
-        "### What a refusal costs Envoy\n\nMeasured apart from the storm, in each configuration's Envoy once the storm's clients are gone: \
-         Envoy idle for 1 s (its base load), then {} upgrades at {}/s that the configuration admits (to `cost_ws`, a backend \
-         without limit, under the storm cluster's policy; each closed at once after its 101) and {} that it refuses \
-         (to `cost_refuse_ws`, refused the way the storm's refusals are made), alternated three times. CPU per upgrade is the \
-         phase's Envoy CPU (all threads, from the scheduler) less the idle rate for as long, over the upgrades; the few \
-         upgrades a refusal phase admits are taken off at the admitted price. Every upgrade is a new connection, as in the storm.\n",
+        "### What a refusal costs Envoy\n\nMeasured apart from the storm, after the storms, with every configuration's Envoy \
+         up at once (each `--concurrency 1` on the same core, one loaded at a time), so that all are measured in the same \
+         minutes and whatever else the machine does falls on all alike. After a warm-up and each Envoy's idle rate (its base \
+         load), {COST_REPS} repetitions run, configuration after configuration (the order rotating): {} upgrades at {}/s that \
+         the configuration admits (to `cost_ws`, a backend without limit, under the storm cluster's policy; each closed at \
+         once after its 101), then {} that it refuses (to `cost_refuse_ws`, refused the way the storm's refusals are made). \
+         CPU per upgrade is the phase's Envoy CPU (all threads, from the scheduler) less the idle rate for as long, over the \
+         upgrades; the few upgrades a refusal phase admits are taken off at that repetition's admitted price. Every upgrade \
+         is a new connection, as in the storm. Figures are the median of the repetitions, then their range.\n",
         p.cost_upgrades, p.cost_rate, p.cost_upgrades
     );
     let _ = writeln!(
         md,
-        "| configuration | refusals made by | Envoy CPU per refused upgrade (µs) | per admitted upgrade (µs) | admitted ÷ refused | measured: admitted, refused (other) |\n|---|---|---|---|---|---|"
+        "| configuration | refusals made by | Envoy CPU per refused upgrade (µs) | per admitted upgrade (µs) | admitted ÷ refused (medians) | measured: admitted, refused (other) |\n|---|---|---|---|---|---|"
     );
-    for (((name, _), refusal), runs) in r.setups.iter().zip(&r.refusals).zip(&r.runs) {
-        let f = |g: &dyn Fn(&StormRun) -> f64| spread(&runs.iter().map(g).collect::<Vec<_>>(), 1);
-        let has = runs.iter().all(|x| x.costs.refuse_us.is_some());
+    let med = |v: &[f64]| -> String {
+        match median(v) {
+            None => "–".into(),
+            Some(m) => format!("{m:.1} ({})", spread(v, 1)),
+        }
+    };
+    for (((name, _), refusal), c) in r.setups.iter().zip(&r.refusals).zip(&r.costs) {
+        let ratio = match (median(&c.admit_us), median(&c.refuse_us)) {
+            (Some(a), Some(f)) if f > 0.0 => format!("{:.1}×", a / f),
+            _ => "–".into(),
+        };
         let _ = writeln!(
             md,
-            "| `{name}` | {} | {} | {} | {} | {} |",
+            "| `{name}` | {} | {} | {} | {ratio} | {}, {} ({}) |",
             refusal.unwrap_or("– (no refusal made on purpose)"),
-            if has { f(&|x| x.costs.refuse_us.unwrap_or(0.0)) } else { "–".into() },
-            f(&|x| x.costs.admit_us),
-            if has {
-                spread(
-                    &runs
-                        .iter()
-                        .map(|x| x.costs.admit_us / x.costs.refuse_us.unwrap_or(1.0).max(0.001))
-                        .collect::<Vec<_>>(),
-                    1,
-                ) + "×"
-            } else {
-                "–".into()
-            },
-            runs.iter()
-                .map(|x| format!("{}, {} ({})", x.costs.admitted, x.costs.refused, x.costs.other))
-                .collect::<Vec<_>>()
-                .join("; "),
+            med(&c.refuse_us),
+            med(&c.admit_us),
+            c.admitted,
+            c.refused,
+            c.other,
         );
     }
     let _ = writeln!(md);
+    md.push_str(&targets(r));
     let _ = writeln!(md, "![new upgrades per second at the backend, per configuration]({svg_name})\n");
     let _ = writeln!(md, "<!-- /storm -->");
+    md
+}
+
+/// The issue's targets, checked on these figures (every round of the storm must meet its
+/// targets; costs are the cost stage's medians).
+fn targets(r: &StormResults) -> String {
+    let p = &r.plan;
+    let runs = |name: &str| r.setups.iter().position(|(n, _)| *n == name).map(|i| &r.runs[i]);
+    let verdict = |ok: bool| if ok { "**met**" } else { "**not met**" };
+    let list = |v: Vec<String>| v.join(", ");
+    let mut md = String::from("### Targets\n\n");
+    let limit = p.capacity + p.burst();
+    for name in ["floodgate_budget_only", "floodgate_budget"] {
+        let Some(runs) = runs(name) else { continue };
+        let peaks: Vec<u64> = runs.iter().map(StormRun::peak).collect();
+        let ratios: Vec<Option<f64>> =
+            runs.iter().map(|x| x.reconnect_s.map(|s| s / p.ideal().as_secs_f64())).collect();
+        let _ = writeln!(
+            md,
+            "- `{name}`: busiest second at the backend {} (capacity + burst {limit}): {}; every client back after {} × clients/capacity (1.5× at most): {}.",
+            list(peaks.iter().map(u64::to_string).collect()),
+            verdict(peaks.iter().all(|&v| v <= u64::from(limit))),
+            list(ratios.iter().map(|x| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "never".into())).collect()),
+            verdict(ratios.iter().all(|x| x.is_some_and(|v| v <= 1.5))),
+        );
+    }
+    let cost = |name: &str| {
+        let i = r.setups.iter().position(|(n, _)| *n == name)?;
+        Some((median(&r.costs.get(i)?.admit_us)?, median(&r.costs.get(i)?.refuse_us)?))
+    };
+    let lua = cost("lua_budget");
+    for name in ["floodgate_budget_only", "floodgate_budget", "floodgate"] {
+        let (Some((admit, refuse)), Some((_, lua_refuse))) = (cost(name), lua) else { continue };
+        let _ = writeln!(
+            md,
+            "- `{name}`: a refusal costs Envoy {refuse:.1} µs against the Lua guard's {lua_refuse:.1} µs (no more: {}); admitting costs {:.1} times a refusal (3× at least: {}). Medians of the cost stage.",
+            verdict(refuse <= lua_refuse),
+            admit / refuse.max(0.001),
+            verdict(admit >= 3.0 * refuse),
+        );
+    }
+    md.push('\n');
     md
 }
 
@@ -1376,7 +1456,6 @@ mod tests {
             envoy_cpu_ns: 50_000_000,
             steady_alive: 50,
             steady: 50,
-            costs: Costs { admit_us: 300.0, refuse_us: Some(100.0), admitted: 800, refused: 798, other: 2 },
         };
         assert_eq!((run.peak(), run.p99()), (900, 900));
         let setups = setups(&plan);
@@ -1384,18 +1463,38 @@ mod tests {
             setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
             refusals: setups.iter().map(|s| s.refusal).collect(),
             runs: setups.iter().map(|_| vec![run.clone()]).collect(),
+            costs: setups
+                .iter()
+                .map(|_| Costs {
+                    admit_us: vec![290.0, 300.0, 330.0],
+                    refuse_us: vec![100.0, 90.0, 120.0],
+                    admitted: 2400,
+                    refused: 2394,
+                    other: 6,
+                })
+                .collect(),
             plan,
             open_files: 20_000,
         };
         let section = report(&r, "storm.svg");
         assert!(
             section.contains(
-                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 50.0 | 16.7 | 50/50 | 3 / 12 |"
+                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 100.0 | 16.7 | 50/50 | 3 / 12 |"
             ),
             "{section}"
         );
         assert!(
-            section.contains("| `floodgate_budget` | a budget of 1 upgrade/s | 100.0 | 300.0 | 3.0× | 800, 798 (2) |"),
+            section.contains(
+                "| `floodgate_budget` | a budget of 1 upgrade/s | 100.0 (90.0–120.0) | 300.0 (290.0–330.0) | 3.0× | 2400, 2394 (6) |"
+            ),
+            "{section}"
+        );
+        assert!(
+            section.contains("- `floodgate_budget_only`: busiest second at the backend 900 (capacity + burst 600): **not met**; every client back after 2.00 × clients/capacity (1.5× at most): **not met**."),
+            "{section}"
+        );
+        assert!(
+            section.contains("- `floodgate_budget`: a refusal costs Envoy 100.0 µs against the Lua guard's 100.0 µs (no more: **met**); admitting costs 3.0 times a refusal (3× at least: **met**). Medians of the cost stage."),
             "{section}"
         );
         let md = splice("# Bench\n\ntext\n", &section);
