@@ -37,7 +37,7 @@ pub struct StormPlan {
     /// The storm is cut off after this long.
     pub max_storm: Duration,
     pub rounds: usize,
-    /// The cost phase: upgrades per second and per measured phase.
+    /// The cost stage: upgrades per second, and upgrades per measured phase.
     pub cost_rate: u32,
     pub cost_upgrades: usize,
 }
@@ -82,10 +82,10 @@ pub struct StormSetup {
     pub name: &'static str,
     pub what: String,
     filters: String,
-    /// `circuit_breakers.thresholds` of the storm cluster (and of `cost_ws`, the cost phase's
+    /// `circuit_breakers.thresholds` of the storm cluster (and of `cost_ws`, the cost stage's
     /// admitting cluster).
     thresholds: String,
-    /// How the cost phase makes this configuration refuse every upgrade to `cost_refuse_ws`
+    /// How the cost stage makes this configuration refuse every upgrade to `cost_refuse_ws`
     /// (None: it has no refusal that can be made on purpose), and that cluster's thresholds.
     refusal: Option<&'static str>,
     refuse_thresholds: String,
@@ -107,7 +107,7 @@ const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
 
 /// The upgrade budget as an operator would hand-write it in Lua: a token bucket per path
 /// prefix in the worker's Lua state (exact with `--concurrency 1`), refusing with 503 and a
-/// `retry-after` of the time to the next token. `/cost/refuse` is the cost phase's refusing
+/// `retry-after` of the time to the next token. `/cost/refuse` is the cost stage's refusing
 /// route (one upgrade per second).
 const LUA_BUDGET: &str = r#"- name: envoy.filters.http.lua
             typed_config:
@@ -155,7 +155,7 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
     let sessions = plan.clients + plan.clients / 20;
     let cb =
         format!("{{max_connections: {sessions}, max_pending_requests: 64, max_requests: {sessions}, max_retries: 3}}");
-    // The cost phase's clusters: `cost_ws` admits under the storm cluster's policy, `cost_refuse_ws`
+    // The cost stage's clusters: `cost_ws` admits under the storm cluster's policy, `cost_refuse_ws`
     // refuses every upgrade the way the storm's refusals are made.
     let forced = r#""cost_refuse_ws": {"mode": "forced_open"}"#;
     let budget = |policy: &str| {
@@ -1064,7 +1064,7 @@ async fn wait_all(stats: &ClientStats, n: usize, within: Duration) -> Option<Dur
 pub struct StormResults {
     pub plan: StormPlan,
     pub setups: Vec<(&'static str, String)>,
-    /// Per configuration, how its cost phase makes refusals.
+    /// Per configuration, how the cost stage makes refusals.
     pub refusals: Vec<Option<&'static str>>,
     /// Per configuration, its runs (one per round).
     pub runs: Vec<Vec<StormRun>>,
