@@ -37,6 +37,9 @@ pub struct StormPlan {
     /// The storm is cut off after this long.
     pub max_storm: Duration,
     pub rounds: usize,
+    /// The cost stage: upgrades per second, and upgrades per measured phase.
+    pub cost_rate: u32,
+    pub cost_upgrades: usize,
 }
 
 impl StormPlan {
@@ -48,6 +51,8 @@ impl StormPlan {
             down: Duration::from_secs(2),
             max_storm: Duration::from_secs(15),
             rounds: 1,
+            cost_rate: 400,
+            cost_upgrades: 200,
         }
     }
     pub fn full() -> StormPlan {
@@ -58,6 +63,8 @@ impl StormPlan {
             down: Duration::from_secs(2),
             max_storm: Duration::from_secs(60),
             rounds: 2,
+            cost_rate: 400,
+            cost_upgrades: 600,
         }
     }
     /// The time the capacity needs to take every client back (clients / capacity).
@@ -75,8 +82,13 @@ pub struct StormSetup {
     pub name: &'static str,
     pub what: String,
     filters: String,
-    /// `circuit_breakers.thresholds` of the storm cluster.
+    /// `circuit_breakers.thresholds` of the storm cluster (and of `cost_ws`, the cost stage's
+    /// admitting cluster).
     thresholds: String,
+    /// How the cost stage makes this configuration refuse every upgrade to `cost_refuse_ws`
+    /// (None: it has no refusal that can be made on purpose), and that cluster's thresholds.
+    refusal: Option<&'static str>,
+    refuse_thresholds: String,
 }
 
 const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
@@ -93,6 +105,44 @@ const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
                   http_success_status: [{start: 100, end: 500}]
           "#;
 
+/// The upgrade budget as an operator would hand-write it in Lua: a token bucket per path
+/// prefix in the worker's Lua state (exact with `--concurrency 1`), refusing with 503 and a
+/// `retry-after` of the time to the next token. `/cost/refuse` is the cost stage's refusing
+/// route (one upgrade per second).
+const LUA_BUDGET: &str = r#"- name: envoy.filters.http.lua
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua
+              default_source_code:
+                inline_string: |
+                  local budgets = {["/collab"] = {CAP, BURST}, ["/cost/refuse"] = {1, 1}}
+                  local buckets = {}
+                  function envoy_on_request(h)
+                    local headers = h:headers()
+                    if headers:get("upgrade") == nil then return end
+                    local path = headers:get(":path") or ""
+                    for prefix, b in pairs(budgets) do
+                      if string.sub(path, 1, #prefix) == prefix then
+                        local now = tonumber(h:timestampString(EnvoyTimestampResolution.MILLISECOND))
+                        local s = buckets[prefix]
+                        if s == nil then
+                          s = {tokens = b[2], last = now}
+                          buckets[prefix] = s
+                        end
+                        s.tokens = math.min(b[2], s.tokens + (now - s.last) * b[1] / 1000)
+                        s.last = now
+                        if s.tokens >= 1 then
+                          s.tokens = s.tokens - 1
+                          return
+                        end
+                        local wait = math.max(1, math.ceil((1 - s.tokens) / b[1]))
+                        h:respond({[":status"] = "503", ["retry-after"] = tostring(wait),
+                                   ["content-type"] = "application/json"}, '{"error":"rate_limited"}')
+                        return
+                      end
+                    end
+                  end
+          "#;
+
 const OPEN_THRESHOLDS: &str =
     "{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000, max_retries: 1000000}";
 
@@ -105,57 +155,86 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
     let sessions = plan.clients + plan.clients / 20;
     let cb =
         format!("{{max_connections: {sessions}, max_pending_requests: 64, max_requests: {sessions}, max_retries: 3}}");
+    // The cost stage's clusters: `cost_ws` admits under the storm cluster's policy, `cost_refuse_ws`
+    // refuses every upgrade the way the storm's refusals are made.
+    let forced = r#""cost_refuse_ws": {"mode": "forced_open"}"#;
+    let budget = |policy: &str| {
+        let sep = if policy.is_empty() { "" } else { ", " };
+        format!(
+            r#""collab_ws": {{{policy}{sep}"admission": {{"per_second": {cap}, "burst": {burst}}}}}, "cost_ws": {{{policy}{sep}"admission": {{"per_second": 1000000, "burst": 1000000}}}}, "cost_refuse_ws": {{{policy}{sep}"admission": {{"per_second": 1, "burst": 1}}}}"#
+        )
+    };
+    let floodgate = |name, what, config: String, refusal| StormSetup {
+        name,
+        what,
+        filters: crate::setups::wasm_filter(&config),
+        thresholds: OPEN_THRESHOLDS.into(),
+        refusal: Some(refusal),
+        refuse_thresholds: OPEN_THRESHOLDS.into(),
+    };
     vec![
         StormSetup {
             name: "none",
             what: "no filter".into(),
             filters: String::new(),
             thresholds: OPEN_THRESHOLDS.into(),
+            refusal: Some("a route's `direct_response: {status: 503}` (Envoy's own floor: no filter runs)"),
+            refuse_thresholds: OPEN_THRESHOLDS.into(),
         },
         StormSetup {
             name: "circuit_breakers",
             what: format!("Envoy cluster `circuit_breakers` (max_requests {sessions}, max_pending_requests 64)"),
             filters: String::new(),
-            thresholds: cb,
+            thresholds: cb.clone(),
+            refusal: Some("`max_pending_requests: 0` (every upgrade overflows the pending queue)"),
+            refuse_thresholds: format!(
+                "{{max_connections: {sessions}, max_pending_requests: 0, max_requests: {sessions}, max_retries: 3}}"
+            ),
         },
         StormSetup {
             name: "admission_control",
             what: "Envoy `admission_control` (10 s window, success rate 95 %)".into(),
             filters: ADMISSION_CONTROL.into(),
             thresholds: OPEN_THRESHOLDS.into(),
+            refusal: None,
+            refuse_thresholds: OPEN_THRESHOLDS.into(),
         },
         StormSetup {
-            name: "floodgate",
-            what: "Floodgate local breaker (5 failures, open 5 s, jitter 0.5)".into(),
-            filters: crate::setups::wasm_filter(&format!(r#"{{"defaults": {{{breaker}}}}}"#)),
-            thresholds: OPEN_THRESHOLDS.into(),
-        },
-        StormSetup {
-            name: "floodgate_ramp",
-            what: format!("Floodgate local breaker + `recovery_ramp_ms: {ramp_ms}`"),
-            filters: crate::setups::wasm_filter(&format!(r#"{{"defaults": {{{breaker}, "recovery_ramp_ms": {ramp_ms}}}}}"#)),
-            thresholds: OPEN_THRESHOLDS.into(),
-        },
-        StormSetup {
-            name: "floodgate_budget",
+            name: "lua_budget",
             what: format!(
-                "Floodgate local breaker + `admission: {{per_second: {cap}, burst: {burst}}}` on the storm cluster"
+                "hand-written Lua guard: a token bucket of {cap} upgrades/s, {burst} at once, in the worker's Lua state; refuses with 503 and `retry-after` to the next token"
             ),
-            filters: crate::setups::wasm_filter(&format!(
-                r#"{{"defaults": {{{breaker}}}, "breakers": {{"collab_ws": {{"admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
-            )),
+            filters: LUA_BUDGET.replace("CAP", &cap.to_string()).replace("BURST", &burst.to_string()),
             thresholds: OPEN_THRESHOLDS.into(),
+            refusal: Some("its bucket of 1 upgrade/s"),
+            refuse_thresholds: OPEN_THRESHOLDS.into(),
         },
-        StormSetup {
-            name: "floodgate_budget_only",
-            what: format!(
+        floodgate(
+            "floodgate",
+            "Floodgate local breaker (5 failures, open 5 s, jitter 0.5)".into(),
+            format!(r#"{{"defaults": {{{breaker}}}, "breakers": {{{forced}}}}}"#),
+            "`mode: forced_open`",
+        ),
+        floodgate(
+            "floodgate_ramp",
+            format!("Floodgate local breaker + `recovery_ramp_ms: {ramp_ms}`"),
+            format!(r#"{{"defaults": {{{breaker}, "recovery_ramp_ms": {ramp_ms}}}, "breakers": {{{forced}}}}}"#),
+            "`mode: forced_open`",
+        ),
+        floodgate(
+            "floodgate_budget",
+            format!("Floodgate local breaker + `admission: {{per_second: {cap}, burst: {burst}}}` on the storm cluster"),
+            format!(r#"{{"defaults": {{{breaker}}}, "breakers": {{{}}}}}"#, budget("")),
+            "a budget of 1 upgrade/s",
+        ),
+        floodgate(
+            "floodgate_budget_only",
+            format!(
                 "Floodgate `admission: {{per_second: {cap}, burst: {burst}}}` alone (no outcome counts as a failure: the breaker never opens)"
             ),
-            filters: crate::setups::wasm_filter(&format!(
-                r#"{{"breakers": {{"collab_ws": {{"failure": {{"statuses": [], "resets": false}}, "admission": {{"per_second": {cap}, "burst": {burst}}}}}}}}}"#
-            )),
-            thresholds: OPEN_THRESHOLDS.into(),
-        },
+            format!(r#"{{"breakers": {{{}}}}}"#, budget(r#""failure": {"statuses": [], "resets": false}"#)),
+            "a budget of 1 upgrade/s",
+        ),
     ]
 }
 
@@ -173,6 +252,7 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress
+          # ACCESS_LOG
           upgrade_configs: [{upgrade_type: websocket}]
           route_config:
             virtual_hosts:
@@ -181,6 +261,10 @@ static_resources:
               routes:
               - match: {prefix: "/steady"}
                 route: {cluster: steady_ws, timeout: 0s}
+              - match: {prefix: "/cost/admit"}
+                route: {cluster: cost_ws, timeout: 0s}
+              - match: {prefix: "/cost/refuse"}
+                REFUSE_ROUTE
               - match: {prefix: "/"}
                 route: {cluster: collab_ws, timeout: 0s}
           http_filters:
@@ -202,6 +286,32 @@ static_resources:
         - endpoint:
             address:
               socket_address: {address: 127.0.0.1, port_value: STORM_BACKEND}
+  - name: cost_ws
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds:
+      - THRESHOLDS
+    load_assignment:
+      cluster_name: cost_ws
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: STEADY_BACKEND}
+  - name: cost_refuse_ws
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers:
+      thresholds:
+      - REFUSE_THRESHOLDS
+    load_assignment:
+      cluster_name: cost_refuse_ws
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {address: 127.0.0.1, port_value: STEADY_BACKEND}
   - name: steady_ws
     type: STATIC
     connect_timeout: 1s
@@ -220,8 +330,25 @@ static_resources:
 pub fn render(setup: &StormSetup, admin: u16, listen: u16, storm: u16, steady: u16) -> String {
     let filters =
         if setup.filters.is_empty() { String::new() } else { format!("          {}\n", setup.filters.trim_end()) };
+    let log = match std::env::var("FLOODGATE_STORM_DIAG") {
+        Ok(dir) => format!(
+            "          access_log:\n          - name: envoy.access_loggers.file\n            typed_config:\n              \"@type\": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog\n              path: {dir}/{}-envoy.log\n              log_format: {{text_format_source: {{inline_string: \"%START_TIME(%s.%3f)% %REQ(X-ID)% %RESPONSE_CODE% %RESPONSE_FLAGS%\\n\"}}}}\n",
+            setup.name
+        ),
+        Err(_) => String::new(),
+    };
     ENVOY
+        .replace("          # ACCESS_LOG\n", &log)
         .replace("          # FILTERS\n", &filters)
+        .replace(
+            "REFUSE_ROUTE",
+            if setup.name == "none" {
+                "direct_response: {status: 503}"
+            } else {
+                "route: {cluster: cost_refuse_ws, timeout: 0s}"
+            },
+        )
+        .replace("REFUSE_THRESHOLDS", &setup.refuse_thresholds)
         .replace("THRESHOLDS", &setup.thresholds)
         .replace("port_value: ADMIN", &format!("port_value: {admin}"))
         .replace("port_value: LISTEN", &format!("port_value: {listen}"))
@@ -239,16 +366,25 @@ const REFUSAL_COST: f64 = 0.25;
 struct Backend {
     addr: SocketAddr,
     state: Arc<BackendState>,
-    task: tokio::task::JoinHandle<()>,
+    /// Ends the backend's thread (and with its runtime, every session task).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         // Sessions watch the epoch: a restart ends them; so does the end of the backend.
         self.state.epoch.send_modify(|e| *e += 1);
     }
 }
+
+/// Since `t0`: arrivals and acceptances per second, each arrival's read lag (ms).
+type Series = (Instant, Vec<u64>, Vec<u64>, Vec<f32>);
+/// One arrival, for diagnostics: its id, epoch ms at accept and at reading its head, whether the
+/// backend was down at accept, whether it was accepted.
+type Arrival = (u64, f64, f64, bool, bool);
 
 struct BackendState {
     down: AtomicBool,
@@ -256,10 +392,14 @@ struct BackendState {
     capacity: AtomicU64,
     burst: AtomicU64,
     bucket: Mutex<(f64, Instant)>,
-    /// Arrivals and acceptances per second since `t0`.
-    series: Mutex<(Instant, Vec<u64>, Vec<u64>)>,
+    /// Arrivals and acceptances per second since `t0`, and each arrival's read lag (ms from
+    /// accepting its connection to having read its request).
+    series: Mutex<Series>,
     epoch: watch::Sender<u64>,
     sessions: AtomicI64,
+    /// Diagnostics (`FLOODGATE_STORM_DIAG`): per arrival, its id, epoch ms at accept and at
+    /// reading the head, whether the backend was down at accept, whether it was accepted.
+    diag: Option<Mutex<Vec<Arrival>>>,
 }
 
 impl BackendState {
@@ -285,9 +425,10 @@ impl BackendState {
         }
     }
 
-    fn count(&self, accepted: bool) {
+    fn count(&self, accepted: bool, lag: Duration) {
         let mut guard = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        let (t0, arrivals, acceptances) = &mut *guard;
+        let (t0, arrivals, acceptances, lags) = &mut *guard;
+        lags.push(lag.as_secs_f32() * 1000.0);
         let i = t0.elapsed().as_secs() as usize;
         for v in [&mut *arrivals, &mut *acceptances] {
             if v.len() <= i {
@@ -301,38 +442,63 @@ impl BackendState {
     }
 
     fn reset_series(&self) {
-        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), vec![], vec![]);
+        *self.series.lock().unwrap_or_else(|e| e.into_inner()) = (Instant::now(), vec![], vec![], vec![]);
     }
 
-    fn series(&self) -> (Vec<u64>, Vec<u64>) {
+    fn series(&self) -> (Vec<u64>, Vec<u64>, Vec<f32>) {
         let s = self.series.lock().unwrap_or_else(|e| e.into_inner());
-        (s.1.clone(), s.2.clone())
+        (s.1.clone(), s.2.clone(), s.3.clone())
     }
 }
 
 impl Backend {
+    /// The backend runs on its own thread and runtime, as a backend is its own process: the
+    /// clients' tasks on the bench's runtime must not delay it reading the upgrades (a backend
+    /// that reads late counts arrivals in the wrong second; see the storm's notes).
     async fn start(capacity: u32, burst: u32) -> anyhow::Result<Backend> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let state = Arc::new(BackendState {
             down: AtomicBool::new(false),
             capacity: AtomicU64::new(u64::from(capacity)),
             burst: AtomicU64::new(u64::from(burst)),
             bucket: Mutex::new((f64::from(burst), Instant::now())),
-            series: Mutex::new((Instant::now(), vec![], vec![])),
+            series: Mutex::new((Instant::now(), vec![], vec![], vec![])),
             epoch: watch::channel(0).0,
             sessions: AtomicI64::new(0),
+            diag: std::env::var_os("FLOODGATE_STORM_DIAG").map(|_| Mutex::new(vec![])),
         });
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((sock, _)) = listener.accept().await else { continue };
-                let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
-                let _ = sock.set_nodelay(true);
-                tokio::spawn(serve(sock, st.clone()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name("storm-backend".into()).spawn(move || {
+            // Ahead of the clients' threads on the shared core, as a backend on its own core
+            // would be: it must read upgrades when they arrive.
+            if let Some(tid) = std::fs::read_link("/proc/thread-self")
+                .ok()
+                .and_then(|l| l.file_name().map(|t| t.to_string_lossy().into_owned()))
+            {
+                let _ = std::process::Command::new("renice").args(["-n", "-10", "-p", &tid]).output();
             }
-        });
-        Ok(Backend { addr, state, task })
+            rt.block_on(async move {
+                let Ok(listener) = TcpListener::from_std(listener) else { return };
+                let accept = async {
+                    loop {
+                        let Ok((sock, _)) = listener.accept().await else { continue };
+                        let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
+                        let _ = sock.set_nodelay(true);
+                        let at = (Instant::now(), epoch_ms(), st.down.load(Ordering::SeqCst));
+                        tokio::spawn(serve(sock, st.clone(), at));
+                    }
+                };
+                tokio::select! {
+                    _ = accept => {}
+                    _ = stopped => {}
+                }
+            });
+        })?;
+        Ok(Backend { addr, state, stop: Some(stop) })
     }
 
     /// Drops every session and refuses connections for `down`, then takes upgrades again at its
@@ -365,7 +531,11 @@ async fn read_head(sock: &mut TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
     }
 }
 
-async fn serve(mut sock: TcpStream, st: Arc<BackendState>) {
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+}
+
+async fn serve(mut sock: TcpStream, st: Arc<BackendState>, at: (Instant, f64, bool)) {
     if st.down.load(Ordering::SeqCst) {
         return; // dropped with linger 0: a reset, as a process that is not listening yet
     }
@@ -373,7 +543,12 @@ async fn serve(mut sock: TcpStream, st: Arc<BackendState>) {
     let mut buf = Vec::new();
     let Some(head_len) = read_head(&mut sock, &mut buf).await else { return };
     let accepted = st.admit();
-    st.count(accepted);
+    st.count(accepted, at.0.elapsed());
+    if let Some(d) = &st.diag {
+        let head = String::from_utf8_lossy(&buf[..head_len]).to_ascii_lowercase();
+        let id = head.lines().find_map(|l| l.strip_prefix("x-id:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+        d.lock().unwrap_or_else(|e| e.into_inner()).push((id, at.1, epoch_ms(), at.2, accepted));
+    }
     if !accepted {
         let _ = sock
             .write_all(b"HTTP/1.1 503 Service Unavailable\r\nx-backend: overloaded\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
@@ -475,8 +650,10 @@ async fn attempt(addr: SocketAddr, path: &str) -> Answer {
     };
     let _ = socket2::SockRef::from(&sock).set_linger(Some(Duration::ZERO));
     let _ = sock.set_nodelay(true);
+    static IDS: AtomicU64 = AtomicU64::new(1);
+    let id = IDS.fetch_add(1, Ordering::Relaxed);
     let req = format!(
-        "GET {path} HTTP/1.1\r\nhost: collab\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: collab\r\nx-id: {id}\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     if sock.write_all(req.as_bytes()).await.is_err() {
         return Answer::Error;
@@ -605,6 +782,9 @@ pub struct StormRun {
     /// Upgrades reaching the backend per second since the restart (accepted or not).
     pub arrivals: Vec<u64>,
     pub accepted: Vec<u64>,
+    /// The backend's read lag (accepting a connection to having read its upgrade), p99 and
+    /// max, ms: the measurement's own error on which second an arrival is counted in.
+    pub read_lag_ms: [f32; 2],
     /// Seconds from the backend's return until every client was connected again (None: cut off).
     pub reconnect_s: Option<f64>,
     /// Seconds from the backend's return until 95 % of the clients were connected again.
@@ -673,8 +853,10 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     let cpu_before = cpu_ns(pid);
     backend.state.reset_series();
     let started = Instant::now();
+    let t0_ms = epoch_ms();
     backend.restart(plan.down, plan.capacity, plan.burst()).await;
     let up = Instant::now();
+    let up_ms = epoch_ms();
     let (back95, reconnect) = wait_all_95(&stats, plan.clients, plan.max_storm.saturating_sub(plan.down)).await;
     let reconnect_s = reconnect.map(|d| d.as_secs_f64());
     let back95_s = back95.map(|d| d.as_secs_f64());
@@ -682,7 +864,19 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     let storm_s = started.elapsed().as_secs_f64();
     let envoy_cpu_ns = cpu_ns(pid).saturating_sub(cpu_before);
     let after = [&stats.refused, &stats.failed, &stats.errors, &stats.attempts].map(|c| c.load(Ordering::SeqCst));
-    let (arrivals, accepted) = backend.state.series();
+    let (arrivals, accepted, mut lags) = backend.state.series();
+    lags.sort_unstable_by(f32::total_cmp);
+    let read_lag_ms = [0.99, 1.0].map(|q| {
+        let i = ((lags.len() as f64 * q).ceil() as usize).clamp(1, lags.len().max(1)) - 1;
+        lags.get(i).copied().unwrap_or(0.0)
+    });
+    if let (Ok(dir), Some(d)) = (std::env::var("FLOODGATE_STORM_DIAG"), &backend.state.diag) {
+        let mut out = format!("# t0 {t0_ms:.3} up {up_ms:.3}\n");
+        for (id, acc, head, down, ok) in d.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = writeln!(out, "{id} {acc:.3} {head:.3} {} {}", u8::from(*down), u8::from(*ok));
+        }
+        let _ = std::fs::write(format!("{dir}/{}-backend.txt", setup.name), out);
+    }
     let steady_alive = alive(&mut held).await;
     let connected_at_end = stats.connected.load(Ordering::SeqCst);
     let _ = stop_tx.send(true);
@@ -694,6 +888,7 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
     Ok(StormRun {
         arrivals,
         accepted,
+        read_lag_ms,
         reconnect_s,
         back95_s,
         connected_at_end,
@@ -706,6 +901,136 @@ async fn run_one(setup: &StormSetup, plan: &StormPlan, steady: &Backend) -> anyh
         steady_alive,
         steady: plan.steady,
     })
+}
+
+/// Envoy's CPU per admitted and per refused upgrade of one configuration, measured apart from
+/// the storm (see [`cost_stage`]): one value per repetition.
+#[derive(Clone, Debug, Default)]
+pub struct Costs {
+    /// Envoy CPU per admitted upgrade (connect, upgrade through the filters, 101, close), µs.
+    pub admit_us: Vec<f64>,
+    /// Envoy CPU per refused upgrade (connect, refusal, close), µs; empty without a refusal phase.
+    pub refuse_us: Vec<f64>,
+    pub admitted: u64,
+    pub refused: u64,
+    /// Answers that were neither what the phase expected (for example admitted in the refusal
+    /// phase, whose CPU is taken off at the admitted price).
+    pub other: u64,
+}
+
+pub fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_unstable_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+struct Phase {
+    cpu_ns: u64,
+    secs: f64,
+    admitted: u64,
+    refused: u64,
+    other: u64,
+}
+
+/// `n` upgrades to `path`, open loop at `rate` per second, each closed at once after its
+/// answer; Envoy's CPU from the first until every answer is in and the closes settled.
+async fn phase(addr: SocketAddr, pid: u32, path: &'static str, rate: u32, n: usize) -> Phase {
+    let admitted = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_ns(pid);
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / f64::from(rate))).await;
+        let (a, r, o) = (admitted.clone(), refused.clone(), other.clone());
+        tasks.push(tokio::spawn(async move {
+            let c = match attempt(addr, path).await {
+                Answer::Connected(_) => &a,
+                Answer::Refused(_) => &r,
+                _ => &o,
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Phase {
+        cpu_ns: cpu_ns(pid).saturating_sub(cpu0),
+        secs: start.elapsed().as_secs_f64(),
+        admitted: admitted.load(Ordering::Relaxed),
+        refused: refused.load(Ordering::Relaxed),
+        other: other.load(Ordering::Relaxed),
+    }
+}
+
+/// Repetitions of the cost stage.
+const COST_REPS: usize = 5;
+
+/// The cost stage, after the storms: every configuration's Envoy at once (each `--concurrency 1`
+/// on CPU 0, only one loaded at a time), so all are measured in the same minutes and whatever
+/// else the machine does falls on all of them alike. After a warm-up of both kinds and Envoy's
+/// idle rate (its base load), each repetition runs, configuration after configuration (the order
+/// rotating), `cost_upgrades` upgrades it admits (`/cost/admit`) then as many it refuses
+/// (`/cost/refuse`). CPU per upgrade = (phase CPU − idle rate × phase time) / upgrades; a refusal
+/// phase's few admitted upgrades are taken off at that repetition's admitted price.
+async fn cost_stage(plan: &StormPlan, setups: &[StormSetup], backend: &Backend) -> anyhow::Result<Vec<Costs>> {
+    let (rate, n) = (plan.cost_rate, plan.cost_upgrades);
+    let port = backend.addr.port();
+    let mut envoys = Vec::with_capacity(setups.len());
+    for s in setups {
+        let ports = Ports::free(port)?;
+        let proxy = Envoy::start(&render(s, ports.admin, ports.listen, port, port), ports, 1)
+            .await
+            .with_context(|| format!("cost stage: {}", s.name))?;
+        let pid = proxy.pid().unwrap_or(0);
+        pin(pid, 0);
+        envoys.push((proxy, pid));
+    }
+    for ((proxy, pid), s) in envoys.iter().zip(setups) {
+        phase(proxy.listen, *pid, "/cost/admit", rate, n / 2).await;
+        if s.refusal.is_some() {
+            phase(proxy.listen, *pid, "/cost/refuse", rate, n / 2).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle0: Vec<u64> = envoys.iter().map(|(_, pid)| cpu_ns(*pid)).collect();
+    let t = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<f64> = envoys
+        .iter()
+        .zip(&idle0)
+        .map(|((_, pid), c0)| cpu_ns(*pid).saturating_sub(*c0) as f64 / t.elapsed().as_secs_f64())
+        .collect();
+    let mut costs = vec![Costs::default(); setups.len()];
+    for rep in 0..COST_REPS {
+        for k in 0..setups.len() {
+            let i = (k + rep) % setups.len();
+            let (proxy, pid) = &envoys[i];
+            let net = |p: &Phase| (p.cpu_ns as f64 - idle[i] * p.secs).max(0.0);
+            let c = &mut costs[i];
+            let a = phase(proxy.listen, *pid, "/cost/admit", rate, n).await;
+            let admit_ns = net(&a) / a.admitted.max(1) as f64;
+            c.admit_us.push(admit_ns / 1000.0);
+            c.admitted += a.admitted;
+            c.other += a.refused + a.other;
+            if setups[i].refusal.is_some() {
+                let r = phase(proxy.listen, *pid, "/cost/refuse", rate, n).await;
+                if r.refused > 0 {
+                    c.refuse_us.push((net(&r) - admit_ns * r.admitted as f64).max(0.0) / r.refused as f64 / 1000.0);
+                }
+                c.refused += r.refused;
+                c.other += r.admitted + r.other;
+            }
+        }
+    }
+    Ok(costs)
 }
 
 /// When 95 % of the `n` clients, then all of them, were connected (each `None` if not within).
@@ -739,8 +1064,12 @@ async fn wait_all(stats: &ClientStats, n: usize, within: Duration) -> Option<Dur
 pub struct StormResults {
     pub plan: StormPlan,
     pub setups: Vec<(&'static str, String)>,
+    /// Per configuration, how the cost stage makes refusals.
+    pub refusals: Vec<Option<&'static str>>,
     /// Per configuration, its runs (one per round).
     pub runs: Vec<Vec<StormRun>>,
+    /// Per configuration, its costs (the cost stage).
+    pub costs: Vec<Costs>,
     pub open_files: u64,
 }
 
@@ -753,7 +1082,9 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<StormResults> {
     }
     pin(std::process::id(), 1);
     let steady = Backend::start(0, 0).await?;
-    let setups = setups(&plan);
+    let only = std::env::var("FLOODGATE_STORM_CONFIGS").unwrap_or_default();
+    let setups: Vec<StormSetup> =
+        setups(&plan).into_iter().filter(|s| only.is_empty() || only.split(',').any(|o| o == s.name)).collect();
     let mut runs: Vec<Vec<StormRun>> = setups.iter().map(|_| vec![]).collect();
     for round in 0..plan.rounds {
         for (i, setup) in setups.iter().enumerate() {
@@ -771,7 +1102,18 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<StormResults> {
             runs[i].push(r);
         }
     }
-    Ok(StormResults { plan, setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(), runs, open_files })
+    let costs = cost_stage(&plan, &setups, &steady).await?;
+    for (s, c) in setups.iter().zip(&costs) {
+        eprintln!("storm costs {}: admitted {:?} µs, refused {:?} µs", s.name, c.admit_us, c.refuse_us);
+    }
+    Ok(StormResults {
+        plan,
+        setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
+        refusals: setups.iter().map(|s| s.refusal).collect(),
+        runs,
+        costs,
+        open_files,
+    })
 }
 
 // ---- the report ----
@@ -822,12 +1164,12 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
     }
     let _ = writeln!(
         md,
-        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, upper bound) | Envoy CPU per upgrade attempt (µs) | undisturbed sessions alive |",
+        "\n| configuration | upgrades/s at the backend: peak | p99 of 1-s buckets | worst second past capacity + burst ({}) | 95 % back after (s) | all back after (s) | vs ideal {:.1} s | refused by the proxy | refusals/s per Envoy core | Envoy CPU per refusal (µs, median of the cost stage) | Envoy CPU in the storm per upgrade attempt (µs) | undisturbed sessions alive | backend read lag p99 / max (ms) |",
         p.capacity + p.burst(),
         p.ideal().as_secs_f64()
     );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for ((name, _), runs) in r.setups.iter().zip(&r.runs) {
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (ci, ((name, _), runs)) in r.setups.iter().zip(&r.runs).enumerate() {
         let f = |g: &dyn Fn(&StormRun) -> f64, d: usize| spread(&runs.iter().map(g).collect::<Vec<_>>(), d);
         let back: Vec<String> = runs
             .iter()
@@ -842,11 +1184,9 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
             .collect();
         let over = |x: &StormRun| (x.peak() as f64 - f64::from(p.capacity + p.burst())).max(0.0);
         let per_attempt = |x: &StormRun| x.envoy_cpu_ns as f64 / x.attempts.max(1) as f64 / 1000.0;
-        let per_refusal =
-            |x: &StormRun| if x.refused == 0 { 0.0 } else { x.envoy_cpu_ns as f64 / x.refused as f64 / 1000.0 };
         let _ = writeln!(
             md,
-            "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| `{name}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             f(&|x| x.peak() as f64, 0),
             f(&|x| x.p99() as f64, 0),
             f(&over, 0),
@@ -858,9 +1198,13 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
             ratio.join(", "),
             f(&|x| x.refused as f64, 0),
             f(&|x| x.refused as f64 / x.storm_s, 0),
-            if runs.iter().all(|x| x.refused == 0) { "–".into() } else { f(&per_refusal, 1) },
+            median(&r.costs[ci].refuse_us).map(|v| format!("{v:.1}")).unwrap_or_else(|| "–".into()),
             f(&per_attempt, 1),
             runs.iter().map(|x| format!("{}/{}", x.steady_alive, x.steady)).collect::<Vec<_>>().join(", "),
+            runs.iter()
+                .map(|x| format!("{:.0} / {:.0}", x.read_lag_ms[0], x.read_lag_ms[1]))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
     }
     let _ = writeln!(
@@ -882,15 +1226,102 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
         md,
         "\n\"Refused by the proxy\" counts answers made by the protection itself (a Floodgate refusal, \
          `x-envoy-overloaded`, admission control's denial) during the storm; 503s for a backend that is down or \
-         overloaded are not refusals. Envoy CPU per refusal divides all of Envoy's CPU during the storm (admitted \
-         upgrades, proxied sessions and refusals alike) by the refusals, so it is an upper bound.\n"
+         overloaded are not refusals. Envoy CPU per refusal is measured apart (below); Envoy CPU in the storm per upgrade \
+         attempt divides all of Envoy's CPU during the storm (admitted upgrades, refusals, dropped and proxied sessions \
+         alike) by the clients' attempts. The backend runs \
+         on its own thread and runtime (as a backend is its own process), ahead of the clients (nice -10), and counts an upgrade in the second it \
+         reads it; its read lag (from accepting the connection to having read the upgrade) is the measurement's \
+         own error on which second an arrival falls in.\n"
     );
+    let _ = writeln!(
+        md,
+        "### What a refusal costs Envoy\n\nMeasured apart from the storm, after the storms, with every configuration's Envoy \
+         up at once (each `--concurrency 1` on the same core, one loaded at a time), so that all are measured in the same \
+         minutes and whatever else the machine does falls on all alike. After a warm-up and each Envoy's idle rate (its base \
+         load), {COST_REPS} repetitions run, configuration after configuration (the order rotating): {} upgrades at {}/s that \
+         the configuration admits (to `cost_ws`, a backend without limit, under the storm cluster's policy; each closed at \
+         once after its 101), then {} that it refuses (to `cost_refuse_ws`, refused the way the storm's refusals are made). \
+         CPU per upgrade is the phase's Envoy CPU (all threads, from the scheduler) less the idle rate for as long, over the \
+         upgrades; the few upgrades a refusal phase admits are taken off at that repetition's admitted price. Every upgrade \
+         is a new connection, as in the storm. Figures are the median of the repetitions, then their range.\n",
+        p.cost_upgrades, p.cost_rate, p.cost_upgrades
+    );
+    let _ = writeln!(
+        md,
+        "| configuration | refusals made by | Envoy CPU per refused upgrade (µs) | per admitted upgrade (µs) | admitted ÷ refused (medians) | measured: admitted, refused (other) |\n|---|---|---|---|---|---|"
+    );
+    let med = |v: &[f64]| -> String {
+        match median(v) {
+            None => "–".into(),
+            Some(m) => format!("{m:.1} ({})", spread(v, 1)),
+        }
+    };
+    for (((name, _), refusal), c) in r.setups.iter().zip(&r.refusals).zip(&r.costs) {
+        let ratio = match (median(&c.admit_us), median(&c.refuse_us)) {
+            (Some(a), Some(f)) if f > 0.0 => format!("{:.1}×", a / f),
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| `{name}` | {} | {} | {} | {ratio} | {}, {} ({}) |",
+            refusal.unwrap_or("– (no refusal made on purpose)"),
+            med(&c.refuse_us),
+            med(&c.admit_us),
+            c.admitted,
+            c.refused,
+            c.other,
+        );
+    }
+    let _ = writeln!(md);
+    md.push_str(&targets(r));
     let _ = writeln!(md, "![new upgrades per second at the backend, per configuration]({svg_name})\n");
     let _ = writeln!(md, "<!-- /storm -->");
     md
 }
 
-const COLORS: [&str; 7] = ["#d62728", "#ff7f0e", "#8c564b", "#1f77b4", "#2ca02c", "#9467bd", "#17becf"];
+/// The issue's targets, checked on these figures (every round of the storm must meet its
+/// targets; costs are the cost stage's medians).
+fn targets(r: &StormResults) -> String {
+    let p = &r.plan;
+    let runs = |name: &str| r.setups.iter().position(|(n, _)| *n == name).map(|i| &r.runs[i]);
+    let verdict = |ok: bool| if ok { "**met**" } else { "**not met**" };
+    let list = |v: Vec<String>| v.join(", ");
+    let mut md = String::from("### Targets\n\n");
+    let limit = p.capacity + p.burst();
+    for name in ["floodgate_budget_only", "floodgate_budget"] {
+        let Some(runs) = runs(name) else { continue };
+        let peaks: Vec<u64> = runs.iter().map(StormRun::peak).collect();
+        let ratios: Vec<Option<f64>> =
+            runs.iter().map(|x| x.reconnect_s.map(|s| s / p.ideal().as_secs_f64())).collect();
+        let _ = writeln!(
+            md,
+            "- `{name}`: busiest second at the backend {} (capacity + burst {limit}): {}; every client back after {} × clients/capacity (1.5× at most): {}.",
+            list(peaks.iter().map(u64::to_string).collect()),
+            verdict(peaks.iter().all(|&v| v <= u64::from(limit))),
+            list(ratios.iter().map(|x| x.map(|v| format!("{v:.2}")).unwrap_or_else(|| "never".into())).collect()),
+            verdict(ratios.iter().all(|x| x.is_some_and(|v| v <= 1.5))),
+        );
+    }
+    let cost = |name: &str| {
+        let i = r.setups.iter().position(|(n, _)| *n == name)?;
+        Some((median(&r.costs.get(i)?.admit_us)?, median(&r.costs.get(i)?.refuse_us)?))
+    };
+    let lua = cost("lua_budget");
+    for name in ["floodgate_budget_only", "floodgate_budget", "floodgate"] {
+        let (Some((admit, refuse)), Some((_, lua_refuse))) = (cost(name), lua) else { continue };
+        let _ = writeln!(
+            md,
+            "- `{name}`: a refusal costs Envoy {refuse:.1} µs against the Lua guard's {lua_refuse:.1} µs (no more: {}); admitting costs {:.1} times a refusal (3× at least: {}). Medians of the cost stage.",
+            verdict(refuse <= lua_refuse),
+            admit / refuse.max(0.001),
+            verdict(admit >= 3.0 * refuse),
+        );
+    }
+    md.push('\n');
+    md
+}
+
+const COLORS: [&str; 8] = ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#1f77b4", "#2ca02c", "#9467bd", "#17becf"];
 
 /// New upgrades per second at the backend, one polyline per configuration (first round), and the
 /// capacity as a dashed line. Plain SVG, no dependencies.
@@ -1013,6 +1444,7 @@ mod tests {
         let run = StormRun {
             arrivals: vec![0, 900, 400, 380, 10],
             accepted: vec![0, 400, 400, 380, 10],
+            read_lag_ms: [3.0, 12.0],
             reconnect_s: Some(6.0),
             back95_s: Some(5.0),
             connected_at_end: 2000,
@@ -1029,15 +1461,40 @@ mod tests {
         let setups = setups(&plan);
         let r = StormResults {
             setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
+            refusals: setups.iter().map(|s| s.refusal).collect(),
             runs: setups.iter().map(|_| vec![run.clone()]).collect(),
+            costs: setups
+                .iter()
+                .map(|_| Costs {
+                    admit_us: vec![290.0, 300.0, 330.0],
+                    refuse_us: vec![100.0, 90.0, 120.0],
+                    admitted: 2400,
+                    refused: 2394,
+                    other: 6,
+                })
+                .collect(),
             plan,
             open_files: 20_000,
         };
         let section = report(&r, "storm.svg");
         assert!(
             section.contains(
-                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 50.0 | 16.7 | 50/50 |"
+                "| `floodgate_budget` | 900 | 900 | 300 | 5.0 | 6.0 | 2.00× | 1000 | 167 | 100.0 | 16.7 | 50/50 | 3 / 12 |"
             ),
+            "{section}"
+        );
+        assert!(
+            section.contains(
+                "| `floodgate_budget` | a budget of 1 upgrade/s | 100.0 (90.0–120.0) | 300.0 (290.0–330.0) | 3.0× | 2400, 2394 (6) |"
+            ),
+            "{section}"
+        );
+        assert!(
+            section.contains("- `floodgate_budget_only`: busiest second at the backend 900 (capacity + burst 600): **not met**; every client back after 2.00 × clients/capacity (1.5× at most): **not met**."),
+            "{section}"
+        );
+        assert!(
+            section.contains("- `floodgate_budget`: a refusal costs Envoy 100.0 µs against the Lua guard's 100.0 µs (no more: **met**); admitting costs 3.0 times a refusal (3× at least: **met**). Medians of the cost stage."),
             "{section}"
         );
         let md = splice("# Bench\n\ntext\n", &section);
@@ -1045,7 +1502,7 @@ mod tests {
         assert_eq!(again.matches("<!-- storm -->").count(), 1);
         assert!(again.starts_with("# Bench") && again.contains("901"));
         let svg = svg(&r);
-        assert_eq!(svg.matches("<polyline").count(), 7);
+        assert_eq!(svg.matches("<polyline").count(), 8);
         assert!(svg.contains("capacity 500/s"));
     }
 }

@@ -212,6 +212,14 @@ fn rows() -> wasmtime::Result<Vec<(Row, usize)>> {
         Ok(())
     };
     let none = |_: &Host, _: &mut Worker| Ok(());
+    let budget_wide =
+        r#"{"defaults": {"consecutive_failures": 3, "admission": {"per_second": 1000000, "burst": 1000000}}}"#;
+    let budget_one = r#"{"defaults": {"consecutive_failures": 3, "admission": {"per_second": 1, "burst": 1}}}"#;
+    // The one token goes to a first upgrade; every later one (the clock stands still) is refused.
+    let spend = |_: &Host, w: &mut Worker| -> wasmtime::Result<()> {
+        request(w, true, 101, CONTINUE)?;
+        Ok(())
+    };
     let path = |name, target, upgrade, status, expect, warm| Path { name, target, upgrade, status, expect, warm };
     let (plain, filling) =
         ("plain request, `shed: all`, closed, admitted", "plain request, `shed: all`, closed, window still filling");
@@ -229,6 +237,16 @@ fn rows() -> wasmtime::Result<Vec<(Row, usize)>> {
             path("upgrade, half-open probe, admitted (101)", Some((8_000, 8)), true, 101, CONTINUE, 1),
             config,
             half_open,
+        )?,
+        measure(
+            path("upgrade, closed, admission budget admits (101)", None, true, 101, CONTINUE, WARM_REQUESTS),
+            budget_wide,
+            none,
+        )?,
+        measure(
+            path("upgrade, closed, admission budget refuses (503 local reply)", None, true, 101, PAUSE, 1),
+            budget_one,
+            spend,
         )?,
     ])
 }
