@@ -83,10 +83,12 @@ impl Calls {
         let id = id.get();
         let index = (id & u64::from(u32::MAX)) as usize;
         let slot = self.slots.get_mut(index).filter(|s| u64::from(s.generation) == id >> 32)?;
-        let call = slot.call.take()?;
+        // Read in place and dropped in place: the call is not copied out of its slot.
+        let deadline_ms = slot.call.as_ref()?.deadline_ms;
+        slot.call = None;
         self.free.push(index as u32);
         self.live -= 1;
-        Some(call.deadline_ms)
+        Some(deadline_ms)
     }
 
     pub fn is_empty(&self) -> bool {
