@@ -356,12 +356,16 @@ fn answered(slot: &mut Option<Admitted>, status: Option<u16>) {
         Some(status) if status != 101 && !a.key.policy.failure.is_failure(status) => guard::success_if_noop(a),
         _ => return answered_taken(slot.take(), status),
     };
-    let Some(a) = slot.take() else { return };
-    if let Success::Decide(read) = success {
-        match answered_by() {
-            Answer::Upstream => guard::record_outcome(a, false, read),
-            Answer::Envoy => no_answer(a),
-            Answer::Other => guard::abandon(a),
+    match success {
+        // Counted: the call is dropped where it is.
+        Success::Counted => *slot = None,
+        Success::Decide(read) => {
+            let Some(a) = slot.take() else { return };
+            match answered_by() {
+                Answer::Upstream => guard::record_outcome(a, false, read),
+                Answer::Envoy => no_answer(a),
+                Answer::Other => guard::abandon(a),
+            }
         }
     }
 }

@@ -147,10 +147,21 @@ thread_local! {
 }
 
 /// Runs `f` with this VM's state. Callbacks never nest, so the borrow cannot conflict.
+/// `f` is called from one place, so it can be inlined into its caller.
 pub fn with<T>(f: impl FnOnce(&mut Vm) -> T) -> T {
-    VM.with(|vm| match vm.try_borrow_mut() {
-        Ok(mut vm) => f(&mut vm),
-        // Unreachable in practice; a fresh state only loses cached ids.
-        Err(_) => f(&mut Vm::default()),
+    VM.with(|cell| {
+        let (mut borrowed, mut fresh);
+        let vm: &mut Vm = match cell.try_borrow_mut() {
+            Ok(vm) => {
+                borrowed = vm;
+                &mut borrowed
+            }
+            // Unreachable in practice; a fresh state only loses cached ids.
+            Err(_) => {
+                fresh = Vm::default();
+                &mut fresh
+            }
+        };
+        f(vm)
     })
 }
