@@ -1,7 +1,7 @@
 //! What one VM (one Envoy worker) keeps between requests: cached metric ids, the tracked-key
 //! registry, and a cheap random source for jitter.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::num::NonZeroU64;
 use std::rc::Rc;
 
@@ -143,25 +143,19 @@ impl Vm {
 }
 
 thread_local! {
-    static VM: RefCell<Vm> = RefCell::new(Vm::default());
+    /// This VM's state, out of its slot while a callback uses it.
+    static VM: Cell<Option<Box<Vm>>> = const { Cell::new(None) };
 }
 
-/// Runs `f` with this VM's state. Callbacks never nest, so the borrow cannot conflict.
-/// `f` is called from one place, so it can be inlined into its caller.
+/// Runs `f` with this VM's state. The state is taken out of its slot for `f` and put back
+/// after: one path into `f` (inlined into its caller), no lazy initialisation check. A call
+/// nested in `f` (a host call that runs another callback) finds the slot empty and gets a fresh
+/// state, dropped when the outer call puts its own back: it only loses cached ids.
 pub fn with<T>(f: impl FnOnce(&mut Vm) -> T) -> T {
-    VM.with(|cell| {
-        let (mut borrowed, mut fresh);
-        let vm: &mut Vm = match cell.try_borrow_mut() {
-            Ok(vm) => {
-                borrowed = vm;
-                &mut borrowed
-            }
-            // Unreachable in practice; a fresh state only loses cached ids.
-            Err(_) => {
-                fresh = Vm::default();
-                &mut fresh
-            }
-        };
-        f(vm)
+    VM.with(|slot| {
+        let mut vm = slot.take().unwrap_or_default();
+        let out = f(&mut vm);
+        drop(slot.replace(Some(vm)));
+        out
     })
 }
