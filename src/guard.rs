@@ -67,6 +67,7 @@ pub type Kind<'a> = &'a dyn Fn() -> RejectKind;
 /// The breaker's decision for key `name` (as the host gave it), then the admission budget's
 /// (DESIGN, `admission`). `timed`: the call has an answer deadline (HTTP; TCP's answer is the
 /// upstream connection, bounded by the cluster's connect_timeout).
+#[inline(always)]
 pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
     let key = match config.keys.get(name) {
         Some(key) => key,
@@ -85,6 +86,8 @@ pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
 
 /// A key not cached yet: tracked ones are cached for every later request; the others get the
 /// verdict of an untracked key (the control plane's or a forced-open's, else pass).
+#[cold]
+#[inline(never)]
 fn first_use(config: &Config, name: &[u8], kind: Kind) -> Result<Rc<Key>, Verdict> {
     let Ok(breaker) = std::str::from_utf8(name) else { return Err(Verdict::Pass) };
     let policy = config.policy_for(breaker);
