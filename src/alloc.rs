@@ -52,12 +52,12 @@ unsafe impl GlobalAlloc for Pools {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let Some(c) = class(layout) else {
             // SAFETY: the caller's layout, passed on.
-            return unsafe { System.alloc(layout) };
+            return unsafe { system_alloc(layout) };
         };
         let head = self.free[c].get();
         if head.is_null() {
             // SAFETY: a valid non-zero layout.
-            return unsafe { System.alloc(block(c)) };
+            return unsafe { system_alloc(block(c)) };
         }
         // SAFETY: a free block of this class holds the next free block's address.
         self.free[c].set(unsafe { (head as *mut *mut u8).read() });
@@ -75,6 +75,18 @@ unsafe impl GlobalAlloc for Pools {
             None => unsafe { System.dealloc(ptr, layout) },
         }
     }
+}
+
+/// The system allocator, out of line: a block taken from a free list (the usual case) then
+/// needs no stack frame for the system allocator's out-pointer.
+///
+/// # Safety
+/// As [`GlobalAlloc::alloc`].
+#[cold]
+#[inline(never)]
+unsafe fn system_alloc(layout: Layout) -> *mut u8 {
+    // SAFETY: the caller's layout, passed on.
+    unsafe { System.alloc(layout) }
 }
 
 #[cfg(target_arch = "wasm32")]

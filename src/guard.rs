@@ -67,6 +67,7 @@ pub type Kind<'a> = &'a dyn Fn() -> RejectKind;
 /// The breaker's decision for key `name` (as the host gave it), then the admission budget's
 /// (DESIGN, `admission`). `timed`: the call has an answer deadline (HTTP; TCP's answer is the
 /// upstream connection, bounded by the cluster's connect_timeout).
+#[inline(always)]
 pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
     let key = match config.keys.get(name) {
         Some(key) => key,
@@ -75,15 +76,18 @@ pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
             Err(verdict) => return verdict,
         },
     };
-    let verdict = check_key(config, &key, timed, kind);
     if key.policy.admission.is_off() {
-        return verdict;
+        // The key moves into the call admitted: no second reference to count and drop.
+        return check_key(config, key, timed, kind);
     }
+    let verdict = check_key(config, key.clone(), timed, kind);
     crate::admission::gate(&key, kind, verdict)
 }
 
 /// A key not cached yet: tracked ones are cached for every later request; the others get the
 /// verdict of an untracked key (the control plane's or a forced-open's, else pass).
+#[cold]
+#[inline(never)]
 fn first_use(config: &Config, name: &[u8], kind: Kind) -> Result<Rc<Key>, Verdict> {
     let Ok(breaker) = std::str::from_utf8(name) else { return Err(Verdict::Pass) };
     let policy = config.policy_for(breaker);
@@ -131,25 +135,27 @@ fn untracked(config: &Config, breaker: &str, p: &Policy, kind: Kind) -> Verdict 
     })
 }
 
-fn check_key(config: &Config, key: &Rc<Key>, timed: bool, kind: Kind) -> Verdict {
-    let p = &key.policy.policy;
+fn check_key(config: &Config, key: Rc<Key>, timed: bool, kind: Kind) -> Verdict {
     let Ok(now) = host::now_ms() else {
         return Verdict::Pass;
     };
     vm::with(|vm| {
+        let p = &key.policy.policy;
         if let Some(control) = &config.control {
             if let Some(verdict) = remote_verdict(vm, control, p, &key.name, kind, now, true) {
                 return verdict;
             }
         }
-        let (decision, effect, phase) = match decide(vm, key, now) {
+        let (decision, effect, phase) = match decide(vm, &key, now) {
             Ok(r) => r,
             Err(e) => return lost(vm, &key.name, e),
         };
         if !key.touched.replace(true) {
             vm.metrics.touch(&key.name, phase);
         }
-        report(vm, &key.name, effect);
+        if effect.transition.is_some() {
+            report(vm, &key.name, effect);
+        }
         let probe = match decision {
             Decision::Admit { probe } => probe,
             Decision::Refuse(refusal) if p.mode == Mode::DryRun => {
@@ -162,8 +168,8 @@ fn check_key(config: &Config, key: &Rc<Key>, timed: bool, kind: Kind) -> Verdict
                 return Verdict::Refuse(refusal.into());
             }
         };
-        let pending = if timed { track(vm, key, probe, now) } else { None };
-        Verdict::Admit(Admitted { key: key.clone(), probe, start_ms: now, pending })
+        let pending = if timed { track(vm, &key, probe, now) } else { None };
+        Verdict::Admit(Admitted { key, probe, start_ms: now, pending })
     })
 }
 
@@ -262,10 +268,11 @@ fn settle(vm: &mut Vm, a: &Admitted, now: Option<u64>) -> Option<bool> {
 }
 
 /// The outcome of an answer whose status is not a failure: [`Success::Counted`] when it changed
-/// nothing shared, else the call back, with the state as read, to be decided.
+/// nothing shared, else the state as read, for the call to be decided (the call stays with
+/// the caller: it is not moved through this check and back).
 pub enum Success {
     Counted,
-    Decide(Admitted, Option<store::Read>),
+    Decide(Option<store::Read>),
 }
 
 /// Counts a success with no clock reading and no write when it changes nothing shared: a
@@ -273,19 +280,19 @@ pub enum Success {
 /// of successes. The state is read now, not taken from admission, so a streak another worker
 /// started meanwhile is still ended by this success, exactly as writing every success would.
 /// The answer deadline is the tick's to enforce: a success it has not timed out counts.
-pub fn success_if_noop(a: Admitted) -> Success {
+pub fn success_if_noop(a: &Admitted) -> Success {
     let Some(size) = a.key.lean.filter(|_| a.probe.is_none()) else {
-        return Success::Decide(a, None);
+        return Success::Decide(None);
     };
     let read = match host::shared_get(&a.key.state_key) {
         Ok(read) => read,
-        Err(_) => return Success::Decide(a, None),
+        Err(_) => return Success::Decide(None),
     };
     if !read.0.as_deref().is_some_and(|b| state::success_is_noop(b, a.key.policy.policy.half_open_permits, size)) {
-        return Success::Decide(a, Some(read));
+        return Success::Decide(Some(read));
     }
     vm::with(|vm| {
-        if settle(vm, &a, None).is_some() {
+        if settle(vm, a, None).is_some() {
             count_success(vm, &a.key);
         }
     });
@@ -297,7 +304,7 @@ pub fn finish(a: Admitted, failure: bool) {
     if failure {
         return record_outcome(a, true, None);
     }
-    if let Success::Decide(a, read) = success_if_noop(a) {
+    if let Success::Decide(read) = success_if_noop(&a) {
         record_outcome(a, false, read);
     }
 }
@@ -438,6 +445,8 @@ pub fn expire_overdue() {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn report(vm: &mut Vm, breaker: &str, effect: Effect) {
     if let Some(t) = effect.transition {
         vm.metrics.transition(breaker, t.from, t.to);
@@ -445,6 +454,8 @@ fn report(vm: &mut Vm, breaker: &str, effect: Effect) {
     }
 }
 
+#[cold]
+#[inline(never)]
 fn lost(vm: &mut Vm, breaker: &str, e: StoreError) -> Verdict {
     vm.metrics.lost(breaker);
     log::warn!("breaker {breaker} state not updated: {e:?}");

@@ -165,6 +165,9 @@ impl Decimal {
 }
 
 impl HttpFilter {
+    /// Out of line and cold: the admitted request's path does not carry the refusal.
+    #[cold]
+    #[inline(never)]
     fn refuse(&mut self, breaker: &[u8], refusal: &Refused, upgrade: bool) -> Action {
         if upgrade && self.config.reject.websocket == WebSocketReject::CloseFrame {
             match websocket::refuse(refusal, &self.config.reject.headers) {
@@ -259,12 +262,16 @@ impl HttpContext for HttpFilter {
             websocket::strip_local_reply_headers();
             return Action::Continue;
         }
-        if let Some(a) = self.admitted.take() {
+        if self.admitted.is_some() {
             let status = response_status();
             if status == Some(101) {
-                self.register_admitted(&a);
+                if let Some(a) = self.admitted.take() {
+                    self.register_admitted(&a);
+                    guard::finish(a, false);
+                }
+            } else {
+                answered(&mut self.admitted, status);
             }
-            answered(a, status);
         } else if std::mem::take(&mut self.passed_upgrade) && response_status() == Some(101) {
             self.register_passed();
         }
@@ -341,8 +348,32 @@ fn response_status() -> Option<u16> {
 /// Decides an admitted call by its answer. Who made the answer (`response.code_details`) is read
 /// only when it can change something: for a failure status, or a success that is not a no-op
 /// (a probe, a streak to end, a window still filling). Only the upstream answers an upgrade
-/// with 101.
-fn answered(a: Admitted, status: Option<u16>) {
+/// with 101. The call is taken from `slot` only to be decided: a success that changes nothing
+/// leaves it there until it is dropped in place.
+fn answered(slot: &mut Option<Admitted>, status: Option<u16>) {
+    let Some(a) = slot.as_ref() else { return };
+    let success = match status {
+        Some(status) if status != 101 && !a.key.policy.failure.is_failure(status) => guard::success_if_noop(a),
+        _ => return answered_taken(slot.take(), status),
+    };
+    match success {
+        // Counted: the call is dropped where it is.
+        Success::Counted => *slot = None,
+        Success::Decide(read) => {
+            let Some(a) = slot.take() else { return };
+            match answered_by() {
+                Answer::Upstream => guard::record_outcome(a, false, read),
+                Answer::Envoy => no_answer(a),
+                Answer::Other => guard::abandon(a),
+            }
+        }
+    }
+}
+
+/// [`answered`] for a 101, a failure status or no status.
+#[inline(never)]
+fn answered_taken(a: Option<Admitted>, status: Option<u16>) {
+    let Some(a) = a else { return };
     match status {
         Some(101) => guard::finish(a, false),
         Some(status) if a.key.policy.failure.is_failure(status) => match answered_by() {
@@ -350,14 +381,7 @@ fn answered(a: Admitted, status: Option<u16>) {
             Answer::Envoy => no_answer(a),
             Answer::Other => guard::abandon(a),
         },
-        Some(_) => match guard::success_if_noop(a) {
-            Success::Counted => {}
-            Success::Decide(a, read) => match answered_by() {
-                Answer::Upstream => guard::record_outcome(a, false, read),
-                Answer::Envoy => no_answer(a),
-                Answer::Other => guard::abandon(a),
-            },
-        },
+        Some(_) => guard::finish(a, false),
         None => guard::abandon(a),
     }
 }

@@ -1,7 +1,7 @@
 //! What one VM (one Envoy worker) keeps between requests: cached metric ids, the tracked-key
 //! registry, and a cheap random source for jitter.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::num::NonZeroU64;
 use std::rc::Rc;
 
@@ -83,10 +83,12 @@ impl Calls {
         let id = id.get();
         let index = (id & u64::from(u32::MAX)) as usize;
         let slot = self.slots.get_mut(index).filter(|s| u64::from(s.generation) == id >> 32)?;
-        let call = slot.call.take()?;
+        // Read in place and dropped in place: the call is not copied out of its slot.
+        let deadline_ms = slot.call.as_ref()?.deadline_ms;
+        slot.call = None;
         self.free.push(index as u32);
         self.live -= 1;
-        Some(call.deadline_ms)
+        Some(deadline_ms)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -141,14 +143,19 @@ impl Vm {
 }
 
 thread_local! {
-    static VM: RefCell<Vm> = RefCell::new(Vm::default());
+    /// This VM's state, out of its slot while a callback uses it.
+    static VM: Cell<Option<Box<Vm>>> = const { Cell::new(None) };
 }
 
-/// Runs `f` with this VM's state. Callbacks never nest, so the borrow cannot conflict.
+/// Runs `f` with this VM's state. The state is taken out of its slot for `f` and put back
+/// after: one path into `f` (inlined into its caller), no lazy initialisation check. A call
+/// nested in `f` (a host call that runs another callback) finds the slot empty and gets a fresh
+/// state, dropped when the outer call puts its own back: it only loses cached ids.
 pub fn with<T>(f: impl FnOnce(&mut Vm) -> T) -> T {
-    VM.with(|vm| match vm.try_borrow_mut() {
-        Ok(mut vm) => f(&mut vm),
-        // Unreachable in practice; a fresh state only loses cached ids.
-        Err(_) => f(&mut Vm::default()),
+    VM.with(|slot| {
+        let mut vm = slot.take().unwrap_or_default();
+        let out = f(&mut vm);
+        drop(slot.replace(Some(vm)));
+        out
     })
 }

@@ -329,12 +329,13 @@ pub fn success_is_noop(bytes: &[u8], permits: u8, size: u16) -> bool {
     kind == 0 && stored == size && filled == size && next < size && all_zero(bits)
 }
 
-/// Whether every byte is 0, eight at a time.
+/// Whether every byte is 0, eight at a time (from 8 bytes on, the last word overlaps the one
+/// before it instead of a byte-by-byte tail).
 fn all_zero(bytes: &[u8]) -> bool {
+    let Some(last) = bytes.last_chunk::<8>() else { return bytes.iter().all(|&b| b == 0) };
     let words = bytes.chunks_exact(8);
-    let rest = words.remainder();
     let word = |w: &[u8]| w.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
-    words.fold(0u64, |any, w| any | word(w)) == 0 && rest.iter().all(|&b| b == 0)
+    words.fold(u64::from_le_bytes(*last), |any, w| any | word(w)) == 0
 }
 
 /// The probe slots of encoded bytes (which [`Head::peek`] accepted), in order.
