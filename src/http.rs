@@ -339,14 +339,18 @@ fn response_status() -> Option<u16> {
 }
 
 /// Decides an admitted call by its answer. Who made the answer (`response.code_details`) is read
-/// only when it can change something: for a failure status, or a success that is not a no-op
-/// (a probe, a streak to end, a window still filling). Only the upstream answers an upgrade
-/// with 101.
+/// only when it can change something: for an error status (4xx, 5xx: a failure, or a reply Envoy
+/// made because the upstream never answered, which is a failure whatever its status), or a
+/// success that is not a no-op (a probe, a streak to end, a window still filling). Only the
+/// upstream answers an upgrade with 101, and Envoy's own replies are never 1xx-3xx.
 fn answered(a: Admitted, status: Option<u16>) {
     match status {
         Some(101) => guard::finish(a, false),
-        Some(status) if a.key.policy.failure.is_failure(status) => match answered_by() {
-            Answer::Upstream => guard::finish(a, true),
+        Some(status) if status >= 400 || a.key.policy.failure.is_failure(status) => match answered_by() {
+            Answer::Upstream => {
+                let failure = a.key.policy.failure.is_failure(status);
+                guard::finish(a, failure)
+            }
             Answer::Envoy => no_answer(a),
             Answer::Other => guard::abandon(a),
         },
