@@ -12,7 +12,8 @@ use crate::metrics::{Outcome, RejectKind};
 use crate::store::{self, StoreError};
 use crate::vm::{self, Pending, Vm};
 use floodgate_core::breaker::{
-    admit_probe_in_place, admit_unchanged, record_probe_success_in_place, whole_seconds, SHORT_RETRY_MS,
+    admit_probe_in_place, admit_unchanged, record_probe_success, record_probe_success_in_place, whole_seconds,
+    SHORT_RETRY_MS,
 };
 use floodgate_core::remote::{self, DecideParams, RemoteDecision};
 use floodgate_core::state::{self, Head};
@@ -333,11 +334,18 @@ pub fn record_outcome(a: Admitted, failure: bool, read: Option<store::Read>) {
             },
             _ => read,
         };
+        // A probe's success the bytes in place could not take may close the breaker: the
+        // clock is read for it (probes only), so the recovery ramp starts at the close.
+        let closes_at = match (clock, a.probe) {
+            (None, Some(_)) => Some(host::now_ms().unwrap_or(a.start_ms)),
+            _ => None,
+        };
         let unit = vm.unit(now);
         let call = Call { failure, slow };
-        let step = |s: &mut BreakerState| match clock {
-            Some(now) => ((), floodgate_core::record(s, p, now, call, a.probe, unit)),
-            None => ((), record_success(s, p, a.start_ms, a.probe)),
+        let step = |s: &mut BreakerState| match (clock, closes_at) {
+            (Some(now), _) => ((), floodgate_core::record(s, p, now, call, a.probe, unit)),
+            (None, Some(at)) => ((), record_probe_success(s, p, a.start_ms, at, a.probe)),
+            (None, None) => ((), record_success(s, p, a.start_ms, a.probe)),
         };
         match store::update(&a.key.state_key, p, read, step) {
             Ok((_, effect, _)) => report(vm, &a.key.name, effect),

@@ -264,6 +264,24 @@ pub fn record_success(s: &mut BreakerState, p: &Policy, start_ms: u64, probe: Op
     record_normalized(s, p, start_ms, call, probe, 0.0, Effect::default())
 }
 
+/// [`record_success`] of a probe whose answer came at `now_ms`: counted as of the call's start
+/// (a probe that held its slot then counts), but a breaker it closes closes at `now_ms`, where
+/// the recovery ramp starts (DESIGN: "after closing"), not when the probe was admitted.
+pub fn record_probe_success(
+    s: &mut BreakerState,
+    p: &Policy,
+    start_ms: u64,
+    now_ms: u64,
+    probe: Option<ProbeTicket>,
+) -> Effect {
+    let effect = record_success(s, p, start_ms, probe);
+    if effect.transition.is_some_and(|t| t.to == Phase::Closed) {
+        s.since_ms = now_ms;
+        s.closed_at_ms = now_ms.max(1);
+    }
+    effect
+}
+
 fn record_normalized(
     s: &mut BreakerState,
     p: &Policy,

@@ -70,6 +70,41 @@ fn envoys_own_reply_for_an_unreachable_upstream_is_a_failure_whatever_its_status
     assert_eq!(opened(&host), 1, "three connection failures in a row trip the breaker");
 }
 
+/// DESIGN: `recovery_ramp_ms`: "after closing, admit a linearly rising share of new upgrades
+/// (0 -> 100 %) over this time". The ramp starts when the last probe's success closes the
+/// breaker, not when that probe was admitted: a probe whose 101 took 6 s must not leave a 5 s
+/// ramp already over at the moment the breaker closes.
+#[test]
+fn the_recovery_ramp_starts_when_the_last_probe_closes_the_breaker_not_when_it_was_admitted() {
+    let mut host = Host::new(&wasm()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 1, "window": {"kind": "count", "size": 10},
+        "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 1, "successes": 1},
+        "answer_timeout_ms": 10000, "recovery_ramp_ms": 5000}}"#;
+    let mut a = worker(&mut host, config);
+    let ctx = upgrade(&mut a);
+    answer_from(&mut a, ctx, 503, "via_upstream", 0);
+    assert_eq!(opened(&host), 1);
+    host.advance(std::time::Duration::from_millis(1_001));
+    let probe = upgrade(&mut a);
+    host.advance(std::time::Duration::from_millis(6_000));
+    answer_from(&mut a, probe, 101, "via_upstream", 0);
+    let closed = format!("breaker=.={BREAKER};.;from=.=half_open;.;to=.=closed;.;floodgate_transitions_total");
+    assert_eq!(metric(&host, &closed), 1);
+    // 1 ms after closing, the ramp's share is 0.02 %: twenty new upgrades are all but all refused.
+    host.advance(std::time::Duration::from_millis(1));
+    let mut admitted = 0;
+    for _ in 0..20 {
+        let ctx = a.new_context().unwrap();
+        a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+        if a.request_headers(ctx, &headers, false).unwrap() == CONTINUE {
+            admitted += 1;
+        }
+        a.end(ctx).unwrap();
+    }
+    assert!(admitted <= 1, "{admitted} of 20 admitted 1 ms after closing with a 5 s ramp");
+}
+
 /// Every shape of foreign or damaged bytes in a breaker's shared state (an older or newer
 /// encoding, truncated, padded, out-of-range fields), met by each lean shortcut (the head read
 /// at admission, the in-place probe, the success no-op check): never a trap, and a closed
