@@ -170,3 +170,31 @@ fn foreign_truncated_or_garbage_state_bytes_never_trap_and_fail_open_on_every_le
         }
     }
 }
+
+/// DESIGN: "OPEN lasts `base_ms` ... spread by `jitter`". A success can trip a rate window (the
+/// one that brings it to `minimum_calls`); the open time then starts when that success is
+/// recorded, not when its call was admitted: a call answered after 3 s must not leave a 10 s
+/// open time (at least 5 s with the jitter) over after 2 s.
+#[test]
+fn a_success_that_trips_the_failure_rate_opens_the_breaker_from_its_answer_not_from_its_admission() {
+    let mut host = Host::new(&wasm()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 0, "failure_rate": 0.5, "minimum_calls": 4,
+        "window": {"kind": "count", "size": 10}, "answer_timeout_ms": 0,
+        "open": {"base_ms": 10000, "jitter": 0.5}}}"#;
+    let mut a = worker(&mut host, config);
+    for status in [503, 503, 101] {
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, status, "via_upstream", 0);
+    }
+    assert_eq!(opened(&host), 0);
+    let slow = upgrade(&mut a);
+    host.advance(std::time::Duration::from_millis(3_000));
+    answer_from(&mut a, slow, 101, "via_upstream", 0);
+    assert_eq!(opened(&host), 1, "2 failures in 4 calls reach the 0.5 rate");
+    // At least base * (1 - jitter) = 5 s from the answer: still open 2.001 s later.
+    host.advance(std::time::Duration::from_millis(2_001));
+    let ctx = a.new_context().unwrap();
+    a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+    assert_ne!(a.request_headers(ctx, &headers, false).unwrap(), CONTINUE, "open for less than base * (1 - jitter)");
+}
