@@ -198,3 +198,36 @@ fn a_success_that_trips_the_failure_rate_opens_the_breaker_from_its_answer_not_f
     let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
     assert_ne!(a.request_headers(ctx, &headers, false).unwrap(), CONTINUE, "open for less than base * (1 - jitter)");
 }
+
+/// `floodgate_calls_total{outcome="success"}` counts every success exactly once, on whichever
+/// worker, whether it was written or judged a no-op and flushed on the tick; a call the tick
+/// already counted as a failure (no answer in time) is not counted again when its answer comes.
+#[test]
+fn every_success_is_counted_exactly_once_across_workers_whether_written_or_flushed_on_the_tick() {
+    let mut host = Host::new(&wasm()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 5, "window": {"kind": "count", "size": 10},
+        "answer_timeout_ms": 1000}}"#;
+    let mut a = worker(&mut host, config);
+    let mut b = worker(&mut host, config);
+    let success = format!("breaker=.={BREAKER};.;outcome=.=success;.;floodgate_calls_total");
+    let failure = format!("breaker=.={BREAKER};.;outcome=.=failure;.;floodgate_calls_total");
+    for i in 0..15 {
+        let w = if i % 3 == 0 { &mut b } else { &mut a };
+        let ctx = upgrade(w);
+        answer_from(w, ctx, 101, "via_upstream", 0);
+    }
+    let hung = upgrade(&mut a);
+    host.advance(std::time::Duration::from_millis(1_000));
+    a.tick().unwrap();
+    answer_from(&mut a, hung, 101, "via_upstream", 0);
+    for _ in 0..4 {
+        let ctx = upgrade(&mut b);
+        answer_from(&mut b, ctx, 101, "via_upstream", 0);
+    }
+    a.tick().unwrap();
+    b.tick().unwrap();
+    assert_eq!((metric(&host, &success), metric(&host, &failure)), (19, 1));
+    a.tick().unwrap();
+    b.tick().unwrap();
+    assert_eq!((metric(&host, &success), metric(&host, &failure)), (19, 1), "a second tick adds nothing");
+}
