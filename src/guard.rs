@@ -12,13 +12,13 @@ use crate::metrics::{Outcome, RejectKind};
 use crate::store::{self, StoreError};
 use crate::vm::{self, Pending, Vm};
 use floodgate_core::breaker::{
-    admit_probe_in_place, admit_unchanged, record_probe_success_in_place, whole_seconds, SHORT_RETRY_MS,
+    admit_probe_in_place, admit_unchanged, record_probe_success_in_place, record_success_clocked, whole_seconds,
+    SHORT_RETRY_MS,
 };
 use floodgate_core::remote::{self, DecideParams, RemoteDecision};
 use floodgate_core::state::{self, Head};
 use floodgate_core::{
-    admit, record_success, BreakerState, Call, Decision, Effect, Mode, Phase, Policy, ProbeTicket, Reason, Refusal,
-    RefusedAs,
+    admit, BreakerState, Call, Decision, Effect, Mode, Phase, Policy, ProbeTicket, Reason, Refusal, RefusedAs,
 };
 
 /// A call the breaker admitted; hand it back with [`finish`] or [`abandon`].
@@ -342,9 +342,12 @@ pub fn record_outcome(a: Admitted, failure: bool, read: Option<store::Read>) {
         };
         let unit = vm.unit(now);
         let call = Call { failure, slow };
+        // A success recorded without the clock reads it only if it trips or closes the
+        // breaker: the transition happens at this answer, with its own jitter.
+        let answered_at = || (host::now_ms().unwrap_or(a.start_ms), unit);
         let step = |s: &mut BreakerState| match clock {
             Some(now) => ((), floodgate_core::record(s, p, now, call, a.probe, unit)),
-            None => ((), record_success(s, p, a.start_ms, a.probe)),
+            None => ((), record_success_clocked(s, p, a.start_ms, a.probe, answered_at)),
         };
         match store::update(&a.key.state_key, p, read, step) {
             Ok((_, effect, _)) => report(vm, &a.key.name, effect),

@@ -346,14 +346,17 @@ fn response_status() -> Option<u16> {
 }
 
 /// Decides an admitted call by its answer. Who made the answer (`response.code_details`) is read
-/// only when it can change something: for a failure status, or a success that is not a no-op
-/// (a probe, a streak to end, a window still filling). Only the upstream answers an upgrade
-/// with 101. The call is taken from `slot` only to be decided: a success that changes nothing
+/// only when it can change something: for an error status (4xx, 5xx: a failure, or a reply Envoy
+/// made because the upstream never answered, which is a failure whatever its status), or a
+/// success that is not a no-op (a probe, a streak to end, a window still filling). Only the
+/// upstream answers an upgrade with 101, and Envoy's own replies are never 1xx-3xx. The call is taken from `slot` only to be decided: a success that changes nothing
 /// leaves it there until it is dropped in place.
 fn answered(slot: &mut Option<Admitted>, status: Option<u16>) {
     let Some(a) = slot.as_ref() else { return };
     let success = match status {
-        Some(status) if status != 101 && !a.key.policy.failure.is_failure(status) => guard::success_if_noop(a),
+        Some(status) if status != 101 && status < 400 && !a.key.policy.failure.is_failure(status) => {
+            guard::success_if_noop(a)
+        }
         _ => return answered_taken(slot.take(), status),
     };
     match success {
@@ -370,14 +373,17 @@ fn answered(slot: &mut Option<Admitted>, status: Option<u16>) {
     }
 }
 
-/// [`answered`] for a 101, a failure status or no status.
+/// [`answered`] for a 101, an error or failure status, or no status.
 #[inline(never)]
 fn answered_taken(a: Option<Admitted>, status: Option<u16>) {
     let Some(a) = a else { return };
     match status {
         Some(101) => guard::finish(a, false),
-        Some(status) if a.key.policy.failure.is_failure(status) => match answered_by() {
-            Answer::Upstream => guard::finish(a, true),
+        Some(status) if status >= 400 || a.key.policy.failure.is_failure(status) => match answered_by() {
+            Answer::Upstream => {
+                let failure = a.key.policy.failure.is_failure(status);
+                guard::finish(a, failure)
+            }
             Answer::Envoy => no_answer(a),
             Answer::Other => guard::abandon(a),
         },

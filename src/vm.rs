@@ -41,12 +41,17 @@ pub struct Calls {
 
 #[derive(Default)]
 struct Slot {
-    generation: u32,
+    /// Counts the slot's calls, modulo 2^48 (an id is the generation above 16 bits of index:
+    /// a slot is reused 2^48 times before an old id could match again).
+    generation: u64,
     call: Option<Pending>,
 }
 
 /// Calls one worker tracks for their answer deadline at most.
 pub const MAX_IN_FLIGHT: usize = 16_384;
+/// Bits of an id that hold the slot's index; the generation takes the 48 above.
+const INDEX_BITS: u32 = 16;
+const _: () = assert!(MAX_IN_FLIGHT <= 1 << INDEX_BITS);
 
 /// An admitted call waiting for its answer.
 #[derive(Clone)]
@@ -69,20 +74,20 @@ impl Calls {
             None => return None,
         };
         let slot = self.slots.get_mut(index)?;
-        slot.generation = slot.generation.wrapping_add(1);
+        slot.generation = (slot.generation + 1) & (u64::MAX >> INDEX_BITS);
         slot.call = Some(call);
         self.live += 1;
         // The generation is at least 1 after the increment, so an id is never 0.
         slot.generation = slot.generation.max(1);
-        NonZeroU64::new(u64::from(slot.generation) << 32 | index as u64)
+        NonZeroU64::new(slot.generation << INDEX_BITS | index as u64)
     }
 
     /// Stops tracking a call: its deadline, or `None` when it is not tracked any more (it
     /// timed out).
     pub fn settle(&mut self, id: NonZeroU64) -> Option<u64> {
         let id = id.get();
-        let index = (id & u64::from(u32::MAX)) as usize;
-        let slot = self.slots.get_mut(index).filter(|s| u64::from(s.generation) == id >> 32)?;
+        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let slot = self.slots.get_mut(index).filter(|s| s.generation == id >> INDEX_BITS)?;
         // Read in place and dropped in place: the call is not copied out of its slot.
         let deadline_ms = slot.call.as_ref()?.deadline_ms;
         slot.call = None;
@@ -158,4 +163,33 @@ pub fn with<T>(f: impl FnOnce(&mut Vm) -> T) -> T {
         drop(slot.replace(Some(vm)));
         out
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BreakerPolicy;
+
+    fn pending(deadline_ms: u64) -> Pending {
+        let policy = Rc::new(BreakerPolicy {
+            policy: Default::default(),
+            failure: Default::default(),
+            admission: Default::default(),
+        });
+        Pending { key: Rc::new(Key::new("k", policy)), probe: None, start_ms: 0, deadline_ms }
+    }
+
+    #[test]
+    fn an_id_taken_overdue_never_settles_a_later_call_in_its_slot_after_four_billion_reuses() {
+        let mut calls = Calls::default();
+        let old = calls.track(pending(10)).unwrap();
+        assert_eq!(calls.take_overdue(10).len(), 1);
+        // The same slot reused 2^32 times while the old stream (hung past its deadline) still
+        // holds its id: days at a few thousand calls a second on one worker.
+        calls.slots[0].generation = u32::MAX.into();
+        let new = calls.track(pending(20)).unwrap();
+        assert_ne!(old, new, "a later call in the same slot got the old call's id");
+        assert_eq!(calls.settle(old), None, "the old call's late answer settled the new call");
+        assert_eq!(calls.settle(new), Some(20));
+    }
 }

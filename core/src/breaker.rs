@@ -255,13 +255,42 @@ pub fn record(
 /// Records a success without a clock reading (the request path reads the clock once, at
 /// admission): as of the call's start, and without [`normalize`], whose clamps need the
 /// current time (the next admission applies them). Nothing a success records depends on the
-/// time but the probe lease, which the caller's answer deadline enforces, and when a ramp starts.
+/// time but the probe lease, which the caller's answer deadline enforces, and when a transition
+/// happens: [`record_success_clocked`] reads the clock for that.
 pub fn record_success(s: &mut BreakerState, p: &Policy, start_ms: u64, probe: Option<ProbeTicket>) -> Effect {
     if p.mode == Mode::Disabled {
         return Effect::default();
     }
     let call = Call { failure: false, slow: false };
     record_normalized(s, p, start_ms, call, probe, 0.0, Effect::default())
+}
+
+/// [`record_success`] (as of the call's start, no clock), except that a transition it makes
+/// happens when the success is recorded: `clock` (read only then) gives the time and a random
+/// value, so an open time starts at this answer and is spread by the jitter, and a recovery
+/// ramp starts when the breaker closes (DESIGN), not when the call was admitted.
+pub fn record_success_clocked(
+    s: &mut BreakerState,
+    p: &Policy,
+    start_ms: u64,
+    probe: Option<ProbeTicket>,
+    clock: impl FnOnce() -> (u64, f64),
+) -> Effect {
+    let effect = record_success(s, p, start_ms, probe);
+    let Some(t) = effect.transition else { return effect };
+    let (now_ms, unit) = clock();
+    match t.to {
+        Phase::Open => {
+            s.since_ms = now_ms;
+            s.open_until_ms = now_ms.saturating_add(p.jittered(p.open_duration_ms(s.reopens), unit));
+        }
+        Phase::Closed => {
+            s.since_ms = now_ms;
+            s.closed_at_ms = now_ms.max(1);
+        }
+        Phase::HalfOpen => {}
+    }
+    effect
 }
 
 fn record_normalized(

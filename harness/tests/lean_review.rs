@@ -1,0 +1,233 @@
+//! Hostile review of the lean request path (issue 15): orders and inputs where the shortcuts
+//! must still decide exactly as writing every outcome through would.
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
+
+use std::path::PathBuf;
+
+use floodgate_harness::{Host, Worker, CONTINUE};
+
+const BREAKER: &str = "collab_ws";
+
+fn wasm() -> PathBuf {
+    std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
+    })
+}
+
+fn worker(host: &mut Host, config: &str) -> Worker {
+    let mut w = host.worker().unwrap();
+    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
+    w
+}
+
+fn upgrade(w: &mut Worker) -> u32 {
+    let ctx = w.new_context().unwrap();
+    w.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+    let action = w.request_headers(ctx, &headers, false).unwrap();
+    assert_eq!(action, CONTINUE, "refused: {:?}", w.local_response(ctx));
+    ctx
+}
+
+fn answer_from(w: &mut Worker, ctx: u32, status: u16, details: &str, flags: u64) {
+    w.set_context_property(ctx, &["response", "code_details"], details.as_bytes());
+    w.set_context_property(ctx, &["response", "flags"], &flags.to_le_bytes());
+    w.response_headers(ctx, &[(":status", &status.to_string())], false).unwrap();
+    w.end(ctx).unwrap();
+}
+
+fn metric(host: &Host, name: &str) -> i64 {
+    host.metric(name).unwrap_or(0)
+}
+
+fn opened(host: &Host) -> i64 {
+    metric(host, &format!("breaker=.={BREAKER};.;from=.=closed;.;to=.=open;.;floodgate_transitions_total"))
+}
+
+/// DESIGN: "a reply made by Envoy itself counts as a connect failure, reset or timeout (under
+/// `resets`), not by its status". A status the configuration does not count as a failure (here
+/// 503 ignored) must still be a failure when Envoy made it because the upstream never answered,
+/// also once the window is full of successes (where a success is a no-op).
+#[test]
+fn envoys_own_reply_for_an_unreachable_upstream_is_a_failure_whatever_its_status_even_on_a_clean_full_window() {
+    let mut host = Host::new(&wasm()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 3, "window": {"kind": "count", "size": 10},
+        "failure": {"statuses": ["5xx"], "ignore_statuses": [503], "resets": true},
+        "open": {"base_ms": 60000, "jitter": 0.0}}}"#;
+    let mut a = worker(&mut host, config);
+    for _ in 0..10 {
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, 101, "via_upstream", 0);
+    }
+    // The backend goes away: Envoy answers every upgrade itself (connection failure, flag UF).
+    for _ in 0..3 {
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, 503, "upstream_reset_before_response_started{connection_failure}", 0x20);
+    }
+    a.tick().unwrap();
+    assert_eq!(metric(&host, &format!("breaker=.={BREAKER};.;outcome=.=failure;.;floodgate_calls_total")), 3);
+    assert_eq!(opened(&host), 1, "three connection failures in a row trip the breaker");
+}
+
+/// DESIGN: `recovery_ramp_ms`: "after closing, admit a linearly rising share of new upgrades
+/// (0 -> 100 %) over this time". The ramp starts when the last probe's success closes the
+/// breaker, not when that probe was admitted: a probe whose 101 took 6 s must not leave a 5 s
+/// ramp already over at the moment the breaker closes.
+#[test]
+fn the_recovery_ramp_starts_when_the_last_probe_closes_the_breaker_not_when_it_was_admitted() {
+    let mut host = Host::new(&wasm()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 1, "window": {"kind": "count", "size": 10},
+        "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 1, "successes": 1},
+        "answer_timeout_ms": 10000, "recovery_ramp_ms": 5000}}"#;
+    let mut a = worker(&mut host, config);
+    let ctx = upgrade(&mut a);
+    answer_from(&mut a, ctx, 503, "via_upstream", 0);
+    assert_eq!(opened(&host), 1);
+    host.advance(std::time::Duration::from_millis(1_001));
+    let probe = upgrade(&mut a);
+    host.advance(std::time::Duration::from_millis(6_000));
+    answer_from(&mut a, probe, 101, "via_upstream", 0);
+    let closed = format!("breaker=.={BREAKER};.;from=.=half_open;.;to=.=closed;.;floodgate_transitions_total");
+    assert_eq!(metric(&host, &closed), 1);
+    // 1 ms after closing, the ramp's share is 0.02 %: twenty new upgrades are all but all refused.
+    host.advance(std::time::Duration::from_millis(1));
+    let mut admitted = 0;
+    for _ in 0..20 {
+        let ctx = a.new_context().unwrap();
+        a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+        if a.request_headers(ctx, &headers, false).unwrap() == CONTINUE {
+            admitted += 1;
+        }
+        a.end(ctx).unwrap();
+    }
+    assert!(admitted <= 1, "{admitted} of 20 admitted 1 ms after closing with a 5 s ramp");
+}
+
+/// Every shape of foreign or damaged bytes in a breaker's shared state (an older or newer
+/// encoding, truncated, padded, out-of-range fields), met by each lean shortcut (the head read
+/// at admission, the in-place probe, the success no-op check): never a trap, and a closed
+/// breaker's traffic passes (fail open).
+#[test]
+fn foreign_truncated_or_garbage_state_bytes_never_trap_and_fail_open_on_every_lean_shortcut() {
+    let config = r#"{"defaults": {"consecutive_failures": 3, "window": {"kind": "count", "size": 10},
+        "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 3, "successes": 2}}}"#;
+    let key = format!("floodgate/b/{BREAKER}");
+    // A real state of each phase, taken from the module itself.
+    let mut host = Host::new(&wasm()).unwrap();
+    let mut a = worker(&mut host, config);
+    for _ in 0..10 {
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, 101, "via_upstream", 0);
+    }
+    let closed = host.shared_data(&key).unwrap().0;
+    let mut half_open = closed.clone();
+    half_open[1] = 1;
+    let mut samples: Vec<Vec<u8>> = vec![vec![], vec![1], vec![2], vec![0xff; 7], vec![0; 200]];
+    for n in [1, 7, 30, 31, closed.len() / 2, closed.len() - 1] {
+        samples.push(closed[..n].to_vec());
+        samples.push(half_open[..n].to_vec());
+    }
+    for base in [&closed, &half_open] {
+        let mut longer = base.clone();
+        longer.push(0);
+        samples.push(longer);
+        for (at, value) in [(0, 2u8), (0, 0), (1, 3), (1, 0xff), (30, 0), (30, 33), (30, 0xff)] {
+            let mut b = base.clone();
+            b[at] = value;
+            samples.push(b);
+        }
+        // The window header right after three slots: kind, size, next, filled.
+        let w = 31 + 8 * 3;
+        for (off, bytes) in
+            [(0, vec![1u8]), (0, vec![7]), (1, vec![0, 0]), (1, vec![0xff, 0xff]), (3, vec![10, 0]), (5, vec![11, 0])]
+        {
+            let mut b = base.clone();
+            if w + off + bytes.len() <= b.len() {
+                b[w + off..w + off + bytes.len()].copy_from_slice(&bytes);
+                samples.push(b);
+            }
+        }
+    }
+    for (i, bytes) in samples.iter().enumerate() {
+        host.set_shared_data(&key, bytes);
+        let ctx = a.new_context().unwrap();
+        a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+        let action = a.request_headers(ctx, &headers, false).unwrap_or_else(|e| panic!("sample {i}: {e:#}"));
+        if action == CONTINUE {
+            host.set_shared_data(&key, bytes);
+            a.set_context_property(ctx, &["response", "code_details"], b"via_upstream");
+            a.response_headers(ctx, &[(":status", "101")], false).unwrap_or_else(|e| panic!("sample {i}: {e:#}"));
+        }
+        a.end(ctx).unwrap_or_else(|e| panic!("sample {i}: {e:#}"));
+        a.tick().unwrap_or_else(|e| panic!("sample {i}: {e:#}"));
+        // Damaged bytes are replaced by a fresh (closed) state: the next upgrade passes.
+        if bytes[..] != half_open[..] {
+            let ctx = upgrade(&mut a);
+            answer_from(&mut a, ctx, 101, "via_upstream", 0);
+        }
+    }
+}
+
+/// DESIGN: "OPEN lasts `base_ms` ... spread by `jitter`". A success can trip a rate window (the
+/// one that brings it to `minimum_calls`); the open time then starts when that success is
+/// recorded, not when its call was admitted: a call answered after 3 s must not leave a 10 s
+/// open time (at least 5 s with the jitter) over after 2 s.
+#[test]
+fn a_success_that_trips_the_failure_rate_opens_the_breaker_from_its_answer_not_from_its_admission() {
+    let mut host = Host::new(&wasm()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 0, "failure_rate": 0.5, "minimum_calls": 4,
+        "window": {"kind": "count", "size": 10}, "answer_timeout_ms": 0,
+        "open": {"base_ms": 10000, "jitter": 0.5}}}"#;
+    let mut a = worker(&mut host, config);
+    for status in [503, 503, 101] {
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, status, "via_upstream", 0);
+    }
+    assert_eq!(opened(&host), 0);
+    let slow = upgrade(&mut a);
+    host.advance(std::time::Duration::from_millis(3_000));
+    answer_from(&mut a, slow, 101, "via_upstream", 0);
+    assert_eq!(opened(&host), 1, "2 failures in 4 calls reach the 0.5 rate");
+    // At least base * (1 - jitter) = 5 s from the answer: still open 2.001 s later.
+    host.advance(std::time::Duration::from_millis(2_001));
+    let ctx = a.new_context().unwrap();
+    a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+    assert_ne!(a.request_headers(ctx, &headers, false).unwrap(), CONTINUE, "open for less than base * (1 - jitter)");
+}
+
+/// `floodgate_calls_total{outcome="success"}` counts every success exactly once, on whichever
+/// worker, whether it was written or judged a no-op and flushed on the tick; a call the tick
+/// already counted as a failure (no answer in time) is not counted again when its answer comes.
+#[test]
+fn every_success_is_counted_exactly_once_across_workers_whether_written_or_flushed_on_the_tick() {
+    let mut host = Host::new(&wasm()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 5, "window": {"kind": "count", "size": 10},
+        "answer_timeout_ms": 1000}}"#;
+    let mut a = worker(&mut host, config);
+    let mut b = worker(&mut host, config);
+    let success = format!("breaker=.={BREAKER};.;outcome=.=success;.;floodgate_calls_total");
+    let failure = format!("breaker=.={BREAKER};.;outcome=.=failure;.;floodgate_calls_total");
+    for i in 0..15 {
+        let w = if i % 3 == 0 { &mut b } else { &mut a };
+        let ctx = upgrade(w);
+        answer_from(w, ctx, 101, "via_upstream", 0);
+    }
+    let hung = upgrade(&mut a);
+    host.advance(std::time::Duration::from_millis(1_000));
+    a.tick().unwrap();
+    answer_from(&mut a, hung, 101, "via_upstream", 0);
+    for _ in 0..4 {
+        let ctx = upgrade(&mut b);
+        answer_from(&mut b, ctx, 101, "via_upstream", 0);
+    }
+    a.tick().unwrap();
+    b.tick().unwrap();
+    assert_eq!((metric(&host, &success), metric(&host, &failure)), (19, 1));
+    a.tick().unwrap();
+    b.tick().unwrap();
+    assert_eq!((metric(&host, &success), metric(&host, &failure)), (19, 1), "a second tick adds nothing");
+}
