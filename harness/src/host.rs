@@ -1,7 +1,7 @@
 //! [`Host`]: the module, compiled once, and the process-wide state its workers share.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,6 +38,14 @@ fn compiled(path: &Path, bytes: Vec<u8>) -> wasmtime::Result<Compiled> {
     let module = Module::new(&engine, &key.1)?;
     map.insert(key, (engine.clone(), module.clone()));
     Ok((engine, module))
+}
+
+/// The module the tests and bench-filter load: `FLOODGATE_WASM`, else the workspace's release
+/// build (`make wasm`).
+pub fn built_module() -> PathBuf {
+    std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
+    })
 }
 
 /// The wall time the manual clock starts at: 2026-11-22T10:00:00Z.

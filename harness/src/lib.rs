@@ -24,6 +24,6 @@ mod state;
 mod worker;
 
 pub use abi::{buffer, deserialize_map, map, serialize_map, status, CONTINUE, PAUSE};
-pub use host::{Host, START_NS};
+pub use host::{built_module, Host, START_NS};
 pub use state::{CallStats, HttpCall, LocalResponse, LogLine, Metric, MetricKind};
 pub use worker::Worker;

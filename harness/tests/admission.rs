@@ -3,20 +3,16 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use floodgate_harness::{status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
+use floodgate_harness::{built_module, status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
 
 const BREAKER: &str = "collab_ws";
 const BUDGET: &str = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 10000, "jitter": 0.0},
     "half_open": {"permits": 2, "successes": 2}, "admission": {"per_second": 10, "burst": 20}}}"#;
 
 fn host() -> Host {
-    let wasm = std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    });
-    Host::new(&wasm).unwrap_or_else(|e| panic!("{e:#}"))
+    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn worker(host: &mut Host, config: &str) -> Worker {

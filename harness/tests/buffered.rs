@@ -5,19 +5,11 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
-use std::path::PathBuf;
-
 use floodgate_core::{record, BreakerState, Call, Phase, Policy, WindowSpec};
-use floodgate_harness::{Host, Worker, CONTINUE};
+use floodgate_harness::{built_module, Host, Worker, CONTINUE};
 
 const BREAKER: &str = "collab_ws";
 const SIZE: u16 = 10;
-
-fn wasm() -> PathBuf {
-    std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    })
-}
 
 fn config(streak: u32, rate: f64) -> String {
     format!(
@@ -67,7 +59,7 @@ enum Step {
 /// How many failures were recorded when the breaker opened (a failure, or a success that
 /// brought the window to `minimum_calls`), on two workers.
 fn trips_on_two_workers(config: &str, warm: usize, steps: &[Step]) -> Option<usize> {
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let mut a = host.worker().unwrap();
     let mut b = host.worker().unwrap();
     assert!(a.configure("floodgate", config).unwrap() && b.configure("floodgate", config).unwrap());

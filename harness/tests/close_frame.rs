@@ -4,20 +4,12 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
-use std::path::PathBuf;
-
-use floodgate_harness::{status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
+use floodgate_harness::{built_module, status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
 
 const BREAKER: &str = "collab_ws";
 const CONFIG: &str = r#"{"defaults": {"consecutive_failures": 2, "open": {"base_ms": 12000, "jitter": 0.0}},
     "reject": {"websocket": "close_frame"}}"#;
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-fn wasm() -> PathBuf {
-    std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    })
-}
 
 /// A worker whose breaker is open (two failed upgrades).
 fn open_breaker(host: &mut Host) -> Worker {
@@ -67,7 +59,7 @@ fn assert_http_refusal(r: &LocalResponse) {
 
 #[test]
 fn an_http11_upgrade_gets_101_with_the_accept_and_a_1013_close_frame() {
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let mut w = open_breaker(&mut host);
     let r = refused(&mut w, "HTTP/1.1", Some(KEY));
     assert_eq!(r.status, 101, "{r:?}");
@@ -87,7 +79,7 @@ fn an_http11_upgrade_gets_101_with_the_accept_and_a_1013_close_frame() {
 
 #[test]
 fn http2_a_missing_key_and_an_invalid_key_keep_the_http_refusal() {
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let mut w = open_breaker(&mut host);
     assert_http_refusal(&refused(&mut w, "HTTP/2", Some(KEY)));
     assert_http_refusal(&refused(&mut w, "HTTP/1.1", None));
@@ -98,13 +90,13 @@ fn http2_a_missing_key_and_an_invalid_key_keep_the_http_refusal() {
 #[test]
 fn when_the_host_will_not_send_the_101_the_http_refusal_goes_out_instead() {
     for st in [status::BAD_ARGUMENT, status::INTERNAL_FAILURE, status::UNIMPLEMENTED] {
-        let mut host = Host::new(&wasm()).unwrap();
+        let mut host = Host::new(&built_module()).unwrap();
         let mut w = open_breaker(&mut host);
         host.inject_fault("proxy_send_local_response", st, 1);
         assert_http_refusal(&refused(&mut w, "HTTP/1.1", Some(KEY)));
     }
     // Removing the headers Envoy adds may fail too: the 101 still went out, nothing traps.
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let mut w = open_breaker(&mut host);
     host.inject_fault("proxy_remove_header_map_value", status::INTERNAL_FAILURE, 10);
     let (ctx, action) = upgrade(&mut w, "HTTP/1.1", Some(KEY));

@@ -6,11 +6,10 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use floodgate_core::time::format_rfc3339_ms;
-use floodgate_harness::{Host, Worker, CONTINUE};
+use floodgate_harness::{built_module, Host, Worker, CONTINUE};
 
 const CONTROL: &str = r#"{"control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5,
     "timeout_ms": 7000, "retry_ms": 200, "stale_after_s": 60}}"#;
@@ -18,10 +17,7 @@ const CONTROL: &str = r#"{"control": {"cluster": "floodgate_control", "token": "
 const STEP_MS: u64 = 50;
 
 fn host() -> Host {
-    let wasm = std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    });
-    Host::new(&wasm).unwrap_or_else(|e| panic!("{e:#}"))
+    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn worker(host: &mut Host) -> Worker {

@@ -17,12 +17,11 @@
 #![cfg(test)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use floodgate_core::remote::{Forced, Override, RemoteView};
 use floodgate_core::{BreakerState, Phase};
-use floodgate_harness::{Host, Worker, CONTINUE, PAUSE};
+use floodgate_harness::{built_module, Host, Worker, CONTINUE, PAUSE};
 
 const KEY: &str = "collab_ws";
 const BASE: u64 = 1_000;
@@ -49,12 +48,6 @@ fn config() -> String {
         "control": {"cluster": "floodgate_control", "wait_s": 5, "timeout_ms": 7000, "stale_after_s": STALE / 1000}
     })
     .to_string()
-}
-
-fn wasm() -> PathBuf {
-    std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    })
 }
 
 // ---- the reference model ----
@@ -597,7 +590,7 @@ fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize
 fn the_filter_decides_as_the_model_over_random_interleavings() {
     let sequences: u64 = std::env::var("FLOODGATE_MODEL_SEQUENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let offset: u64 = std::env::var("FLOODGATE_MODEL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let proto = Host::new(&wasm()).unwrap_or_else(|e| panic!("{e:#}"));
+    let proto = Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"));
     let t = std::time::Instant::now();
     for _ in 0..20 {
         let mut h = proto.sibling();

@@ -4,10 +4,9 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use floodgate_harness::{Host, LocalResponse, Worker, CONTINUE, PAUSE};
+use floodgate_harness::{built_module, Host, LocalResponse, Worker, CONTINUE, PAUSE};
 
 const CONTROL: &str = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 60000, "jitter": 0.0},
     "recovery_ramp_ms": 10000},
@@ -15,10 +14,7 @@ const CONTROL: &str = r#"{"defaults": {"consecutive_failures": 3, "open": {"base
                 "retry_ms": 200, "stale_after_s": 30}}"#;
 
 fn host() -> Host {
-    let wasm = std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    });
-    Host::new(&wasm).unwrap_or_else(|e| panic!("{e:#}"))
+    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn worker(host: &mut Host) -> Worker {

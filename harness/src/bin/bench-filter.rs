@@ -70,10 +70,7 @@ fn measure(
     setup: impl Fn(&Host, &mut Worker) -> wasmtime::Result<()>,
 ) -> wasmtime::Result<(Row, usize)> {
     let Path { name, target, upgrade, status, expect, warm } = p;
-    let wasm = std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    });
-    let mut host = Host::new(&wasm)?;
+    let mut host = Host::new(&floodgate_harness::built_module())?;
     let mut w = host.worker()?;
     if !w.configure("floodgate", config)? {
         wasmtime::bail!("configuration refused: {:?}", host.logs());

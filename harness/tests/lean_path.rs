@@ -1,19 +1,11 @@
-//! Hostile review of the lean request path (issue 15): orders and inputs where the shortcuts
-//! must still decide exactly as writing every outcome through would.
+//! The lean request path (issue 15): orders and inputs where its shortcuts (a success judged
+//! a no-op, a transition dated at its answer) decide exactly as writing every outcome through.
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
-use std::path::PathBuf;
-
-use floodgate_harness::{Host, Worker, CONTINUE};
+use floodgate_harness::{built_module, Host, Worker, CONTINUE};
 
 const BREAKER: &str = "collab_ws";
-
-fn wasm() -> PathBuf {
-    std::env::var_os("FLOODGATE_WASM").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/wasm32-wasip1/release/floodgate.wasm")
-    })
-}
 
 fn worker(host: &mut Host, config: &str) -> Worker {
     let mut w = host.worker().unwrap();
@@ -51,7 +43,7 @@ fn opened(host: &Host) -> i64 {
 /// also once the window is full of successes (where a success is a no-op).
 #[test]
 fn envoys_own_reply_for_an_unreachable_upstream_is_a_failure_whatever_its_status_even_on_a_clean_full_window() {
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let config = r#"{"defaults": {"consecutive_failures": 3, "window": {"kind": "count", "size": 10},
         "failure": {"statuses": ["5xx"], "ignore_statuses": [503], "resets": true},
         "open": {"base_ms": 60000, "jitter": 0.0}}}"#;
@@ -76,7 +68,7 @@ fn envoys_own_reply_for_an_unreachable_upstream_is_a_failure_whatever_its_status
 /// ramp already over at the moment the breaker closes.
 #[test]
 fn the_recovery_ramp_starts_when_the_last_probe_closes_the_breaker_not_when_it_was_admitted() {
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let config = r#"{"defaults": {"consecutive_failures": 1, "window": {"kind": "count", "size": 10},
         "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 1, "successes": 1},
         "answer_timeout_ms": 10000, "recovery_ramp_ms": 5000}}"#;
@@ -115,7 +107,7 @@ fn foreign_truncated_or_garbage_state_bytes_never_trap_and_fail_open_on_every_le
         "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 3, "successes": 2}}}"#;
     let key = format!("floodgate/b/{BREAKER}");
     // A real state of each phase, taken from the module itself.
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let mut a = worker(&mut host, config);
     for _ in 0..10 {
         let ctx = upgrade(&mut a);
@@ -177,7 +169,7 @@ fn foreign_truncated_or_garbage_state_bytes_never_trap_and_fail_open_on_every_le
 /// open time (at least 5 s with the jitter) over after 2 s.
 #[test]
 fn a_success_that_trips_the_failure_rate_opens_the_breaker_from_its_answer_not_from_its_admission() {
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let config = r#"{"defaults": {"consecutive_failures": 0, "failure_rate": 0.5, "minimum_calls": 4,
         "window": {"kind": "count", "size": 10}, "answer_timeout_ms": 0,
         "open": {"base_ms": 10000, "jitter": 0.5}}}"#;
@@ -204,7 +196,7 @@ fn a_success_that_trips_the_failure_rate_opens_the_breaker_from_its_answer_not_f
 /// already counted as a failure (no answer in time) is not counted again when its answer comes.
 #[test]
 fn every_success_is_counted_exactly_once_across_workers_whether_written_or_flushed_on_the_tick() {
-    let mut host = Host::new(&wasm()).unwrap();
+    let mut host = Host::new(&built_module()).unwrap();
     let config = r#"{"defaults": {"consecutive_failures": 5, "window": {"kind": "count", "size": 10},
         "answer_timeout_ms": 1000}}"#;
     let mut a = worker(&mut host, config);
