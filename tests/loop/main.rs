@@ -212,6 +212,9 @@ async fn a_wildcard_activation_refuses_every_cluster_and_a_keyed_one_only_its_ow
         proxy.refusal("/ws").await.is_none().then_some(())
     })
     .await;
+    // One worker admits; the other drops the wildcard at its next tick. Until then it would
+    // still refuse /chat with the wildcard's reason.
+    tokio::time::sleep(WORKER_TICK * 2).await;
 
     control.json("POST", "/api/v1/breakers/chat_ws/activate", r#"{"reason":"chat_overload"}"#).await.unwrap();
     let (r, _) = proxy.first_refusal("/chat", Duration::from_secs(5)).await;
