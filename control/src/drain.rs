@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{snapshot_len, Event, Outcome, Rules, Source, State, EVENTS_KEPT};
+use crate::engine::{snapshot_len, Event, Outcome, Rules, Source, State};
 use crate::rfc3339;
 use floodgate_core::wire::{EntryState, SnapshotEntry, MAX_SNAPSHOT_BYTES};
 
@@ -74,10 +74,7 @@ pub fn apply(s: &mut State, rules: &Rules, r: Request, now: u64, events: &mut Ve
         backpressure_level: None,
         timestamp_ms: now,
     };
-    s.events.push_back(e.clone());
-    while s.events.len() > EVENTS_KEPT {
-        s.events.pop_front();
-    }
+    crate::engine::remember(s, e.clone());
     events.push(e);
     s.version = floodgate_core::version::next(s.version, now);
     Outcome::Draining { event_id, per_second: r.per_second, until: rfc3339(until_ms) }

@@ -363,11 +363,16 @@ fn event(s: &mut State, kind: &str, key: &str, reason: &str, source: Source, lev
     if kind == "deactivated" && key == floodgate_core::wire::WILDCARD {
         s.wildcard_deactivated_ms = Some(now);
     }
-    s.events.push_back(e.clone());
+    remember(s, e.clone());
+    e
+}
+
+/// Keeps `e` among the recent events `GET /api/v1/breakers` lists (the last [`EVENTS_KEPT`]).
+pub(crate) fn remember(s: &mut State, e: Event) {
+    s.events.push_back(e);
     while s.events.len() > EVENTS_KEPT {
         s.events.pop_front();
     }
-    e
 }
 
 /// Applies one command. Returns what happened and the events to publish (each once).

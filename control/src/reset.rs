@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Event, Outcome, Source, State, EVENTS_KEPT};
+use crate::engine::{Event, Outcome, Source, State};
 use crate::rfc3339;
 use floodgate_core::wire::{EntryState, SnapshotEntry};
 
@@ -39,10 +39,7 @@ pub fn apply(s: &mut State, key: String, reason: String, now: u64, events: &mut 
         backpressure_level: None,
         timestamp_ms: now,
     };
-    s.events.push_back(e.clone());
-    while s.events.len() > EVENTS_KEPT {
-        s.events.pop_front();
-    }
+    crate::engine::remember(s, e.clone());
     events.push(e);
     s.resets.retain(|r| r.at_ms + RESET_KEEP_MS > now);
     s.resets.push(Reset { key, event_id: event_id.clone(), reason, at_ms: now });
