@@ -23,54 +23,81 @@ pub fn bucket_key(breaker: &str) -> String {
     store::prefixed(KEY_PREFIX, breaker)
 }
 
-/// Takes a token from the bucket at shared-data key `bucket_key` at `now_ms`.
-pub fn take(bucket_key: &str, budget: Budget, now_ms: u64) -> Result<Take, StoreError> {
+/// Takes a token from the bucket at shared-data key `bucket_key` at `now_ms` (or, when
+/// `may_delay`, one that comes within the budget's `max_delay_ms`).
+pub fn take(bucket_key: &str, budget: Budget, now_ms: u64, may_delay: bool) -> Result<Take, StoreError> {
     // The full bucket is encoded only when the key is missing, not on every upgrade.
     let full = || Bucket::full(budget).encode();
     store::cas_update_lazy(bucket_key, Some(full), |bytes| {
         let mut bucket = bytes.and_then(Bucket::decode).unwrap_or_else(|| Bucket::full(budget));
-        let (take, changed) = bucket.take(budget, now_ms);
+        let (take, changed) = bucket.take(budget, now_ms, may_delay);
         Ok::<_, StoreError>(if changed { Step::Write(bucket.encode(), take) } else { Step::Keep(take) })
     })
 }
 
-/// Applies the breaker's admission budget to a call the breaker admitted.
-pub fn gate(key: &Key, kind: Kind, verdict: Verdict) -> Verdict {
-    let Verdict::Admit(admitted) = verdict else { return verdict };
+/// What the budget makes of an admitted call.
+enum Budgeted {
+    Admit,
+    Delay(u64),
+    Refuse(Refused),
+}
+
+/// Applies the breaker's admission budget to a call the breaker admitted. `http`: an HTTP
+/// request, which may be delayed (`max_delay_ms`) unless it is a half-open probe (a probe
+/// answers now or not at all), the breaker only counts (`dry_run`), or the worker holds
+/// [`crate::delay::MAX_DELAYED`] streams already.
+pub fn gate(key: &Key, kind: Kind, verdict: Verdict, http: bool) -> Verdict {
+    let Verdict::Admit(mut admitted) = verdict else { return verdict };
     let budget = key.policy.admission;
     if budget.is_off() {
         return Verdict::Admit(admitted);
     }
     let now = admitted.start_ms;
-    let taken = take(&key.bucket_key, budget, now);
+    let may_delay = http
+        && budget.max_delay_ms > 0
+        && admitted.probe.is_none()
+        && key.policy.policy.mode != Mode::DryRun
+        && vm::with(|vm| vm.delayed.has_room());
+    let taken = take(&key.bucket_key, budget, now, may_delay);
     let breaker = key.name.as_str();
-    let refusal = vm::with(|vm| match taken {
+    let budgeted = vm::with(|vm| match taken {
         Ok(Take::Admit) => {
             vm.metrics.admission_admitted(breaker);
-            None
+            Budgeted::Admit
+        }
+        Ok(Take::Delay { wait_ms }) => {
+            vm.metrics.admission_delayed(breaker);
+            // The call starts when its token comes: its answer deadline and its duration (for
+            // slow calls) count from then.
+            admitted.start_ms = now.saturating_add(wait_ms);
+            if let Some(id) = admitted.pending {
+                vm.calls.postpone(id, admitted.start_ms);
+            }
+            Budgeted::Delay(wait_ms)
         }
         Ok(Take::Refuse { .. }) if key.policy.policy.mode == Mode::DryRun => {
             vm.metrics.would_reject(breaker, kind());
-            None
+            Budgeted::Admit
         }
         Ok(Take::Refuse { wait_ms }) => {
             vm.metrics.admission_rejected(breaker, kind());
             let retry_after_ms = admission::retry_after_ms(budget, wait_ms, vm.unit(now));
             // The breaker admitted this call as a probe only in half-open.
             let state = if admitted.probe.is_some() { RefusedAs::HalfOpen } else { RefusedAs::Closed };
-            Some(Refused { state, reason: Cow::Borrowed(REASON), retry_after_ms })
+            Budgeted::Refuse(Refused { state, reason: Cow::Borrowed(REASON), retry_after_ms })
         }
         Err(e) => {
             vm.metrics.lost(breaker);
             log::warn!("breaker {breaker} admission budget not updated: {e:?}");
-            None
+            Budgeted::Admit
         }
     });
-    match refusal {
-        None => Verdict::Admit(admitted),
-        Some(refused) => {
+    match budgeted {
+        Budgeted::Admit => Verdict::Admit(admitted),
+        Budgeted::Delay(wait_ms) => Verdict::Delay { admitted, wait_ms },
+        Budgeted::Refuse(refused) => {
             // A probe slot taken for this call goes back.
-            guard::abandon(admitted);
+            guard::withdraw(admitted);
             Verdict::Refuse(refused)
         }
     }

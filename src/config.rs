@@ -8,7 +8,7 @@ use std::rc::Rc;
 use hashbrown::HashMap;
 use serde::Deserialize;
 
-use floodgate_core::admission::{Budget, MAX_BURST, MAX_PER_SECOND};
+use floodgate_core::admission::{Budget, MAX_BURST, MAX_DELAY_MS, MAX_PER_SECOND};
 use floodgate_core::classify::{FailurePolicy, StatusPattern};
 use floodgate_core::state::MAX_PERMITS;
 use floodgate_core::window::TIME_BUCKETS;
@@ -73,6 +73,7 @@ struct RawPolicy {
 struct RawAdmission {
     per_second: Option<u32>,
     burst: Option<u32>,
+    max_delay_ms: Option<u32>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -197,6 +198,7 @@ fn merge(base: &RawPolicy, over: &RawPolicy) -> RawPolicy {
         admission: nested(&base.admission, &over.admission, |b, o| RawAdmission {
             per_second: pick(&b.per_second, &o.per_second),
             burst: pick(&b.burst, &o.burst),
+            max_delay_ms: pick(&b.max_delay_ms, &o.max_delay_ms),
         }),
     }
 }
@@ -569,7 +571,8 @@ fn resolve(raw: &RawPolicy, at: &str) -> Result<BreakerPolicy, ConfigError> {
     Ok(BreakerPolicy { policy, failure, admission })
 }
 
-/// `admission`: `per_second` 0 is off; `burst` 0 means one second's worth.
+/// `admission`: `per_second` 0 is off; `burst` 0 means one second's worth; `max_delay_ms` 0
+/// refuses at once what finds no token.
 fn admission(raw: RawAdmission, at: &str) -> Result<Budget, ConfigError> {
     let per_second = raw.per_second.unwrap_or(0);
     if per_second > MAX_PER_SECOND {
@@ -579,7 +582,11 @@ fn admission(raw: RawAdmission, at: &str) -> Result<Budget, ConfigError> {
     if burst > MAX_BURST {
         return err(format!("{at}.burst"), format!("must be at most {MAX_BURST}, got {burst}"));
     }
-    Ok(Budget { per_second, burst })
+    let max_delay_ms = raw.max_delay_ms.unwrap_or(0);
+    if max_delay_ms > MAX_DELAY_MS {
+        return err(format!("{at}.max_delay_ms"), format!("must be at most {MAX_DELAY_MS}, got {max_delay_ms}"));
+    }
+    Ok(Budget { per_second, burst, max_delay_ms })
 }
 
 #[cfg(test)]
@@ -653,6 +660,8 @@ mod tests {
             (r#"{"breakers":{"ws":{"admission":{"burst":-1}}}}"#, "breakers.ws.admission.burst"),
             (r#"{"breakers":{"ws":{"admission":{"burst":20000000}}}}"#, "breakers.ws.admission.burst"),
             (r#"{"defaults":{"admission":{"rate":5}}}"#, "defaults.admission.rate"),
+            (r#"{"defaults":{"admission":{"max_delay_ms":10001}}}"#, "defaults.admission.max_delay_ms"),
+            (r#"{"breakers":{"ws":{"admission":{"max_delay_ms":-5}}}}"#, "breakers.ws.admission.max_delay_ms"),
         ];
         for (json, field) in cases {
             let e = http(json).unwrap_err();
@@ -686,14 +695,14 @@ mod tests {
     #[test]
     fn admission_is_off_by_default_and_merges_per_breaker() {
         let c = http(
-            r#"{"defaults":{"admission":{"per_second":100,"burst":50}},"breakers":{"a":{"admission":{"burst":10}},
+            r#"{"defaults":{"admission":{"per_second":100,"burst":50}},"breakers":{"a":{"admission":{"burst":10,"max_delay_ms":2000}},
             "b":{"admission":{"per_second":0}}}}"#,
         )
         .unwrap();
         assert_eq!(http("").unwrap().defaults.admission, Budget::default());
         assert!(http("").unwrap().defaults.admission.is_off());
-        assert_eq!(c.policy_for("other").admission, Budget { per_second: 100, burst: 50 });
-        assert_eq!(c.policy_for("a").admission, Budget { per_second: 100, burst: 10 });
+        assert_eq!(c.policy_for("other").admission, Budget { per_second: 100, burst: 50, max_delay_ms: 0 });
+        assert_eq!(c.policy_for("a").admission, Budget { per_second: 100, burst: 10, max_delay_ms: 2000 });
         assert!(c.policy_for("b").admission.is_off());
     }
 

@@ -57,6 +57,12 @@ pub enum Verdict {
     /// record nothing.
     Pass,
     Admit(Admitted),
+    /// Admitted by the admission budget to start `wait_ms` from now (`admitted.start_ms` is
+    /// that start): the stream waits paused until then (`crate::delay`).
+    Delay {
+        admitted: Admitted,
+        wait_ms: u64,
+    },
     Refuse(Refused),
 }
 
@@ -65,10 +71,11 @@ pub enum Verdict {
 pub type Kind<'a> = &'a dyn Fn() -> RejectKind;
 
 /// The breaker's decision for key `name` (as the host gave it), then the admission budget's
-/// (DESIGN, `admission`). `timed`: the call has an answer deadline (HTTP; TCP's answer is the
-/// upstream connection, bounded by the cluster's connect_timeout).
+/// (DESIGN, `admission`). `http`: an HTTP request, whose call has an answer deadline and which
+/// the budget may delay; else a TCP connection (its answer is the upstream connection, bounded by
+/// the cluster's connect_timeout, and it is never delayed).
 #[inline(always)]
-pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
+pub fn check(config: &Config, name: &[u8], http: bool, kind: Kind) -> Verdict {
     let key = match config.keys.get(name) {
         Some(key) => key,
         None => match first_use(config, name, kind) {
@@ -78,10 +85,10 @@ pub fn check(config: &Config, name: &[u8], timed: bool, kind: Kind) -> Verdict {
     };
     if key.policy.admission.is_off() {
         // The key moves into the call admitted: no second reference to count and drop.
-        return check_key(config, key, timed, kind);
+        return check_key(config, key, http, kind);
     }
-    let verdict = check_key(config, key.clone(), timed, kind);
-    crate::admission::gate(&key, kind, verdict)
+    let verdict = check_key(config, key.clone(), http, kind);
+    crate::admission::gate(&key, kind, verdict, http)
 }
 
 /// A key not cached yet: tracked ones are cached for every later request; the others get the
@@ -417,6 +424,25 @@ pub fn abandon(a: Admitted) {
             }
         }
         _ => {}
+    })
+}
+
+/// Takes back a call refused in the instant the breaker admitted it (the admission budget had
+/// no token): untracked, its probe slot, if any, given back as of its admission. No clock read:
+/// its answer deadline cannot have passed.
+pub fn withdraw(a: Admitted) {
+    if a.pending.is_none() && a.probe.is_none() {
+        return;
+    }
+    let p = &a.key.policy.policy;
+    vm::with(|vm| {
+        let tracked = settle(vm, &a, None);
+        if a.probe.is_some() && tracked.is_some() {
+            let step = |s: &mut BreakerState| ((), floodgate_core::release(s, a.probe, a.start_ms));
+            if let Err(e) = store::update(&a.key.state_key, p, None, step) {
+                lost(vm, &a.key.name, e);
+            }
+        }
     })
 }
 

@@ -112,6 +112,7 @@ extern "C" {
         grpc_status: i32,
     ) -> u32;
     fn proxy_close_stream(stream_type: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
@@ -291,6 +292,14 @@ pub fn close_http_stream() -> HostResult<()> {
     const HTTP_REQUEST: u32 = 0;
     // SAFETY: plain value.
     HostError::from_status(unsafe { proxy_close_stream(HTTP_REQUEST) })
+}
+
+/// Resumes the current HTTP stream's request, paused by its request-headers callback
+/// (`proxy_continue_stream(HttpRequest)`).
+pub fn resume_http_request() -> HostResult<()> {
+    const HTTP_REQUEST: u32 = 0;
+    // SAFETY: plain value.
+    HostError::from_status(unsafe { proxy_continue_stream(HTTP_REQUEST) })
 }
 
 /// Replaces the `size` bytes of the current response body chunk by `data`.

@@ -27,6 +27,8 @@ pub struct HttpFilter {
     /// A WebSocket upgrade let through unguarded (disabled, untracked, forced closed...): the
     /// backend's 101 registers it for drains all the same.
     passed_upgrade: bool,
+    /// The admission budget delayed this request (`crate::delay`).
+    delayed: bool,
     context_id: u32,
     /// The drain's side of an upgraded stream, made on the backend's 101 (a plain request
     /// carries nothing for drains).
@@ -41,6 +43,7 @@ impl HttpFilter {
             close_frame_sent: false,
             upgrade: Cell::new(None),
             passed_upgrade: false,
+            delayed: false,
             context_id,
             drain: None,
         }
@@ -201,6 +204,23 @@ impl HttpFilter {
 }
 
 impl HttpFilter {
+    /// Holds the request until its token comes; the worker's tick resumes it. A worker that
+    /// cannot hold it (it checked for room before taking the token) lets it through.
+    #[cold]
+    #[inline(never)]
+    fn delay(&mut self, admitted: Admitted, wait_ms: u64) -> Action {
+        let now = admitted.start_ms.saturating_sub(wait_ms);
+        let ctx = self.context_id;
+        self.admitted = Some(admitted);
+        if crate::vm::with(|vm| vm.delayed.hold(ctx, now, wait_ms)) {
+            self.delayed = true;
+            Action::Pause
+        } else {
+            log::warn!("stream {ctx} not delayed (no room): let through");
+            Action::Continue
+        }
+    }
+
     /// An upgrade let through unguarded is still one a drain reaches, if its key is one a
     /// breaker could have (of bounded length: the registry keeps it while the stream lives). Its
     /// key is read again here, so the request path keeps nothing for it.
@@ -250,6 +270,7 @@ impl HttpContext for HttpFilter {
                 self.admitted = Some(a);
                 Action::Continue
             }
+            Verdict::Delay { admitted, wait_ms } => self.delay(admitted, wait_ms),
             Verdict::Refuse(refusal) => {
                 let upgrade = self.is_upgrade();
                 self.refuse(&breaker, &refusal, upgrade)
@@ -288,6 +309,12 @@ impl HttpContext for HttpFilter {
     fn on_log(&mut self) {
         if let Some(stream) = self.drain.as_mut() {
             stream.ended();
+        }
+        if self.delayed {
+            // A client that left while its upgrade waited: never resumed. Its token is spent
+            // (the backend sees fewer upgrades than the budget, never more).
+            let ctx = self.context_id;
+            crate::vm::with(|vm| vm.delayed.forget(ctx));
         }
         // The stream ended with no response through this filter: an upstream that never
         // answered (reset, connect failure, timeout: Envoy's flags say so), or a client that

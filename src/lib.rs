@@ -8,10 +8,12 @@
 //! - [`guard`], [`http`], [`tcp`], [`root`]: the filters; [`metrics`]: Envoy stats.
 //! - [`poller`]: one poller per Envoy brings the control plane's overrides into shared data.
 //! - [`reset`], [`drain`]: the control plane's fleet-wide resets and drains, applied here.
+//! - [`admission`], [`delay`]: the admission budget, and the upgrades it delays.
 
 pub mod admission;
 pub mod alloc;
 pub mod config;
+pub mod delay;
 pub mod drain;
 pub mod guard;
 pub mod host;

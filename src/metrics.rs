@@ -20,6 +20,9 @@ pub const UPDATES_LOST: &str = "floodgate_updates_lost_total";
 pub const UNTRACKED: &str = "floodgate_untracked_total";
 /// New upgrades that took a token of the admission budget (README: an addition to DESIGN's series).
 pub const ADMISSION_ADMITTED: &str = "floodgate_admission_admitted_total";
+/// New upgrades that waited in the proxy for their token (`admission.max_delay_ms`; also counted
+/// in `floodgate_admission_admitted_total`).
+pub const ADMISSION_DELAYED: &str = "floodgate_admission_delayed_total";
 /// New upgrades the admission budget refused (also counted in `floodgate_rejected_total`).
 pub const ADMISSION_REJECTED: &str = "floodgate_admission_rejected_total";
 /// Existing WebSockets closed by a drain (DESIGN, `floodgate_drained_total`).
@@ -127,9 +130,9 @@ pub struct Metrics {
     control_version: Option<Option<u32>>,
     control_stale: Option<Option<u32>>,
     /// Per breaker: admitted, then rejected per kind; defined when first taken.
-    /// `floodgate_admission_*` ids per breaker: [admitted, rejected websocket/http/tcp], each
-    /// defined on first use.
-    admission: HashMap<String, [Option<Option<u32>>; 4]>,
+    /// `floodgate_admission_*` ids per breaker: [admitted, rejected websocket/http/tcp,
+    /// delayed], each defined on first use.
+    admission: HashMap<String, [Option<Option<u32>>; 5]>,
 }
 
 impl Metrics {
@@ -208,13 +211,20 @@ impl Metrics {
 
     /// An upgrade the admission budget admitted.
     pub fn admission_admitted(&mut self, breaker: &str) {
-        let slot = &mut self.admission.entry_ref(breaker).or_insert([None; 4])[0];
+        let slot = &mut self.admission.entry_ref(breaker).or_insert([None; 5])[0];
         add(on_first_use(slot, MetricKind::Counter, || tagged(&[("breaker", breaker)], ADMISSION_ADMITTED)), 1);
+    }
+
+    /// An upgrade the admission budget delayed (it took a token: counted as admitted too).
+    pub fn admission_delayed(&mut self, breaker: &str) {
+        self.admission_admitted(breaker);
+        let slot = &mut self.admission.entry_ref(breaker).or_insert([None; 5])[4];
+        add(on_first_use(slot, MetricKind::Counter, || tagged(&[("breaker", breaker)], ADMISSION_DELAYED)), 1);
     }
 
     /// An upgrade the admission budget refused (counted in `floodgate_rejected_total` too).
     pub fn admission_rejected(&mut self, breaker: &str, kind: RejectKind) {
-        let slot = &mut self.admission.entry_ref(breaker).or_insert([None; 4])[1 + kind as usize];
+        let slot = &mut self.admission.entry_ref(breaker).or_insert([None; 5])[1 + kind as usize];
         let name = || tagged(&[("breaker", breaker), ("kind", KINDS[kind as usize])], ADMISSION_REJECTED);
         add(on_first_use(slot, MetricKind::Counter, name), 1);
         self.rejected(breaker, kind);

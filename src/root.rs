@@ -101,6 +101,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        crate::delay::on_tick(self.id);
         crate::guard::expire_overdue();
         crate::guard::flush_successes();
         // Out of `self` for the tick, so the SDK's dispatch (on `&self`) can be lent to it.

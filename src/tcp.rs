@@ -59,7 +59,8 @@ impl StreamContext for TcpFilter {
         };
         match guard::check(&self.config, breaker.as_bytes(), false, &|| RejectKind::Tcp) {
             Verdict::Pass => Action::Continue,
-            Verdict::Admit(a) => {
+            // A TCP connection is never delayed (`guard::check` with `http: false`).
+            Verdict::Admit(a) | Verdict::Delay { admitted: a, .. } => {
                 self.admitted = Some(a);
                 Action::Continue
             }

@@ -22,6 +22,8 @@ pub struct Vm {
     pub calls: Calls,
     /// This worker's live upgraded streams, for drains.
     pub live: floodgate_core::drain::LiveStreams,
+    /// Upgrades the admission budget delayed on this worker.
+    pub delayed: crate::delay::Delayed,
     /// Keys with successes counted since the last tick, each once (see `guard::flush_successes`).
     pub successes: Vec<Rc<Key>>,
     rng: u64,
@@ -98,6 +100,19 @@ impl Calls {
 
     pub fn is_empty(&self) -> bool {
         self.live == 0
+    }
+
+    /// A call delayed to start at `start_ms`: its answer deadline counts from then.
+    pub fn postpone(&mut self, id: NonZeroU64, start_ms: u64) {
+        let id = id.get();
+        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let Some(c) =
+            self.slots.get_mut(index).filter(|s| s.generation == id >> INDEX_BITS).and_then(|s| s.call.as_mut())
+        else {
+            return;
+        };
+        c.deadline_ms = start_ms.saturating_add(c.deadline_ms.saturating_sub(c.start_ms));
+        c.start_ms = start_ms;
     }
 
     pub fn len(&self) -> usize {

@@ -80,7 +80,7 @@ pub fn drains_of(entries: Vec<crate::wire::SnapshotEntry>) -> Vec<DrainEntry> {
 /// ticks are late.
 pub fn budget(per_second: u32, tick_ms: u32) -> Budget {
     let burst = (u64::from(per_second) * u64::from(tick_ms)).div_ceil(1000).max(1);
-    Budget { per_second, burst: u32::try_from(burst).unwrap_or(u32::MAX) }
+    Budget { per_second, burst: u32::try_from(burst).unwrap_or(u32::MAX), max_delay_ms: 0 }
 }
 
 /// The longest the record of a drain's recent grants gets (entries within the last second; each
@@ -156,15 +156,10 @@ impl Bucket {
     /// many it took. Refills as [`Bucket::take`] does (a clock that went backwards refills
     /// nothing).
     pub fn take_up_to(&mut self, budget: Budget, now_ms: u64, want: u32) -> u32 {
-        let cap = budget.capacity();
-        if self.last_ms == 0 {
-            self.tokens = self.tokens.min(cap);
-        } else {
-            let refill = now_ms.saturating_sub(self.last_ms).saturating_mul(u64::from(budget.per_second));
-            self.tokens = self.tokens.saturating_add(refill).min(cap);
-        }
-        let got = (self.tokens / MILLI).min(u64::from(want));
-        self.tokens -= got * MILLI;
+        self.refill(budget, now_ms);
+        // A drain's bucket is never in debt; one that reads so (foreign bytes) gives nothing.
+        let got = (self.tokens.max(0).unsigned_abs() / MILLI).min(u64::from(want));
+        self.tokens -= (got * MILLI) as i64;
         self.last_ms = now_ms.max(1);
         u32::try_from(got).unwrap_or(0)
     }

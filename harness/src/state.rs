@@ -152,6 +152,9 @@ pub(crate) struct StreamState {
     pub(crate) closed_upstream: bool,
     /// `proxy_close_stream(HttpRequest | HttpResponse)`: Envoy resets the stream.
     pub(crate) closed_http: bool,
+    /// `proxy_continue_stream(HttpRequest)` / `(HttpResponse)` calls on this stream.
+    pub(crate) resumed_request: u32,
+    pub(crate) resumed_response: u32,
 }
 
 /// One worker's view: what Envoy keeps per worker and per context.

@@ -242,6 +242,11 @@ impl Worker {
         self.store.data().streams.get(&ctx).is_some_and(|s| s.closed_http)
     }
 
+    /// How many times the module resumed `ctx`'s paused request (`proxy_continue_stream`).
+    pub fn resumed_request(&self, ctx: u32) -> u32 {
+        self.store.data().streams.get(&ctx).map_or(0, |s| s.resumed_request)
+    }
+
     /// The response body chunk of `ctx` as the module left it (what goes on to the client).
     pub fn response_body_sent(&self, ctx: u32) -> Vec<u8> {
         let st = self.store.data();

@@ -40,6 +40,19 @@ pub(super) fn link(linker: &mut Linker<WorkerState>) -> wasmtime::Result<()> {
         }
         Ok(0)
     });
-    host_call!(linker, "proxy_continue_stream", |c, _kind: i32| { Ok(0) });
+    host_call!(linker, "proxy_continue_stream", |c, kind: i32| {
+        let st = c.data_mut();
+        let cur = st.current;
+        if !st.known_contexts.contains(&cur) {
+            return Ok(status::NOT_FOUND as i32);
+        }
+        let stream = st.streams.entry(cur).or_default();
+        match kind {
+            0 => stream.resumed_request += 1,
+            1 => stream.resumed_response += 1,
+            _ => return Ok(status::BAD_ARGUMENT as i32),
+        }
+        Ok(0)
+    });
     Ok(())
 }
