@@ -141,3 +141,90 @@ async fn a_reset_through_floodgate_control_closes_an_open_breaker_on_two_envoys_
         assert_eq!(metric(e, "floodgate_transitions_total", &[closed, ("from", "open"), ("to", "closed")]).await, 1.0);
     }
 }
+
+/// Opens an upgrade; `Ok(time to its 101)` or the refusal.
+async fn timed_upgrade(addr: std::net::SocketAddr) -> (Duration, Upgrade) {
+    let started = Instant::now();
+    let got = client::upgrade(addr, "/ws").await.unwrap();
+    (started.elapsed(), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_past_the_budget_waits_its_turn_at_the_budgets_pace_and_one_past_max_delay_is_refused() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let plugin = json!({"defaults": {"admission": {"per_second": 10, "burst": 5, "max_delay_ms": 2000}}}).to_string();
+    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
+    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    // 40 upgrades at once over both workers: the burst (5) opens at once, what 2 s of the
+    // budget allows (20) waits its turn, the rest is refused at once.
+    let attempts: Vec<_> = (0..40).map(|_| tokio::spawn(timed_upgrade(proxy.listen))).collect();
+    let (mut opened, mut sessions, mut refused) = (vec![], vec![], vec![]);
+    for a in attempts {
+        match a.await.unwrap() {
+            (t, Upgrade::Open(s)) => {
+                opened.push(t);
+                sessions.push(s);
+            }
+            (t, Upgrade::Refused(r)) => refused.push((t, r)),
+        }
+    }
+    opened.sort_unstable();
+    let times: Vec<u128> = opened.iter().map(Duration::as_millis).collect();
+    eprintln!("opened at {times:?} ms; {} refused", refused.len());
+    // The spawns take a few ms; a token or two may refill meanwhile.
+    assert!((25..=27).contains(&opened.len()), "{} opened at {times:?}", opened.len());
+    // Paced: the k-th past the burst opens no sooner than its token (100 ms apart), less the
+    // tick (100 ms) and the time the burst took to arrive.
+    for (k, t) in opened.iter().enumerate().skip(7) {
+        let token_ms = (k as u64 - 5) * 100;
+        assert!(t.as_millis() as u64 + 250 >= token_ms, "upgrade {k} opened at {t:?}: {times:?}");
+    }
+    assert!(opened.last().unwrap() <= &Duration::from_millis(2600), "waited past max_delay_ms: {times:?}");
+    for (t, r) in &refused {
+        assert!(*t < Duration::from_secs(1), "a refusal waited {t:?}");
+        assert_eq!(r.json()["reason"], "admission_budget", "{}", r.body);
+    }
+    assert_eq!(backend.control.accepted(), opened.len() as u64);
+    let b = ("breaker", "collab_ws");
+    let delayed = metric(&proxy, "floodgate_admission_delayed_total", &[b]).await;
+    let admitted = metric(&proxy, "floodgate_admission_admitted_total", &[b]).await;
+    assert_eq!(admitted, opened.len() as f64);
+    assert!((20.0..=22.0).contains(&delayed), "{delayed} delayed");
+    for s in sessions.iter_mut() {
+        client::echo(s, "paced").await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_leaves_while_its_upgrade_waits_never_reaches_the_backend() {
+    use tokio::io::AsyncWriteExt;
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let plugin = json!({"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 3000}}}).to_string();
+    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
+    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    let Upgrade::Open(mut first) = client::upgrade(proxy.listen, "/ws").await.unwrap() else {
+        panic!("the first upgrade was not admitted")
+    };
+    // The next waits a second; its client leaves after 200 ms.
+    let mut sock = tokio::net::TcpStream::connect(proxy.listen).await.unwrap();
+    let req = "GET /ws HTTP/1.1\r\nhost: collab\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+               sec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+    sock.write_all(req.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(sock);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(backend.control.accepted(), 1, "the upgrade of a client that left reached the backend");
+    let b = ("breaker", "collab_ws");
+    assert_eq!(metric(&proxy, "floodgate_admission_delayed_total", &[b]).await, 1.0);
+    assert_eq!(metric(&proxy, "floodgate_calls_total", &[b, ("outcome", "failure")]).await, 0.0);
+    // Envoy and the first session carry on; the next upgrade is admitted.
+    client::echo(&mut first, "still here").await.unwrap();
+    match client::upgrade(proxy.listen, "/ws").await.unwrap() {
+        Upgrade::Open(mut s) => client::echo(&mut s, "next").await.unwrap(),
+        Upgrade::Refused(r) => panic!("refused: {} {}", r.status, r.body),
+    }
+}
