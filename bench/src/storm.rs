@@ -143,6 +143,10 @@ const LUA_BUDGET: &str = r#"- name: envoy.filters.http.lua
                   end
           "#;
 
+/// `max_delay_ms` of the delaying configuration: under reconnecting-websocket's 4 s handshake
+/// timeout and this bench's clients' 10 s.
+const STORM_MAX_DELAY_MS: u32 = 2000;
+
 const OPEN_THRESHOLDS: &str =
     "{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000, max_retries: 1000000}";
 
@@ -158,12 +162,15 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
     // The cost stage's clusters: `cost_ws` admits under the storm cluster's policy, `cost_refuse_ws`
     // refuses every upgrade the way the storm's refusals are made.
     let forced = r#""cost_refuse_ws": {"mode": "forced_open"}"#;
-    let budget = |policy: &str| {
+    // `delay`: the storm cluster's `max_delay_ms` (the cost stage's refusals are never delayed).
+    let budget_delayed = |policy: &str, delay: u32| {
         let sep = if policy.is_empty() { "" } else { ", " };
         format!(
-            r#""collab_ws": {{{policy}{sep}"admission": {{"per_second": {cap}, "burst": {burst}}}}}, "cost_ws": {{{policy}{sep}"admission": {{"per_second": 1000000, "burst": 1000000}}}}, "cost_refuse_ws": {{{policy}{sep}"admission": {{"per_second": 1, "burst": 1}}}}"#
+            r#""collab_ws": {{{policy}{sep}"admission": {{"per_second": {cap}, "burst": {burst}, "max_delay_ms": {delay}}}}}, "cost_ws": {{{policy}{sep}"admission": {{"per_second": 1000000, "burst": 1000000}}}}, "cost_refuse_ws": {{{policy}{sep}"admission": {{"per_second": 1, "burst": 1}}}}"#
         )
     };
+    let budget = |policy: &str| budget_delayed(policy, 0);
+    let no_failures = r#""failure": {"statuses": [], "resets": false}"#;
     let floodgate = |name, what, config: String, refusal| StormSetup {
         name,
         what,
@@ -232,8 +239,16 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             format!(
                 "Floodgate `admission: {{per_second: {cap}, burst: {burst}}}` alone (no outcome counts as a failure: the breaker never opens)"
             ),
-            format!(r#"{{"breakers": {{{}}}}}"#, budget(r#""failure": {"statuses": [], "resets": false}"#)),
+            format!(r#"{{"breakers": {{{}}}}}"#, budget(no_failures)),
             "a budget of 1 upgrade/s",
+        ),
+        floodgate(
+            "floodgate_budget_delay",
+            format!(
+                "Floodgate `admission: {{per_second: {cap}, burst: {burst}, max_delay_ms: {STORM_MAX_DELAY_MS}}}` alone: an upgrade past the budget waits up to {STORM_MAX_DELAY_MS} ms in the proxy for its token before being refused"
+            ),
+            format!(r#"{{"breakers": {{{}}}}}"#, budget_delayed(no_failures, STORM_MAX_DELAY_MS)),
+            "a budget of 1 upgrade/s (not delayed)",
         ),
     ]
 }
@@ -1288,7 +1303,7 @@ fn targets(r: &StormResults) -> String {
     let list = |v: Vec<String>| v.join(", ");
     let mut md = String::from("### Targets\n\n");
     let limit = p.capacity + p.burst();
-    for name in ["floodgate_budget_only", "floodgate_budget"] {
+    for name in ["floodgate_budget_delay", "floodgate_budget_only", "floodgate_budget"] {
         let Some(runs) = runs(name) else { continue };
         let peaks: Vec<u64> = runs.iter().map(StormRun::peak).collect();
         let ratios: Vec<Option<f64>> =
@@ -1321,7 +1336,8 @@ fn targets(r: &StormResults) -> String {
     md
 }
 
-const COLORS: [&str; 8] = ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#1f77b4", "#2ca02c", "#9467bd", "#17becf"];
+const COLORS: [&str; 10] =
+    ["#d62728", "#ff7f0e", "#8c564b", "#e377c2", "#1f77b4", "#2ca02c", "#9467bd", "#17becf", "#bcbd22", "#7f7f7f"];
 
 /// New upgrades per second at the backend, one polyline per configuration (first round), and the
 /// capacity as a dashed line. Plain SVG, no dependencies.
@@ -1502,7 +1518,7 @@ mod tests {
         assert_eq!(again.matches("<!-- storm -->").count(), 1);
         assert!(again.starts_with("# Bench") && again.contains("901"));
         let svg = svg(&r);
-        assert_eq!(svg.matches("<polyline").count(), 8);
+        assert_eq!(svg.matches("<polyline").count(), r.setups.len());
         assert!(svg.contains("capacity 500/s"));
     }
 }
