@@ -1,0 +1,139 @@
+//! Event orders that broke delays of the admission budget (`admission.max_delay_ms`), found in
+//! review: a delayed call's answer deadline, the breaker's state when a delayed upgrade is
+//! resumed, and a budget lowered while its bucket is in debt.
+// Test code throughout: clippy.toml lets it unwrap, expect and panic.
+#![cfg(test)]
+
+use std::time::Duration;
+
+use floodgate_harness::{built_module, Host, LocalResponse, Worker, CONTINUE, PAUSE};
+
+const BREAKER: &str = "collab_ws";
+const FAILURES: &str = "breaker=.=collab_ws;.;outcome=.=failure;.;floodgate_calls_total";
+const OPENED: &str = "breaker=.=collab_ws;.;from=.=closed;.;to=.=open;.;floodgate_transitions_total";
+
+fn host() -> Host {
+    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn worker(host: &mut Host, config: &str) -> Worker {
+    let mut w = host.worker().unwrap();
+    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
+    w
+}
+
+fn metric(host: &Host, name: &str) -> i64 {
+    host.metric(name).unwrap_or(0)
+}
+
+#[derive(Debug)]
+enum Start {
+    Now(u32),
+    Held(u32),
+    Refused(LocalResponse),
+}
+
+fn start(w: &mut Worker) -> Start {
+    let ctx = w.new_context().unwrap();
+    w.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+    let action = w.request_headers(ctx, &headers, false).unwrap();
+    match (action, w.local_response(ctx)) {
+        (CONTINUE, None) => Start::Now(ctx),
+        (PAUSE, None) => Start::Held(ctx),
+        (PAUSE, Some(reply)) => {
+            w.end(ctx).unwrap();
+            Start::Refused(reply)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn now(s: Start) -> u32 {
+    match s {
+        Start::Now(ctx) => ctx,
+        other => panic!("expected an admission, got {other:?}"),
+    }
+}
+
+fn held(s: Start) -> u32 {
+    match s {
+        Start::Held(ctx) => ctx,
+        Start::Refused(r) => panic!("expected a delay, refused: {} {:?}", r.status, r.header("x-floodgate")),
+        other => panic!("expected a delay, got {other:?}"),
+    }
+}
+
+fn answer(w: &mut Worker, ctx: u32, status: u16) {
+    w.response_headers(ctx, &[(":status", &status.to_string())], false).unwrap();
+    w.end(ctx).unwrap();
+}
+
+/// Ticks every 100 ms for `ms`.
+fn run(host: &Host, w: &mut Worker, ms: u64) {
+    for _ in 0..ms / 100 {
+        host.advance(Duration::from_millis(100));
+        w.tick().unwrap();
+    }
+}
+
+/// Calls delayed longer than `answer_timeout_ms`: the tick's clock-step guard in
+/// `Calls::take_overdue` (a call that starts after now "keeps its full timeout from now") sees a
+/// postponed start as a clock that stepped back, and moves the deadline back to the first tick
+/// plus the timeout. Each delayed call then times out while it still waits (never sent), counted
+/// as the backend's failure: three of them trip the breaker.
+#[test]
+fn calls_delayed_longer_than_their_answer_timeout_are_not_failures_while_they_wait() {
+    let config = r#"{"defaults": {"consecutive_failures": 3, "answer_timeout_ms": 1000,
+        "admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Three upgrades wait 1, 2 and 3 s for their tokens.
+    let waiting: Vec<u32> = (0..3).map(|_| held(start(&mut w))).collect();
+    // The backend answers each one as soon as it is sent.
+    let mut answered = [false; 3];
+    for _ in 0..35 {
+        run(&host, &mut w, 100);
+        for (i, &ctx) in waiting.iter().enumerate() {
+            if w.resumed_request(ctx) == 1 && !answered[i] {
+                answer(&mut w, ctx, 101);
+                answered[i] = true;
+            }
+        }
+        assert_eq!(metric(&host, FAILURES), 0, "calls still waiting counted as failures");
+        assert_eq!(metric(&host, OPENED), 0, "the breaker tripped on calls it never sent");
+    }
+    assert_eq!(answered, [true; 3]);
+}
+
+/// The default answer timeout (10 s) and the longest delay (10 s): a call that waited 10 s must
+/// still have its full 10 s from its start, not the 100 ms left of "first tick + 10 s".
+#[test]
+fn a_call_delayed_max_delay_keeps_its_full_answer_timeout_from_its_start() {
+    let config = r#"{"defaults": {"consecutive_failures": 3,
+        "admission": {"per_second": 1, "burst": 1, "max_delay_ms": 10000}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Ten upgrades wait 1 to 10 s; the earlier nine are answered at once when they start.
+    let waiting: Vec<u32> = (0..10).map(|_| held(start(&mut w))).collect();
+    let last = waiting[9];
+    let mut answered = [false; 9];
+    for _ in 0..100 {
+        run(&host, &mut w, 100);
+        for (i, &ctx) in waiting[..9].iter().enumerate() {
+            if w.resumed_request(ctx) == 1 && !answered[i] {
+                answer(&mut w, ctx, 101);
+                answered[i] = true;
+            }
+        }
+    }
+    assert_eq!(w.resumed_request(last), 1, "not resumed when its token came");
+    // The backend takes 2 s to answer the upgrade: well within answer_timeout_ms of its start.
+    run(&host, &mut w, 2_000);
+    assert_eq!(metric(&host, FAILURES), 0, "timed out counting from its first tick, not its start");
+    answer(&mut w, last, 101);
+}
