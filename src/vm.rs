@@ -60,6 +60,7 @@ const _: () = assert!(MAX_IN_FLIGHT <= 1 << INDEX_BITS);
 pub struct Pending {
     pub key: Rc<Key>,
     pub probe: Option<ProbeTicket>,
+    /// When it was admitted (a delayed call starts later: only its deadline moves).
     pub start_ms: u64,
     pub deadline_ms: u64,
 }
@@ -102,7 +103,9 @@ impl Calls {
         self.live == 0
     }
 
-    /// A call delayed to start at `start_ms`: its answer deadline counts from then.
+    /// A call delayed to start at `start_ms`: its answer deadline counts from then. Its own
+    /// `start_ms` stays its admission (a clock reading): [`Calls::take_overdue`] takes a start
+    /// after now for a clock that stepped back, and a postponed start is no such thing.
     pub fn postpone(&mut self, id: NonZeroU64, start_ms: u64) {
         let id = id.get();
         let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
@@ -111,8 +114,7 @@ impl Calls {
         else {
             return;
         };
-        c.deadline_ms = start_ms.saturating_add(c.deadline_ms.saturating_sub(c.start_ms));
-        c.start_ms = start_ms;
+        c.deadline_ms = c.deadline_ms.saturating_add(start_ms.saturating_sub(c.start_ms));
     }
 
     pub fn len(&self) -> usize {
@@ -192,6 +194,19 @@ mod tests {
             admission: Default::default(),
         });
         Pending { key: Rc::new(Key::new("k", policy)), probe: None, start_ms: 0, deadline_ms }
+    }
+
+    #[test]
+    fn a_postponed_call_is_not_taken_for_a_backward_clock_step_and_keeps_its_deadline() {
+        let mut calls = Calls::default();
+        let mut p = pending(1_000 + 1_000);
+        p.start_ms = 1_000;
+        let id = calls.track(p).unwrap();
+        // Delayed 5 s: it starts at 6,000 and has its 1 s from then.
+        calls.postpone(id, 6_000);
+        assert!(calls.take_overdue(1_100).is_empty());
+        assert!(calls.take_overdue(6_999).is_empty(), "timed out before its start plus its timeout");
+        assert_eq!(calls.take_overdue(7_000).len(), 1);
     }
 
     #[test]
