@@ -294,6 +294,25 @@ mod tests {
         assert_eq!(retry_after_ms(budget, 0, f64::NAN), 1000);
     }
 
+    /// A budget lowered (configuration update; the bucket in shared data stays) while the bucket
+    /// owes what the old budget delayed: the debt is paid back at the new rate. From 100/s with up
+    /// to 10 s of delay to 1/s, it owes 1,000 tokens, about 17 minutes of refusals, where the new
+    /// budget alone never makes a call wait more than its `max_delay_ms` plus one token's refill.
+    #[test]
+    fn a_debt_taken_under_a_larger_budget_is_not_paid_back_at_a_smaller_ones_rate() {
+        let old = Budget { per_second: 100, burst: 1, max_delay_ms: 10_000 };
+        let new = Budget { per_second: 1, burst: 1, max_delay_ms: 10_000 };
+        let mut b = Bucket::full(old);
+        let t0 = 1_000_000;
+        while b.take(old, t0, true).0 != (Take::Refuse { wait_ms: 10 }) {}
+        assert_eq!(b.tokens, -1_000 * MILLI as i64);
+        // 20 s later (every old delay started long ago), under the new budget.
+        match b.take(new, t0 + 20_000, true).0 {
+            Take::Admit | Take::Delay { .. } => {}
+            Take::Refuse { wait_ms } => panic!("refused, the next call in {wait_ms} ms"),
+        }
+    }
+
     /// Arrival gaps in ms, some bursts (gap 0), some long idles.
     fn gaps() -> impl Strategy<Value = Vec<u64>> {
         proptest::collection::vec(prop_oneof![Just(0u64), 0u64..50, 0u64..2_000, Just(10_000)], 1..200)
@@ -406,6 +425,28 @@ mod tests {
             let stepping = run(budget, &reads).into_iter().filter(|a| *a).count();
             let standing = run(budget, &stills).into_iter().filter(|a| *a).count();
             prop_assert!(stepping <= standing, "{stepping} admitted with steps back, {standing} standing still");
+        }
+
+        /// Whatever bytes shared data holds under a bucket's key (another module's, a budget
+        /// since changed), taking from it never panics and never makes a call wait longer than the
+        /// current budget could: `max_delay_ms` plus one token's refill.
+        #[test]
+        fn any_bytes_take_without_panic_and_wait_no_longer_than_the_budget_allows(
+            per_second in 1u32..1_000_000, burst in 0u32..1_000, max_delay_ms in 0u32..=MAX_DELAY_MS,
+            version in 1u8..=2, tokens in any::<u64>(), last_ms in 0u64..2_000_000, now_ms in 1u64..2_000_000,
+            may_delay in any::<bool>()
+        ) {
+            let budget = Budget { per_second, burst, max_delay_ms };
+            let mut bytes = vec![version];
+            bytes.extend_from_slice(&tokens.to_le_bytes());
+            bytes.extend_from_slice(&last_ms.to_le_bytes());
+            let mut b = Bucket::decode(&bytes).unwrap_or_else(|| Bucket::full(budget));
+            let horizon = u64::from(max_delay_ms) + MILLI.div_ceil(u64::from(per_second));
+            match b.take(budget, now_ms, may_delay).0 {
+                Take::Admit => {}
+                Take::Delay { wait_ms } => prop_assert!(wait_ms <= u64::from(max_delay_ms)),
+                Take::Refuse { wait_ms } => prop_assert!(wait_ms <= horizon, "the next call in {wait_ms} ms"),
+            }
         }
 
         #[test]

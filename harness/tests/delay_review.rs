@@ -137,3 +137,34 @@ fn a_call_delayed_max_delay_keeps_its_full_answer_timeout_from_its_start() {
     assert_eq!(metric(&host, FAILURES), 0, "timed out counting from its first tick, not its start");
     answer(&mut w, last, 101);
 }
+
+/// A budget lowered by a configuration update while its bucket (shared data, kept across
+/// reloads) is in debt: the debt was taken at the old rate, within the old `max_delay_ms`, but is
+/// paid back at the new rate. From 100/s with up to 10 s of delay to 1/s, the bucket owes 1,000
+/// tokens: every upgrade is refused for about 17 minutes, where the new budget alone would let one
+/// through at least every second. Expected: a wait never longer than the current budget's
+/// `max_delay_ms` plus its refill time.
+#[test]
+fn lowering_the_budget_while_its_bucket_is_in_debt_does_not_lock_upgrades_out() {
+    let old = r#"{"defaults": {"admission": {"per_second": 100, "burst": 1, "max_delay_ms": 10000}}}"#;
+    let new = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 10000}}}"#;
+    let mut host = host();
+    let mut before = worker(&mut host, old);
+    now(start(&mut before));
+    // A storm: 1,000 upgrades delayed up to 10 s at the old rate.
+    for _ in 0..1_000 {
+        held(start(&mut before));
+    }
+    // The operator lowers the budget (the same Envoy, the same shared data).
+    let mut after = worker(&mut host, new);
+    // 20 s later, the old delays all started long ago; the new budget (1/s, up to 10 s of delay)
+    // admits or delays the next upgrade.
+    host.advance(Duration::from_secs(20));
+    match start(&mut after) {
+        Start::Refused(r) => panic!(
+            "refused 20 s after the budget changed (retry-after {:?}): the old debt is paid at the new rate",
+            r.header("retry-after")
+        ),
+        Start::Now(_) | Start::Held(_) => {}
+    }
+}
