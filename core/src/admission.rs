@@ -103,9 +103,19 @@ impl Bucket {
         Bucket { tokens: budget.capacity_signed(), last_ms: 0 }
     }
 
-    /// Refills the bucket up to `now_ms` (a clock that went backwards refills nothing).
+    /// The most this budget's delays can owe: `max_delay_ms` of refill (in thousandths).
+    fn debt_limit(budget: Budget) -> i64 {
+        // At most MAX_DELAY_MS * MAX_PER_SECOND (10^10): fits.
+        -(i64::from(budget.max_delay_ms) * i64::from(budget.per_second))
+    }
+
+    /// Refills the bucket up to `now_ms` (a clock that went backwards refills nothing). A debt
+    /// deeper than this budget's delays can take (one taken under a larger budget, since
+    /// lowered, or bytes this module did not write) is cut to it: the next call never waits
+    /// longer than the current budget allows.
     pub fn refill(&mut self, budget: Budget, now_ms: u64) {
         let cap = budget.capacity_signed();
+        self.tokens = self.tokens.max(Self::debt_limit(budget));
         if self.last_ms == 0 {
             self.tokens = self.tokens.min(cap);
         } else {

@@ -157,7 +157,7 @@ impl Bucket {
     /// nothing).
     pub fn take_up_to(&mut self, budget: Budget, now_ms: u64, want: u32) -> u32 {
         self.refill(budget, now_ms);
-        // A drain's bucket is never in debt; one that reads so (foreign bytes) gives nothing.
+        // A drain's bucket is never in debt (refill cuts a foreign one to zero: no delays).
         let got = (self.tokens.max(0).unsigned_abs() / MILLI).min(u64::from(want));
         self.tokens -= (got * MILLI) as i64;
         self.last_ms = now_ms.max(1);
