@@ -304,6 +304,33 @@ mod tests {
         assert_eq!(retry_after_ms(budget, 0, f64::NAN), 1000);
     }
 
+    /// What the module before delays (encoding version 1) read: unsigned tokens, version 1 only.
+    /// During a rolling update it shares the Envoy's shared data with this one.
+    fn decode_version_1(bytes: &[u8]) -> Option<(u64, u64)> {
+        if bytes.len() != 17 || bytes[0] != 1 {
+            return None;
+        }
+        Some((u64::from_le_bytes(bytes[1..9].try_into().ok()?), u64::from_le_bytes(bytes[9..17].try_into().ok()?)))
+    }
+
+    /// An Envoy running the previous module (a listener draining after a config update; shared
+    /// data outlives it) reads bytes it cannot decode as a full bucket: each write of this module
+    /// would hand it its whole burst again. A bucket not in debt (every drain's, and every
+    /// admission bucket without `max_delay_ms`) needs nothing version 1 cannot say.
+    #[test]
+    fn a_bucket_not_in_debt_is_written_so_the_previous_module_reads_it() {
+        let budget = Budget { per_second: 10, burst: 5, max_delay_ms: 0 };
+        let mut b = Bucket::full(budget);
+        for _ in 0..5 {
+            b.take(budget, 1_000, false);
+        }
+        assert_eq!(b.tokens, 0);
+        assert_eq!(decode_version_1(&b.encode()), Some((0, 1_000)), "an empty bucket read as full by version 1");
+        let half = Bucket { tokens: 2_500, last_ms: 42 };
+        assert_eq!(decode_version_1(&half.encode()), Some((2_500, 42)));
+        assert_eq!(Bucket::decode(&half.encode()), Some(half));
+    }
+
     /// A budget lowered (configuration update; the bucket in shared data stays) while the bucket
     /// owes what the old budget delayed: the debt is paid back at the new rate. From 100/s with up
     /// to 10 s of delay to 1/s, it owes 1,000 tokens, about 17 minutes of refusals, where the new
