@@ -160,9 +160,12 @@ impl Bucket {
         }
     }
 
+    /// Version 1 when the bucket owes nothing (what version 1 can say), so a module from before
+    /// delays, sharing the Envoy's shared data during a rolling update, reads it instead of
+    /// taking a full bucket; version 2 only for a bucket in debt.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(17);
-        out.push(ENCODING_VERSION);
+        out.push(if self.tokens >= 0 { ENCODING_VERSION_UNSIGNED } else { ENCODING_VERSION });
         out.extend_from_slice(&self.tokens.to_le_bytes());
         out.extend_from_slice(&self.last_ms.to_le_bytes());
         out
