@@ -168,3 +168,71 @@ fn lowering_the_budget_while_its_bucket_is_in_debt_does_not_lock_upgrades_out() 
         Start::Now(_) | Start::Held(_) => {}
     }
 }
+
+/// DESIGN: the breaker "refuses new upgrades while open". An upgrade delayed by the budget has
+/// not reached the backend; if the breaker trips while it waits, resuming it sends a new upgrade
+/// into an open breaker (and every call delayed before the trip with it: up to
+/// `per_second * max_delay_ms` of them, into a backend that is failing). Expected: it is
+/// answered with the breaker's refusal, not sent upstream.
+#[test]
+fn a_delayed_upgrade_is_not_sent_upstream_when_its_breaker_opened_while_it_waited() {
+    let config = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 60000, "jitter": 0.0},
+        "answer_timeout_ms": 0, "admission": {"per_second": 1, "burst": 3, "max_delay_ms": 5000}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let admitted: Vec<u32> = (0..3).map(|_| now(start(&mut w))).collect();
+    let ctx = held(start(&mut w));
+    // The three admitted fail: the breaker opens for a minute.
+    for a in admitted {
+        answer(&mut w, a, 503);
+    }
+    assert_eq!(metric(&host, OPENED), 1);
+    match start(&mut w) {
+        Start::Refused(r) => assert_eq!(r.header("x-floodgate"), Some("open")),
+        other => panic!("a new upgrade was not refused by the open breaker: {other:?}"),
+    }
+    run(&host, &mut w, 2_000);
+    assert_eq!(w.resumed_request(ctx), 0, "a delayed upgrade was sent upstream through an open breaker");
+    let reply = w.local_response(ctx).expect("a delayed upgrade left hanging: neither resumed nor answered");
+    assert_eq!(reply.header("x-floodgate"), Some("open"));
+}
+
+/// The same with the control plane's forced_open (an operator, or backpressure, says: nothing
+/// new to this backend): what the budget delayed before it still goes through for up to
+/// `max_delay_ms`.
+#[test]
+fn a_delayed_upgrade_is_not_sent_upstream_past_a_forced_open_that_came_while_it_waited() {
+    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let mut w = host.worker().unwrap();
+    w.set_property(&["xds", "node", "id"], b"harness-node");
+    w.add_cluster("floodgate_control");
+    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
+    let mut poll = None;
+    for _ in 0..5 {
+        w.tick().unwrap();
+        poll = poll.or_else(|| w.http_calls().first().map(|c| c.token));
+        host.advance(Duration::from_millis(100));
+    }
+    let token = poll.expect("no poll");
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    let snapshot = format!(
+        r#"{{"version": 1, "generated_at": "2026-11-22T10:00:00Z", "breakers": [{{"key": "{BREAKER}",
+            "state": "forced_open", "reason": "backpressure_critical", "since": "2026-11-22T09:58:00Z",
+            "until": null, "event_id": "e1"}}]}}"#
+    );
+    w.answer_http_call(token, 200, &[], snapshot.as_bytes()).unwrap();
+    w.tick().unwrap();
+    match start(&mut w) {
+        Start::Refused(r) => assert_eq!(r.header("x-floodgate"), Some("forced_open")),
+        other => panic!("a new upgrade was not refused by the forced_open: {other:?}"),
+    }
+    run(&host, &mut w, 2_000);
+    assert_eq!(w.resumed_request(ctx), 0, "a delayed upgrade was sent upstream past a forced_open");
+    let reply = w.local_response(ctx).expect("a delayed upgrade left hanging: neither resumed nor answered");
+    assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+}
