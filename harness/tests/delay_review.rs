@@ -236,3 +236,26 @@ fn a_delayed_upgrade_is_not_sent_upstream_past_a_forced_open_that_came_while_it_
     let reply = w.local_response(ctx).expect("a delayed upgrade left hanging: neither resumed nor answered");
     assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
 }
+
+/// Envoy's `FilterDataStatus::Continue`: "If headers have not yet been sent to the next filter,
+/// they will be sent first". A delayed client that sends bytes after its request headers (an
+/// eager first WebSocket frame, any body; with `shed: all`, a POST's body) gets the filter's
+/// body callback, which answers Continue (the SDK's default): Envoy then resumes the paused
+/// headers at once, and the upgrade skips its wait and passes the budget (its token is still
+/// owed). Trailers likewise. Expected: while it waits, its data is held (StopIterationAndBuffer);
+/// after its resume, it flows.
+#[test]
+fn data_from_a_delayed_client_does_not_start_its_upgrade_before_its_token() {
+    let config = r#"{"defaults": {"admission": {"per_second": 10, "burst": 1, "max_delay_ms": 500}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    assert_eq!(w.request_body(ctx, b"\x81\x05early", false).unwrap(), PAUSE, "the body resumed a waiting upgrade");
+    assert_eq!(w.request_trailers(ctx, &[("x-t", "1")]).unwrap(), PAUSE, "trailers resumed a waiting upgrade");
+    run(&host, &mut w, 100);
+    assert_eq!(w.resumed_request(ctx), 1);
+    assert_eq!(w.request_body(ctx, b"\x81\x05later", false).unwrap(), CONTINUE, "a resumed stream's data held");
+    answer(&mut w, ctx, 101);
+}
