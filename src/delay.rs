@@ -72,6 +72,11 @@ impl Delayed {
         true
     }
 
+    /// Whether stream `ctx` still waits (not resumed yet).
+    pub fn is_waiting(&self, ctx: u32) -> bool {
+        self.waiting.contains(&ctx)
+    }
+
     /// Stream `ctx` ended: it is not resumed.
     pub fn forget(&mut self, ctx: u32) {
         self.waiting.remove(&ctx);

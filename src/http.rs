@@ -221,6 +221,17 @@ impl HttpFilter {
         }
     }
 
+    /// Whether this request still waits for its token. Its data and trailers must not answer
+    /// Continue then: Envoy would send the paused headers on at once. Once resumed, it waits no
+    /// more (the flag is cleared, so later data asks nothing).
+    #[cold]
+    #[inline(never)]
+    fn still_delayed(&mut self) -> bool {
+        let ctx = self.context_id;
+        self.delayed = crate::vm::with(|vm| vm.delayed.is_waiting(ctx));
+        self.delayed
+    }
+
     /// An upgrade let through unguarded is still one a drain reaches, if its key is one a
     /// breaker could have (of bounded length: the registry keeps it while the stream lives). Its
     /// key is read again here, so the request path keeps nothing for it.
@@ -275,6 +286,23 @@ impl HttpContext for HttpFilter {
                 let upgrade = self.is_upgrade();
                 self.refuse(&breaker, &refusal, upgrade)
             }
+        }
+    }
+
+    fn on_http_request_body(&mut self, _: usize, _: bool) -> Action {
+        // Paused headers: buffer the data until the tick resumes the request.
+        if self.delayed && self.still_delayed() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _: usize) -> Action {
+        if self.delayed && self.still_delayed() {
+            Action::Pause
+        } else {
+            Action::Continue
         }
     }
 
