@@ -259,3 +259,31 @@ fn data_from_a_delayed_client_does_not_start_its_upgrade_before_its_token() {
     assert_eq!(w.request_body(ctx, b"\x81\x05later", false).unwrap(), CONTINUE, "a resumed stream's data held");
     answer(&mut w, ctx, 101);
 }
+
+/// A delayed call's duration (for `slow_call`) counts from its token's time, but the tick resumes
+/// it up to a tick (100 ms) later: the proxy's own lateness counts as the backend's slowness. A
+/// backend that answers every delayed upgrade in 60 ms, under a 100 ms `slow_call`, is "slow"
+/// for each one resumed more than 40 ms after its token; in a reconnect storm, where most
+/// upgrades are delayed, that is a slow_call_rate trip of a healthy backend.
+#[test]
+fn the_ticks_lateness_does_not_make_a_delayed_call_slow() {
+    let config = r#"{"defaults": {"slow_call": {"duration_ms": 100, "rate": 0.5},
+        "admission": {"per_second": 10, "burst": 1, "max_delay_ms": 1000}}}"#;
+    let slow = "breaker=.=collab_ws;.;outcome=.=slow;.;floodgate_calls_total";
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Its token comes at +100 ms; this worker's ticks fall at +50, +150...
+    let ctx = held(start(&mut w));
+    host.advance(Duration::from_millis(50));
+    w.tick().unwrap();
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(ctx), 1);
+    // The backend answers 60 ms after the upgrade reached it.
+    host.advance(Duration::from_millis(60));
+    answer(&mut w, ctx, 101);
+    w.tick().unwrap();
+    assert_eq!(metric(&host, slow), 0, "a 60 ms answer counted slow: the 50 ms it waited for the tick counted");
+}
