@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use hashbrown::HashSet;
+use hashbrown::{HashMap, HashSet};
 
 use crate::{host, vm};
 
@@ -25,6 +25,9 @@ pub struct Delayed {
     queue: BinaryHeap<Reverse<(u64, u32)>>,
     /// Streams still waiting.
     waiting: HashSet<u32>,
+    /// When (wall clock) each stream resumed, until its filter takes it (at its answer, or its
+    /// end): its call's duration counts from then, not from its token (up to a tick earlier).
+    resumed: HashMap<u32, u64>,
     clock: SteadyClock,
 }
 
@@ -80,6 +83,12 @@ impl Delayed {
     /// Stream `ctx` ended: it is not resumed.
     pub fn forget(&mut self, ctx: u32) {
         self.waiting.remove(&ctx);
+        self.resumed.remove(&ctx);
+    }
+
+    /// When stream `ctx` was resumed (once).
+    pub fn take_resumed(&mut self, ctx: u32) -> Option<u64> {
+        self.resumed.remove(&ctx)
     }
 
     /// The streams whose start came by `now_ms`, soonest first; they wait no more.
@@ -92,6 +101,7 @@ impl Delayed {
             }
             self.queue.pop();
             if self.waiting.remove(&ctx) {
+                self.resumed.insert(ctx, now_ms);
                 due.push(ctx);
             }
         }
@@ -137,6 +147,9 @@ mod tests {
         assert_eq!(d.due(1_150), [2]);
         assert_eq!(d.due(1_300), [1]);
         assert!(d.is_empty());
+        assert_eq!((d.take_resumed(2), d.take_resumed(2), d.take_resumed(3)), (Some(1_150), None, None));
+        d.forget(1);
+        assert_eq!(d.take_resumed(1), None);
     }
 
     #[test]

@@ -222,14 +222,25 @@ impl HttpFilter {
     }
 
     /// Whether this request still waits for its token. Its data and trailers must not answer
-    /// Continue then: Envoy would send the paused headers on at once. Once resumed, it waits no
-    /// more (the flag is cleared, so later data asks nothing).
+    /// Continue then: Envoy would send the paused headers on at once.
     #[cold]
     #[inline(never)]
-    fn still_delayed(&mut self) -> bool {
+    fn still_delayed(&self) -> bool {
         let ctx = self.context_id;
-        self.delayed = crate::vm::with(|vm| vm.delayed.is_waiting(ctx));
-        self.delayed
+        crate::vm::with(|vm| vm.delayed.is_waiting(ctx))
+    }
+
+    /// A delayed call's answer: its duration counts from when the tick resumed it (up to a
+    /// tick after its token), not from its token.
+    #[cold]
+    #[inline(never)]
+    fn started_when_resumed(&mut self) {
+        let ctx = self.context_id;
+        if let Some(resumed_ms) = crate::vm::with(|vm| vm.delayed.take_resumed(ctx)) {
+            if let Some(a) = self.admitted.as_mut() {
+                a.start_ms = resumed_ms;
+            }
+        }
     }
 
     /// An upgrade let through unguarded is still one a drain reaches, if its key is one a
@@ -310,6 +321,9 @@ impl HttpContext for HttpFilter {
         if self.close_frame_sent {
             websocket::strip_local_reply_headers();
             return Action::Continue;
+        }
+        if self.delayed {
+            self.started_when_resumed();
         }
         if self.admitted.is_some() {
             let status = response_status();
