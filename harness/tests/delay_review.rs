@@ -287,3 +287,32 @@ fn the_ticks_lateness_does_not_make_a_delayed_call_slow() {
     w.tick().unwrap();
     assert_eq!(metric(&host, slow), 0, "a 60 ms answer counted slow: the 50 ms it waited for the tick counted");
 }
+
+/// The same lateness against `answer_timeout_ms`: the deadline counts from the token's time, so
+/// the up-to-a-tick wait for the resume is taken from the backend's time to answer. With 200 ms
+/// (the smallest is 100), a call resumed 50 ms late that the backend answers 180 ms after it
+/// reached it is a failure.
+#[test]
+fn the_ticks_lateness_is_not_taken_from_a_delayed_calls_answer_timeout() {
+    // (A slow_call duration: not the lean path, so the answer reads the clock and its deadline.)
+    let config = r#"{"defaults": {"answer_timeout_ms": 200, "slow_call": {"duration_ms": 1000, "rate": 1.0},
+        "admission": {"per_second": 10, "burst": 1, "max_delay_ms": 1000}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Its token comes at +100 ms; this worker's ticks fall at +50, +150, +250...
+    let ctx = held(start(&mut w));
+    host.advance(Duration::from_millis(50));
+    w.tick().unwrap();
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(ctx), 1);
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    // The backend answers 180 ms after the upgrade reached it.
+    host.advance(Duration::from_millis(80));
+    answer(&mut w, ctx, 101);
+    w.tick().unwrap();
+    assert_eq!(metric(&host, FAILURES), 0, "answered within answer_timeout_ms of reaching the backend: a failure");
+}
