@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::num::NonZeroU64;
 
 use hashbrown::{HashMap, HashSet};
 
@@ -25,6 +26,8 @@ pub struct Delayed {
     queue: BinaryHeap<Reverse<(u64, u32)>>,
     /// Streams still waiting.
     waiting: HashSet<u32>,
+    /// The answer deadline of each waiting stream's call (`Calls`), moved to its resume.
+    pending: HashMap<u32, NonZeroU64>,
     /// When (wall clock) each stream resumed, until its filter takes it (at its answer, or its
     /// end): its call's duration counts from then, not from its token (up to a tick earlier).
     resumed: HashMap<u32, u64>,
@@ -65,10 +68,14 @@ impl Delayed {
         self.waiting.len()
     }
 
-    /// Holds stream `ctx` for `wait_ms` from `now_ms`; false when there is no room.
-    pub fn hold(&mut self, ctx: u32, now_ms: u64, wait_ms: u64) -> bool {
+    /// Holds stream `ctx` for `wait_ms` from `now_ms` (`pending`: its call's entry in `Calls`);
+    /// false when there is no room.
+    pub fn hold(&mut self, ctx: u32, now_ms: u64, wait_ms: u64, pending: Option<NonZeroU64>) -> bool {
         if !self.has_room() || !self.waiting.insert(ctx) {
             return false;
+        }
+        if let Some(id) = pending {
+            self.pending.insert(ctx, id);
         }
         let start = self.clock.read(now_ms).saturating_add(wait_ms);
         self.queue.push(Reverse((start, ctx)));
@@ -83,7 +90,13 @@ impl Delayed {
     /// Stream `ctx` ended: it is not resumed.
     pub fn forget(&mut self, ctx: u32) {
         self.waiting.remove(&ctx);
+        self.pending.remove(&ctx);
         self.resumed.remove(&ctx);
+    }
+
+    /// The call entry of stream `ctx`, resumed now (once).
+    fn take_pending(&mut self, ctx: u32) -> Option<NonZeroU64> {
+        self.pending.remove(&ctx)
     }
 
     /// When stream `ctx` was resumed (once).
@@ -116,7 +129,17 @@ pub fn on_tick(root: u32) {
         return;
     }
     let Ok(now) = host::now_ms() else { return };
-    let due = vm::with(|vm| vm.delayed.due(now));
+    let due = vm::with(|vm| {
+        let due = vm.delayed.due(now);
+        // Each call reaches the backend now, up to a tick after its token: its answer deadline
+        // counts from now.
+        for &ctx in &due {
+            if let Some(id) = vm.delayed.take_pending(ctx) {
+                vm.calls.postpone(id, now);
+            }
+        }
+        due
+    });
     if due.is_empty() {
         return;
     }
@@ -138,10 +161,10 @@ mod tests {
     #[test]
     fn streams_start_in_order_and_an_ended_one_is_skipped() {
         let mut d = Delayed::default();
-        assert!(d.hold(1, 1_000, 300));
-        assert!(d.hold(2, 1_000, 100));
-        assert!(d.hold(3, 1_050, 100));
-        assert!(!d.hold(3, 1_050, 100), "a stream is held once");
+        assert!(d.hold(1, 1_000, 300, None));
+        assert!(d.hold(2, 1_000, 100, None));
+        assert!(d.hold(3, 1_050, 100, None));
+        assert!(!d.hold(3, 1_050, 100, None), "a stream is held once");
         d.forget(3);
         assert_eq!(d.due(1_099), Vec::<u32>::new());
         assert_eq!(d.due(1_150), [2]);
@@ -156,7 +179,7 @@ mod tests {
     fn a_clock_stepping_back_counts_as_no_time_passing() {
         let mut d = Delayed::default();
         let t0 = 100_000_000;
-        assert!(d.hold(1, t0, 500));
+        assert!(d.hold(1, t0, 500, None));
         assert_eq!(d.due(t0 + 100), Vec::<u32>::new());
         // The next tick, 100 ms later, reads the clock an hour back: that tick's 100 ms are
         // lost, nothing more; the stream starts 500 ms of counted time after it was held.
@@ -169,8 +192,8 @@ mod tests {
     #[test]
     fn a_clock_stepping_forward_starts_what_it_passes() {
         let mut d = Delayed::default();
-        assert!(d.hold(1, 10_000, 500));
-        assert!(d.hold(2, 10_000, 5_000));
+        assert!(d.hold(1, 10_000, 500, None));
+        assert!(d.hold(2, 10_000, 5_000, None));
         assert_eq!(d.due(10_000 + 3_600_000), [1, 2]);
     }
 
@@ -178,14 +201,14 @@ mod tests {
     fn a_full_worker_holds_no_more() {
         let mut d = Delayed::default();
         for ctx in 0..MAX_DELAYED as u32 {
-            assert!(d.hold(ctx, 1_000, 100));
+            assert!(d.hold(ctx, 1_000, 100, None));
         }
         assert!(!d.has_room());
-        assert!(!d.hold(u32::MAX, 1_000, 100));
+        assert!(!d.hold(u32::MAX, 1_000, 100, None));
         // Ended streams still count until their start: the queue stays bounded.
         d.forget(0);
-        assert!(!d.hold(u32::MAX, 1_000, 100));
+        assert!(!d.hold(u32::MAX, 1_000, 100, None));
         assert_eq!(d.due(1_100).len(), MAX_DELAYED - 1);
-        assert!(d.hold(u32::MAX, 1_100, 100));
+        assert!(d.hold(u32::MAX, 1_100, 100, None));
     }
 }

@@ -211,8 +211,9 @@ impl HttpFilter {
     fn delay(&mut self, admitted: Admitted, wait_ms: u64) -> Action {
         let now = admitted.start_ms.saturating_sub(wait_ms);
         let ctx = self.context_id;
+        let pending = admitted.pending;
         self.admitted = Some(admitted);
-        if crate::vm::with(|vm| vm.delayed.hold(ctx, now, wait_ms)) {
+        if crate::vm::with(|vm| vm.delayed.hold(ctx, now, wait_ms, pending)) {
             self.delayed = true;
             Action::Pause
         } else {

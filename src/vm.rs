@@ -103,9 +103,10 @@ impl Calls {
         self.live == 0
     }
 
-    /// A call delayed to start at `start_ms`: its answer deadline counts from then. Its own
-    /// `start_ms` stays its admission (a clock reading): [`Calls::take_overdue`] takes a start
-    /// after now for a clock that stepped back, and a postponed start is no such thing.
+    /// A call delayed to start at `start_ms`: its answer deadline is `answer_timeout_ms` from
+    /// then (postponed again when it is resumed). Its own `start_ms` stays its admission (a clock
+    /// reading): [`Calls::take_overdue`] takes a start after now for a clock that stepped back,
+    /// and a postponed start is no such thing.
     pub fn postpone(&mut self, id: NonZeroU64, start_ms: u64) {
         let id = id.get();
         let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
@@ -114,7 +115,7 @@ impl Calls {
         else {
             return;
         };
-        c.deadline_ms = c.deadline_ms.saturating_add(start_ms.saturating_sub(c.start_ms));
+        c.deadline_ms = start_ms.max(c.start_ms).saturating_add(c.key.policy.policy.answer_timeout_ms);
     }
 
     pub fn len(&self) -> usize {
@@ -199,14 +200,18 @@ mod tests {
     #[test]
     fn a_postponed_call_is_not_taken_for_a_backward_clock_step_and_keeps_its_deadline() {
         let mut calls = Calls::default();
-        let mut p = pending(1_000 + 1_000);
-        p.start_ms = 1_000;
+        let mut p = pending(0);
+        let timeout = p.key.policy.policy.answer_timeout_ms;
+        assert!(timeout > 0);
+        (p.start_ms, p.deadline_ms) = (1_000, 1_000 + timeout);
         let id = calls.track(p).unwrap();
-        // Delayed 5 s: it starts at 6,000 and has its 1 s from then.
+        // Delayed 5 s: it starts at 6,000 and has its whole timeout from then; resumed 50 ms
+        // late, from then.
         calls.postpone(id, 6_000);
         assert!(calls.take_overdue(1_100).is_empty());
-        assert!(calls.take_overdue(6_999).is_empty(), "timed out before its start plus its timeout");
-        assert_eq!(calls.take_overdue(7_000).len(), 1);
+        calls.postpone(id, 6_050);
+        assert!(calls.take_overdue(6_049 + timeout).is_empty(), "timed out before its start plus its timeout");
+        assert_eq!(calls.take_overdue(6_050 + timeout).len(), 1);
     }
 
     #[test]
