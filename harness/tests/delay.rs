@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use floodgate_core::remote::{Forced, Override, RemoteView};
 use floodgate_harness::{built_module, status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
 
 const BREAKER: &str = "collab_ws";
@@ -312,6 +313,72 @@ fn a_failing_clock_on_the_tick_resumes_nothing_and_the_next_tick_catches_up() {
     host.clear_faults();
     w.tick().unwrap();
     assert_eq!(w.resumed_request(ctx), 1);
+}
+
+#[test]
+fn an_upgrade_waiting_when_the_breaker_trips_is_refused_as_open_and_never_sent_upstream() {
+    let config = r#"{"defaults": {"consecutive_failures": 2, "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 10, "burst": 2, "max_delay_ms": 500}}}"#;
+    let mut host = host();
+    let mut ws = [worker(&mut host, config), worker(&mut host, config)];
+    let Start::Now(a) = start(&mut ws[0]) else { panic!("not admitted") };
+    let Start::Now(b) = start(&mut ws[1]) else { panic!("not admitted") };
+    let waiting = held(start(&mut ws[0]));
+    // Both calls in flight fail: the breaker opens while the third waits for its token.
+    answer(&mut ws[0], a, 503);
+    answer(&mut ws[1], b, 503);
+    host.advance(Duration::from_millis(100));
+    ws[0].tick().unwrap();
+    assert_eq!(ws[0].resumed_request(waiting), 0, "sent to a backend whose breaker is open");
+    let reply = ws[0].local_response(waiting).expect("refused with a local reply");
+    assert_eq!((reply.status, reply.header("x-floodgate")), (503, Some("open")));
+    assert!(String::from_utf8_lossy(&reply.body).contains(r#""reason":"consecutive_failures""#), "{reply:?}");
+    // Envoy then ends the stream with that reply: no outcome is recorded for it.
+    answer(&mut ws[0], waiting, 503);
+    let rejected = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_rejected_total";
+    assert_eq!((metric(&host, rejected), metric(&host, FAILURES)), (1, 2));
+}
+
+#[test]
+fn an_upgrade_waiting_when_the_control_plane_forces_its_key_open_is_refused_with_that_reason() {
+    let config = r#"{"defaults": {"admission": {"per_second": 10, "burst": 1, "max_delay_ms": 500}},
+        "control": {"cluster": "floodgate_control", "wait_s": 5, "timeout_ms": 7000, "stale_after_s": 120}}"#;
+    let mut host = host();
+    let mut w = host.worker().unwrap();
+    w.add_cluster("floodgate_control");
+    assert!(w.configure("floodgate", config).unwrap(), "{:?}", host.logs());
+    let Start::Now(first) = start(&mut w) else { panic!("not admitted") };
+    answer(&mut w, first, 101);
+    let waiting = held(start(&mut w));
+    let forced = Override {
+        key: BREAKER.into(),
+        state: Forced::ForcedOpen,
+        reason: "backpressure_critical".into(),
+        until_ms: 0,
+    };
+    let view = RemoteView { version: 7, confirmed_ms: host.now_ms(), overrides: vec![forced], ..RemoteView::default() };
+    host.set_shared_data("floodgate/control", &serde_json::to_vec(&view).unwrap());
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(waiting), 0);
+    let reply = w.local_response(waiting).expect("refused with a local reply");
+    assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+    assert!(String::from_utf8_lossy(&reply.body).contains("backpressure_critical"), "{reply:?}");
+}
+
+#[test]
+fn a_failing_state_read_when_the_wait_ends_starts_the_upgrade() {
+    let mut host = host();
+    let mut w = worker(&mut host, DELAYING);
+    for _ in 0..2 {
+        let Start::Now(ctx) = start(&mut w) else { panic!("not admitted") };
+        answer(&mut w, ctx, 101);
+    }
+    let ctx = held(start(&mut w));
+    host.advance(Duration::from_millis(100));
+    host.inject_fault("proxy_get_shared_data", status::INTERNAL_FAILURE, 1);
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(ctx), 1, "a host error refused (it must fail open)");
 }
 
 // ---- model-based ----

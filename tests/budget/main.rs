@@ -228,3 +228,39 @@ async fn a_client_that_leaves_while_its_upgrade_waits_never_reaches_the_backend(
         Upgrade::Refused(r) => panic!("refused: {} {}", r.status, r.body),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrades_waiting_when_the_breaker_trips_are_refused_as_open_and_never_reach_the_backend() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    backend.control.set_mode(Mode::FailHandshakes(503));
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let plugin = json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000},
+        "admission": {"per_second": 2, "burst": 2, "max_delay_ms": 3000}}})
+    .to_string();
+    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
+    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    // Eight at once: the burst (2) goes and fails, tripping the breaker; those that came before
+    // the trip wait for tokens 0.5-3 s away and are refused when their wait ends (any that came
+    // after the trip are refused at once).
+    let attempts: Vec<_> = (0..8).map(|_| tokio::spawn(timed_upgrade(proxy.listen))).collect();
+    let mut by_state = std::collections::BTreeMap::<String, usize>::new();
+    let mut refused_after_waiting = 0;
+    for a in attempts {
+        let (t, got) = a.await.unwrap();
+        let Upgrade::Refused(r) = got else { panic!("an upgrade opened on a failing backend") };
+        let state = r.headers.get("x-floodgate").cloned().unwrap_or_else(|| format!("backend {}", r.status));
+        if state == "open" && t >= Duration::from_millis(400) {
+            refused_after_waiting += 1;
+        }
+        *by_state.entry(state).or_default() += 1;
+    }
+    assert_eq!(by_state.get("backend 503"), Some(&2), "{by_state:?}");
+    assert_eq!(by_state.get("open"), Some(&6), "{by_state:?}");
+    assert_eq!(backend.control.handshakes(), 2, "a delayed upgrade reached a backend whose breaker was open");
+    let b = ("breaker", "collab_ws");
+    let delayed = metric(&proxy, "floodgate_admission_delayed_total", &[b]).await;
+    assert!(delayed >= 1.0, "nothing was delayed: the test tests nothing");
+    assert_eq!(refused_after_waiting as f64, delayed, "{by_state:?}");
+    assert_eq!(metric(&proxy, "floodgate_calls_total", &[b, ("outcome", "failure")]).await, 2.0);
+}
