@@ -229,15 +229,8 @@ fn remote_verdict(
     tracked: bool,
 ) -> Option<Verdict> {
     let view = vm.remote.view.clone();
-    let params = DecideParams {
-        stale_after_ms: control.stale_after_s.saturating_mul(1000),
-        ramp_ms: p.recovery_ramp_ms,
-        open_retry_ms: p.open_base_ms,
-        jitter: p.open_jitter,
-        short_retry_ms: SHORT_RETRY_MS,
-    };
     let unit = vm.unit(now);
-    let refused = match remote::decide(&view, breaker, now, &params, unit) {
+    let refused = match remote::decide(&view, breaker, now, &remote_params(control, p), unit) {
         RemoteDecision::Local => return None,
         RemoteDecision::Admit => {
             if !tracked {
@@ -262,6 +255,43 @@ fn remote_verdict(
     }
     vm.metrics.rejected(breaker, kind());
     Some(Verdict::Refuse(refused))
+}
+
+/// How the control plane's view is read for a breaker of policy `p`.
+fn remote_params(control: &ControlConfig, p: &Policy) -> DecideParams {
+    DecideParams {
+        stale_after_ms: control.stale_after_s.saturating_mul(1000),
+        ramp_ms: p.recovery_ramp_ms,
+        open_retry_ms: p.open_base_ms,
+        jitter: p.open_jitter,
+        short_retry_ms: SHORT_RETRY_MS,
+    }
+}
+
+/// What a delayed call's breaker says when its wait ends (`crate::delay`): `None` to start it,
+/// else the refusal a new call would get now, because the control plane forced the key open or
+/// the breaker opened or went half-open meanwhile (counted in `floodgate_rejected_total`). A
+/// host error starts it (fail open); a forced close starts it whatever the local breaker says.
+pub fn refusal_after_delay(config: &Config, key: &Key, kind: RejectKind, now: u64) -> Option<Refused> {
+    let p = &key.policy.policy;
+    let bytes = host::shared_get(&key.state_key).ok()?.0;
+    vm::with(|vm| {
+        let view = vm.remote.view.clone();
+        let unit = vm.unit(now);
+        let remote = config.control.as_ref().map(|c| remote::decide(&view, &key.name, now, &remote_params(c, p), unit));
+        let refused = match remote {
+            Some(RemoteDecision::Refuse { reason, retry_after_ms }) => {
+                Refused { state: RefusedAs::ForcedOpen, reason: Cow::Owned(reason.to_string()), retry_after_ms }
+            }
+            Some(RemoteDecision::Admit) => return None,
+            _ => {
+                let head = bytes.as_deref().and_then(Head::peek)?;
+                floodgate_core::breaker::refusal_after_delay(&head, p, now, || vm.unit(now))?.into()
+            }
+        };
+        vm.metrics.rejected(&key.name, kind);
+        Some(refused)
+    })
 }
 
 /// What ending a tracked call means: `Some(true)` when its answer deadline passed before this

@@ -181,18 +181,7 @@ impl HttpFilter {
                 Err(why) => log::debug!("close_frame refusal not possible ({why:?}): HTTP refusal"),
             }
         }
-        let retry = Decimal::new(refusal.retry_after_s());
-        let extra = &self.config.reject.headers;
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
-        headers.extend([
-            ("retry-after", retry.as_str()),
-            ("x-floodgate", refusal.state.name()),
-            ("content-type", "application/json"),
-        ]);
-        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let mut body = Vec::new();
-        write_refusal_body(&mut body, breaker, refusal);
-        match host::send_local_response(self.config.reject.status, &headers, &body, "floodgate_circuit_open") {
+        match send_refusal(&self.config, breaker, refusal) {
             Ok(()) => Action::Pause,
             Err(e) => {
                 // Could not answer: let the request through rather than leave it hanging.
@@ -203,6 +192,22 @@ impl HttpFilter {
     }
 }
 
+/// DESIGN's HTTP refusal as the current stream's local reply.
+pub fn send_refusal(config: &Config, breaker: &[u8], refusal: &Refused) -> host::HostResult<()> {
+    let retry = Decimal::new(refusal.retry_after_s());
+    let extra = &config.reject.headers;
+    let mut headers: Vec<(&str, &str)> = Vec::with_capacity(3 + extra.len());
+    headers.extend([
+        ("retry-after", retry.as_str()),
+        ("x-floodgate", refusal.state.name()),
+        ("content-type", "application/json"),
+    ]);
+    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut body = Vec::new();
+    write_refusal_body(&mut body, breaker, refusal);
+    host::send_local_response(config.reject.status, &headers, &body, "floodgate_circuit_open")
+}
+
 impl HttpFilter {
     /// Holds the request until its token comes; the worker's tick resumes it. A worker that
     /// cannot hold it (it checked for room before taking the token) lets it through.
@@ -211,9 +216,9 @@ impl HttpFilter {
     fn delay(&mut self, admitted: Admitted, wait_ms: u64) -> Action {
         let now = admitted.start_ms.saturating_sub(wait_ms);
         let ctx = self.context_id;
-        let pending = admitted.pending;
+        let waiting = crate::delay::Waiting { key: admitted.key.clone(), kind: self.kind(), pending: admitted.pending };
         self.admitted = Some(admitted);
-        if crate::vm::with(|vm| vm.delayed.hold(ctx, now, wait_ms, pending)) {
+        if crate::vm::with(|vm| vm.delayed.hold(ctx, waiting, now, wait_ms)) {
             self.delayed = true;
             Action::Pause
         } else {
@@ -242,6 +247,21 @@ impl HttpFilter {
                 a.start_ms = resumed_ms;
             }
         }
+    }
+
+    /// Whether this delayed stream was refused when its wait ended: its call is given back
+    /// (the reply is Floodgate's own, not an answer).
+    #[cold]
+    #[inline(never)]
+    fn refused_after_delay(&mut self) -> bool {
+        let ctx = self.context_id;
+        if !crate::vm::with(|vm| vm.delayed.take_refused(ctx)) {
+            return false;
+        }
+        if let Some(a) = self.admitted.take() {
+            guard::withdraw(a);
+        }
+        true
     }
 
     /// An upgrade let through unguarded is still one a drain reaches, if its key is one a
@@ -319,12 +339,15 @@ impl HttpContext for HttpFilter {
     }
 
     fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+        if self.delayed {
+            if self.refused_after_delay() {
+                return Action::Continue;
+            }
+            self.started_when_resumed();
+        }
         if self.close_frame_sent {
             websocket::strip_local_reply_headers();
             return Action::Continue;
-        }
-        if self.delayed {
-            self.started_when_resumed();
         }
         if self.admitted.is_some() {
             let status = response_status();
@@ -357,7 +380,11 @@ impl HttpContext for HttpFilter {
             // A client that left while its upgrade waited: never resumed. Its token is spent
             // (the backend sees fewer upgrades than the budget, never more).
             let ctx = self.context_id;
-            crate::vm::with(|vm| vm.delayed.forget(ctx));
+            if crate::vm::with(|vm| vm.delayed.forget(ctx)) {
+                if let Some(a) = self.admitted.take() {
+                    guard::withdraw(a);
+                }
+            }
         }
         // The stream ended with no response through this filter: an upstream that never
         // answered (reset, connect failure, timeout: Envoy's flags say so), or a client that

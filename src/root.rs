@@ -101,9 +101,6 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        crate::delay::on_tick(self.id);
-        crate::guard::expire_overdue();
-        crate::guard::flush_successes();
         // Out of `self` for the tick, so the SDK's dispatch (on `&self`) can be lent to it.
         if let Some(mut p) = self.poller.take() {
             p.on_tick(&|cluster, headers, timeout_ms| {
@@ -114,6 +111,11 @@ impl RootContext for Root {
             crate::drain::on_tick(self.id, p.stale_after_ms());
             self.poller = Some(p);
         }
+        // With the control plane's view as this tick refreshed it, and before answer deadlines
+        // are enforced: a delayed call starts now, its deadline counts from now.
+        crate::delay::on_tick(self.id, self.config.as_deref());
+        crate::guard::expire_overdue();
+        crate::guard::flush_successes();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -125,6 +125,28 @@ pub fn admit_unchanged(h: &Head, p: &Policy, now_ms: u64, unit: impl FnOnce() ->
     }
 }
 
+/// Whether a call admitted while the breaker was closed may still start at `now_ms`, after it
+/// waited for the admission budget (a delayed upgrade): `None` while the breaker is closed (a
+/// ramp does not matter: the call was admitted); the refusal a new call would get once it has
+/// opened or gone half-open since (half-open admits only probes, and a delayed call is none).
+/// Read from the head alone: nothing changes.
+pub fn refusal_after_delay(h: &Head, p: &Policy, now_ms: u64, unit: impl FnOnce() -> f64) -> Option<Refusal> {
+    if p.mode != Mode::Enforce {
+        return None;
+    }
+    match h.phase {
+        Phase::Closed => None,
+        Phase::Open => {
+            let retry_after_ms = spread(p, h.open_until_ms.saturating_sub(now_ms), unit());
+            Some(Refusal { state: RefusedAs::Open, reason: h.reason, retry_after_ms })
+        }
+        Phase::HalfOpen => {
+            let retry_after_ms = spread(p, SHORT_RETRY_MS, unit());
+            Some(Refusal { state: RefusedAs::HalfOpen, reason: h.reason, retry_after_ms })
+        }
+    }
+}
+
 /// [`admit`] on a half-open breaker, stepped on its encoded bytes in place (no decoding, no
 /// re-encoding): takes a free probe slot (writing its deadline into `bytes`) or refuses. `None`
 /// when the full step is needed (not half-open, a probe past its answer deadline to re-open

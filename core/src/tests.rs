@@ -550,3 +550,22 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_delayed_call_starts_only_while_the_breaker_is_closed() {
+    let p = policy(1, 1.0, 10, 1, 2, 1);
+    let head = |s: &BreakerState| state::Head::peek(&s.encode()).expect("a valid encoding has a head");
+    let mut s = BreakerState::new(&p);
+    assert_eq!(breaker::refusal_after_delay(&head(&s), &p, 0, || 0.5), None);
+    trip(&mut s, &p, 0);
+    let open = breaker::refusal_after_delay(&head(&s), &p, 10, || 0.5).expect("open refuses");
+    assert_eq!((open.state, open.reason), (RefusedAs::Open, Reason::ConsecutiveFailures));
+    // Half-open (its open time ended and a probe went out): a delayed call is no probe.
+    let now = s.open_until_ms;
+    let Decision::Admit { probe: Some(_) } = admit(&mut s, &p, now, 0.5).0 else { panic!("no probe") };
+    let half = breaker::refusal_after_delay(&head(&s), &p, now, || 0.5).expect("half-open refuses");
+    assert_eq!(half.state, RefusedAs::HalfOpen);
+    // dry_run never refuses.
+    let dry = Policy { mode: Mode::DryRun, ..p.clone() };
+    assert_eq!(breaker::refusal_after_delay(&head(&s), &dry, now, || 0.5), None);
+}

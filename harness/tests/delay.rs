@@ -1,8 +1,10 @@
 //! Delays of the admission budget (`admission.max_delay_ms`) in the compiled module: an upgrade
 //! past the budget waits paused until its token comes and its worker's tick resumes it; never
 //! sooner, never longer than `max_delay_ms` plus one tick; a client that leaves is never resumed;
-//! probes, dry runs and TCP connections are never delayed; the per-worker bound holds; and a
-//! model-based test drives random interleavings against a small reference bucket.
+//! probes, dry runs and TCP connections are never delayed; the per-worker bound holds; a breaker
+//! that opened (or a forced_open) while an upgrade waited refuses it then; deadlines and
+//! durations count from the resume; data waits with its request; and a model-based test drives
+//! random interleavings against a small reference bucket.
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
@@ -20,6 +22,7 @@ const ADMITTED: &str = "breaker=.=collab_ws;.;floodgate_admission_admitted_total
 const DELAYED: &str = "breaker=.=collab_ws;.;floodgate_admission_delayed_total";
 const REJECTED: &str = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_admission_rejected_total";
 const FAILURES: &str = "breaker=.=collab_ws;.;outcome=.=failure;.;floodgate_calls_total";
+const OPENED: &str = "breaker=.=collab_ws;.;from=.=closed;.;to=.=open;.;floodgate_transitions_total";
 
 fn host() -> Host {
     Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
@@ -58,6 +61,21 @@ fn start(w: &mut Worker) -> Start {
             Start::Refused(reply)
         }
         other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn now(s: Start) -> u32 {
+    match s {
+        Start::Now(ctx) => ctx,
+        other => panic!("expected an admission, got {other:?}"),
+    }
+}
+
+/// Ticks every 100 ms for `ms`.
+fn run(host: &Host, w: &mut Worker, ms: u64) {
+    for _ in 0..ms / 100 {
+        host.advance(Duration::from_millis(100));
+        w.tick().unwrap();
     }
 }
 
@@ -312,6 +330,249 @@ fn a_failing_clock_on_the_tick_resumes_nothing_and_the_next_tick_catches_up() {
     host.clear_faults();
     w.tick().unwrap();
     assert_eq!(w.resumed_request(ctx), 1);
+}
+
+#[test]
+fn an_upgrade_waiting_when_the_breaker_trips_is_refused_as_open_and_never_sent_upstream() {
+    let config = r#"{"defaults": {"consecutive_failures": 2, "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 10, "burst": 2, "max_delay_ms": 500}}}"#;
+    let mut host = host();
+    let mut ws = [worker(&mut host, config), worker(&mut host, config)];
+    let Start::Now(a) = start(&mut ws[0]) else { panic!("not admitted") };
+    let Start::Now(b) = start(&mut ws[1]) else { panic!("not admitted") };
+    let waiting = held(start(&mut ws[0]));
+    // Both calls in flight fail: the breaker opens while the third waits for its token.
+    answer(&mut ws[0], a, 503);
+    answer(&mut ws[1], b, 503);
+    host.advance(Duration::from_millis(100));
+    ws[0].tick().unwrap();
+    assert_eq!(ws[0].resumed_request(waiting), 0, "sent to a backend whose breaker is open");
+    let reply = ws[0].local_response(waiting).expect("refused with a local reply");
+    assert_eq!((reply.status, reply.header("x-floodgate")), (503, Some("open")));
+    assert!(String::from_utf8_lossy(&reply.body).contains(r#""reason":"consecutive_failures""#), "{reply:?}");
+    // Envoy then ends the stream with that reply: no outcome is recorded for it.
+    answer(&mut ws[0], waiting, 503);
+    let rejected = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_rejected_total";
+    assert_eq!((metric(&host, rejected), metric(&host, FAILURES)), (1, 2));
+}
+
+#[test]
+fn a_failing_state_read_when_the_wait_ends_starts_the_upgrade() {
+    let mut host = host();
+    let mut w = worker(&mut host, DELAYING);
+    for _ in 0..2 {
+        let Start::Now(ctx) = start(&mut w) else { panic!("not admitted") };
+        answer(&mut w, ctx, 101);
+    }
+    let ctx = held(start(&mut w));
+    host.advance(Duration::from_millis(100));
+    host.inject_fault("proxy_get_shared_data", status::INTERNAL_FAILURE, 1);
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(ctx), 1, "a host error refused (it must fail open)");
+}
+
+/// Calls delayed longer than `answer_timeout_ms` are not timed out while they wait (never sent:
+/// the backend cannot have failed them). A postponed start once looked like a clock that stepped
+/// back to `Calls::take_overdue`, which moved the deadline to the first tick plus the timeout:
+/// three such calls tripped the breaker.
+#[test]
+fn calls_delayed_longer_than_their_answer_timeout_are_not_failures_while_they_wait() {
+    let config = r#"{"defaults": {"consecutive_failures": 3, "answer_timeout_ms": 1000,
+        "admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Three upgrades wait 1, 2 and 3 s for their tokens.
+    let waiting: Vec<u32> = (0..3).map(|_| held(start(&mut w))).collect();
+    // The backend answers each one as soon as it is sent.
+    let mut answered = [false; 3];
+    for _ in 0..35 {
+        run(&host, &mut w, 100);
+        for (i, &ctx) in waiting.iter().enumerate() {
+            if w.resumed_request(ctx) == 1 && !answered[i] {
+                answer(&mut w, ctx, 101);
+                answered[i] = true;
+            }
+        }
+        assert_eq!(metric(&host, FAILURES), 0, "calls still waiting counted as failures");
+        assert_eq!(metric(&host, OPENED), 0, "the breaker tripped on calls it never sent");
+    }
+    assert_eq!(answered, [true; 3]);
+}
+
+/// The default answer timeout (10 s) and the longest delay (10 s): a call that waited 10 s must
+/// still have its full 10 s from its start, not the 100 ms left of "first tick + 10 s".
+#[test]
+fn a_call_delayed_max_delay_keeps_its_full_answer_timeout_from_its_start() {
+    let config = r#"{"defaults": {"consecutive_failures": 3,
+        "admission": {"per_second": 1, "burst": 1, "max_delay_ms": 10000}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Ten upgrades wait 1 to 10 s; the earlier nine are answered at once when they start.
+    let waiting: Vec<u32> = (0..10).map(|_| held(start(&mut w))).collect();
+    let last = waiting[9];
+    let mut answered = [false; 9];
+    for _ in 0..100 {
+        run(&host, &mut w, 100);
+        for (i, &ctx) in waiting[..9].iter().enumerate() {
+            if w.resumed_request(ctx) == 1 && !answered[i] {
+                answer(&mut w, ctx, 101);
+                answered[i] = true;
+            }
+        }
+    }
+    assert_eq!(w.resumed_request(last), 1, "not resumed when its token came");
+    // The backend takes 2 s to answer the upgrade: well within answer_timeout_ms of its start.
+    run(&host, &mut w, 2_000);
+    assert_eq!(metric(&host, FAILURES), 0, "timed out counting from its first tick, not its start");
+    answer(&mut w, last, 101);
+}
+
+/// A budget lowered by a configuration update while its bucket (shared data, kept across
+/// reloads) is in debt: the debt taken at the old rate is cut to what the new budget's
+/// `max_delay_ms` can owe. Paid back at the new rate (from 100/s with 10 s of delay to 1/s, 1,000
+/// tokens), it refused every upgrade for about 17 minutes.
+#[test]
+fn lowering_the_budget_while_its_bucket_is_in_debt_does_not_lock_upgrades_out() {
+    let old = r#"{"defaults": {"admission": {"per_second": 100, "burst": 1, "max_delay_ms": 10000}}}"#;
+    let new = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 10000}}}"#;
+    let mut host = host();
+    let mut before = worker(&mut host, old);
+    now(start(&mut before));
+    // A storm: 1,000 upgrades delayed up to 10 s at the old rate.
+    for _ in 0..1_000 {
+        held(start(&mut before));
+    }
+    // The operator lowers the budget (the same Envoy, the same shared data).
+    let mut after = worker(&mut host, new);
+    // 20 s later, the old delays all started long ago; the new budget (1/s, up to 10 s of delay)
+    // admits or delays the next upgrade.
+    host.advance(Duration::from_secs(20));
+    match start(&mut after) {
+        Start::Refused(r) => panic!(
+            "refused 20 s after the budget changed (retry-after {:?}): the old debt is paid at the new rate",
+            r.header("retry-after")
+        ),
+        Start::Now(_) | Start::Held(_) => {}
+    }
+}
+
+/// A forced_open from the control plane (an operator, or backpressure: nothing new to this
+/// backend) that comes, through a real poll, while an upgrade waits: the upgrade gets the
+/// forced_open refusal when its wait ends, not a trip upstream.
+#[test]
+fn a_delayed_upgrade_is_not_sent_upstream_past_a_forced_open_that_came_while_it_waited() {
+    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let mut w = host.worker().unwrap();
+    w.set_property(&["xds", "node", "id"], b"harness-node");
+    w.add_cluster("floodgate_control");
+    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
+    let mut poll = None;
+    for _ in 0..5 {
+        w.tick().unwrap();
+        poll = poll.or_else(|| w.http_calls().first().map(|c| c.token));
+        host.advance(Duration::from_millis(100));
+    }
+    let token = poll.expect("no poll");
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    let snapshot = format!(
+        r#"{{"version": 1, "generated_at": "2026-11-22T10:00:00Z", "breakers": [{{"key": "{BREAKER}",
+            "state": "forced_open", "reason": "backpressure_critical", "since": "2026-11-22T09:58:00Z",
+            "until": null, "event_id": "e1"}}]}}"#
+    );
+    w.answer_http_call(token, 200, &[], snapshot.as_bytes()).unwrap();
+    w.tick().unwrap();
+    match start(&mut w) {
+        Start::Refused(r) => assert_eq!(r.header("x-floodgate"), Some("forced_open")),
+        other => panic!("a new upgrade was not refused by the forced_open: {other:?}"),
+    }
+    run(&host, &mut w, 2_000);
+    assert_eq!(w.resumed_request(ctx), 0, "a delayed upgrade was sent upstream past a forced_open");
+    let reply = w.local_response(ctx).expect("a delayed upgrade left hanging: neither resumed nor answered");
+    assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+}
+
+/// Envoy's `FilterDataStatus::Continue`: "If headers have not yet been sent to the next filter,
+/// they will be sent first". A delayed client's data (an eager first WebSocket frame, any body;
+/// with `shed: all`, a POST's body) and trailers are held while it waits (a Continue would let
+/// the upgrade skip its wait and the budget), and flow after its resume.
+#[test]
+fn data_from_a_delayed_client_does_not_start_its_upgrade_before_its_token() {
+    let config = r#"{"defaults": {"admission": {"per_second": 10, "burst": 1, "max_delay_ms": 500}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    assert_eq!(w.request_body(ctx, b"\x81\x05early", false).unwrap(), PAUSE, "the body resumed a waiting upgrade");
+    assert_eq!(w.request_trailers(ctx, &[("x-t", "1")]).unwrap(), PAUSE, "trailers resumed a waiting upgrade");
+    run(&host, &mut w, 100);
+    assert_eq!(w.resumed_request(ctx), 1);
+    assert_eq!(w.request_body(ctx, b"\x81\x05later", false).unwrap(), CONTINUE, "a resumed stream's data held");
+    answer(&mut w, ctx, 101);
+}
+
+/// A delayed call's duration (for `slow_call`) counts from its resume, up to a tick (100 ms) after
+/// its token: the proxy's own lateness is not the backend's slowness. Counted from the token, a
+/// backend answering every delayed upgrade in 60 ms under a 100 ms `slow_call` was "slow" for
+/// each one resumed more than 40 ms late: in a storm, a slow_call_rate trip of a healthy backend.
+#[test]
+fn the_ticks_lateness_does_not_make_a_delayed_call_slow() {
+    let config = r#"{"defaults": {"slow_call": {"duration_ms": 100, "rate": 0.5},
+        "admission": {"per_second": 10, "burst": 1, "max_delay_ms": 1000}}}"#;
+    let slow = "breaker=.=collab_ws;.;outcome=.=slow;.;floodgate_calls_total";
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Its token comes at +100 ms; this worker's ticks fall at +50, +150...
+    let ctx = held(start(&mut w));
+    host.advance(Duration::from_millis(50));
+    w.tick().unwrap();
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(ctx), 1);
+    // The backend answers 60 ms after the upgrade reached it.
+    host.advance(Duration::from_millis(60));
+    answer(&mut w, ctx, 101);
+    w.tick().unwrap();
+    assert_eq!(metric(&host, slow), 0, "a 60 ms answer counted slow: the 50 ms it waited for the tick counted");
+}
+
+/// The same lateness against `answer_timeout_ms`: the deadline counts from the resume, so the
+/// backend has its whole time to answer (with 200 ms, a call resumed 50 ms after its token and
+/// answered 180 ms after it reached the backend is a success).
+#[test]
+fn the_ticks_lateness_is_not_taken_from_a_delayed_calls_answer_timeout() {
+    // (A slow_call duration: not the lean path, so the answer reads the clock and its deadline.)
+    let config = r#"{"defaults": {"answer_timeout_ms": 200, "slow_call": {"duration_ms": 1000, "rate": 1.0},
+        "admission": {"per_second": 10, "burst": 1, "max_delay_ms": 1000}}}"#;
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Its token comes at +100 ms; this worker's ticks fall at +50, +150, +250...
+    let ctx = held(start(&mut w));
+    host.advance(Duration::from_millis(50));
+    w.tick().unwrap();
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(ctx), 1);
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    // The backend answers 180 ms after the upgrade reached it.
+    host.advance(Duration::from_millis(80));
+    answer(&mut w, ctx, 101);
+    w.tick().unwrap();
+    assert_eq!(metric(&host, FAILURES), 0, "answered within answer_timeout_ms of reaching the backend: a failure");
 }
 
 // ---- model-based ----

@@ -15,6 +15,16 @@ use serde_json::json;
 
 const TOKEN: &str = "budget-test-token";
 
+/// A backend and an Envoy (`--concurrency 2`) in front of it with `plugin` as the filter's
+/// configuration.
+async fn budget_proxy(plugin: serde_json::Value) -> (Backend, Envoy) {
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    let config = envoy::render("http-websocket.yaml", ports, &[&plugin.to_string()]).unwrap();
+    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    (backend, proxy)
+}
+
 async fn metric(envoy: &Envoy, name: &str, labels: &[(&str, &str)]) -> f64 {
     stats::value_or_zero(&envoy.prometheus().await.unwrap(), name, labels)
 }
@@ -22,11 +32,7 @@ async fn metric(envoy: &Envoy, name: &str, labels: &[(&str, &str)]) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_upgrades_is_cut_to_the_budget_across_both_workers() {
     require_wasm();
-    let backend = Backend::start(0).await.unwrap();
-    let ports = Ports::free(backend.addr.port()).unwrap();
-    let plugin = json!({"defaults": {"admission": {"per_second": 1, "burst": 20}}}).to_string();
-    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
-    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    let (backend, proxy) = budget_proxy(json!({"defaults": {"admission": {"per_second": 1, "burst": 20}}})).await;
     let started = Instant::now();
     // 60 upgrades at once, each on its own connection (Envoy spreads them over its workers).
     let attempts: Vec<_> = (0..60).map(|_| tokio::spawn(client::upgrade(proxy.listen, "/ws"))).collect();
@@ -152,11 +158,8 @@ async fn timed_upgrade(addr: std::net::SocketAddr) -> (Duration, Upgrade) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_past_the_budget_waits_its_turn_at_the_budgets_pace_and_one_past_max_delay_is_refused() {
     require_wasm();
-    let backend = Backend::start(0).await.unwrap();
-    let ports = Ports::free(backend.addr.port()).unwrap();
-    let plugin = json!({"defaults": {"admission": {"per_second": 10, "burst": 5, "max_delay_ms": 2000}}}).to_string();
-    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
-    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    let (backend, proxy) =
+        budget_proxy(json!({"defaults": {"admission": {"per_second": 10, "burst": 5, "max_delay_ms": 2000}}})).await;
     // 40 upgrades at once over both workers: the burst (5) opens at once, what 2 s of the
     // budget allows (20) waits its turn, the rest is refused at once.
     let attempts: Vec<_> = (0..40).map(|_| tokio::spawn(timed_upgrade(proxy.listen))).collect();
@@ -201,11 +204,8 @@ async fn a_burst_past_the_budget_waits_its_turn_at_the_budgets_pace_and_one_past
 async fn a_client_that_leaves_while_its_upgrade_waits_never_reaches_the_backend() {
     use tokio::io::AsyncWriteExt;
     require_wasm();
-    let backend = Backend::start(0).await.unwrap();
-    let ports = Ports::free(backend.addr.port()).unwrap();
-    let plugin = json!({"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 3000}}}).to_string();
-    let config = envoy::render("http-websocket.yaml", ports, &[&plugin]).unwrap();
-    let proxy = Envoy::start(&config, ports, 2).await.unwrap();
+    let (backend, proxy) =
+        budget_proxy(json!({"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 3000}}})).await;
     let Upgrade::Open(mut first) = client::upgrade(proxy.listen, "/ws").await.unwrap() else {
         panic!("the first upgrade was not admitted")
     };
@@ -227,4 +227,36 @@ async fn a_client_that_leaves_while_its_upgrade_waits_never_reaches_the_backend(
         Upgrade::Open(mut s) => client::echo(&mut s, "next").await.unwrap(),
         Upgrade::Refused(r) => panic!("refused: {} {}", r.status, r.body),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrades_waiting_when_the_breaker_trips_are_refused_as_open_and_never_reach_the_backend() {
+    require_wasm();
+    let (backend, proxy) = budget_proxy(json!({"defaults": {"consecutive_failures": 2, "open": {"base_ms": 60000},
+        "admission": {"per_second": 2, "burst": 2, "max_delay_ms": 3000}}}))
+    .await;
+    backend.control.set_mode(Mode::FailHandshakes(503));
+    // Eight at once: the burst (2) goes and fails, tripping the breaker; those that came before
+    // the trip wait for tokens 0.5-3 s away and are refused when their wait ends (any that came
+    // after the trip are refused at once).
+    let attempts: Vec<_> = (0..8).map(|_| tokio::spawn(timed_upgrade(proxy.listen))).collect();
+    let mut by_state = std::collections::BTreeMap::<String, usize>::new();
+    let mut refused_after_waiting = 0;
+    for a in attempts {
+        let (t, got) = a.await.unwrap();
+        let Upgrade::Refused(r) = got else { panic!("an upgrade opened on a failing backend") };
+        let state = r.headers.get("x-floodgate").cloned().unwrap_or_else(|| format!("backend {}", r.status));
+        if state == "open" && t >= Duration::from_millis(400) {
+            refused_after_waiting += 1;
+        }
+        *by_state.entry(state).or_default() += 1;
+    }
+    assert_eq!(by_state.get("backend 503"), Some(&2), "{by_state:?}");
+    assert_eq!(by_state.get("open"), Some(&6), "{by_state:?}");
+    assert_eq!(backend.control.handshakes(), 2, "a delayed upgrade reached a backend whose breaker was open");
+    let b = ("breaker", "collab_ws");
+    let delayed = metric(&proxy, "floodgate_admission_delayed_total", &[b]).await;
+    assert!(delayed >= 1.0, "nothing was delayed: the test tests nothing");
+    assert_eq!(refused_after_waiting as f64, delayed, "{by_state:?}");
+    assert_eq!(metric(&proxy, "floodgate_calls_total", &[b, ("outcome", "failure")]).await, 2.0);
 }
