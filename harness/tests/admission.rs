@@ -3,23 +3,16 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
+mod common;
+
 use std::time::Duration;
 
-use floodgate_harness::{built_module, status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
+use common::{host, metric, worker};
+use floodgate_harness::{status, LocalResponse, Worker, CONTINUE, PAUSE};
 
 const BREAKER: &str = "collab_ws";
 const BUDGET: &str = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 10000, "jitter": 0.0},
     "half_open": {"permits": 2, "successes": 2}, "admission": {"per_second": 10, "burst": 20}}}"#;
-
-fn host() -> Host {
-    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn worker(host: &mut Host, config: &str) -> Worker {
-    let mut w = host.worker().unwrap();
-    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
-    w
-}
 
 /// Starts an upgrade; `Ok(ctx)` when admitted (the upstream then answers `status`), else the
 /// local reply.
@@ -43,10 +36,6 @@ fn upgrade(w: &mut Worker, status: u16) -> Result<u32, LocalResponse> {
     w.response_headers(ctx, &[(":status", &status.to_string())], false).unwrap();
     w.end(ctx).unwrap();
     Ok(ctx)
-}
-
-fn metric(host: &Host, name: &str) -> i64 {
-    host.metric(name).unwrap_or(0)
 }
 
 /// Upgrades alternating between the workers, at the current time; how many were admitted.

@@ -6,19 +6,18 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
+mod common;
+
 use std::time::Duration;
 
+use common::host;
 use floodgate_core::time::format_rfc3339_ms;
-use floodgate_harness::{built_module, Host, Worker, CONTINUE};
+use floodgate_harness::{Host, Worker, CONTINUE};
 
 const CONTROL: &str = r#"{"control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5,
     "timeout_ms": 7000, "retry_ms": 200, "stale_after_s": 60}}"#;
 /// Each worker ticks every 100 ms (the filter's tick), the two 50 ms apart.
 const STEP_MS: u64 = 50;
-
-fn host() -> Host {
-    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn worker(host: &mut Host) -> Worker {
     let mut w = host.worker().unwrap();

@@ -3,17 +3,16 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
+mod common;
+
 use std::time::Duration;
 
-use floodgate_harness::{built_module, status, Host, Worker, CONTINUE, PAUSE};
+use common::host;
+use floodgate_harness::{status, Host, Worker, CONTINUE, PAUSE};
 
 const BREAKER: &str = "collab_ws";
 const CONFIG: &str = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 10000, "jitter": 0.0},
     "half_open": {"permits": 2, "successes": 2}}}"#;
-
-fn host() -> Host {
-    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn worker(host: &mut Host, config: &str) -> Worker {
     let mut w = host.worker().unwrap();

@@ -3,15 +3,12 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
+mod common;
+
+use common::{metric, worker};
 use floodgate_harness::{built_module, Host, Worker, CONTINUE};
 
 const BREAKER: &str = "collab_ws";
-
-fn worker(host: &mut Host, config: &str) -> Worker {
-    let mut w = host.worker().unwrap();
-    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
-    w
-}
 
 fn upgrade(w: &mut Worker) -> u32 {
     let ctx = w.new_context().unwrap();
@@ -27,10 +24,6 @@ fn answer_from(w: &mut Worker, ctx: u32, status: u16, details: &str, flags: u64)
     w.set_context_property(ctx, &["response", "flags"], &flags.to_le_bytes());
     w.response_headers(ctx, &[(":status", &status.to_string())], false).unwrap();
     w.end(ctx).unwrap();
-}
-
-fn metric(host: &Host, name: &str) -> i64 {
-    host.metric(name).unwrap_or(0)
 }
 
 fn opened(host: &Host) -> i64 {

@@ -16,9 +16,12 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
+use common::Rng;
 use floodgate_core::remote::{Forced, Override, RemoteView};
 use floodgate_core::{BreakerState, Phase};
 use floodgate_harness::{built_module, Host, Worker, CONTINUE, PAUSE};
@@ -270,20 +273,6 @@ impl Model {
 }
 
 // ---- driving the filter ----
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the stream gets, as the filter sees it: response headers (status, details, flags), or
 /// none before it ends (then only the flags).

@@ -4,18 +4,17 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
+mod common;
+
 use std::time::Duration;
 
-use floodgate_harness::{built_module, Host, LocalResponse, Worker, CONTINUE, PAUSE};
+use common::host;
+use floodgate_harness::{Host, LocalResponse, Worker, CONTINUE, PAUSE};
 
 const CONTROL: &str = r#"{"defaults": {"consecutive_failures": 3, "open": {"base_ms": 60000, "jitter": 0.0},
     "recovery_ramp_ms": 10000},
     "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
                 "retry_ms": 200, "stale_after_s": 30}}"#;
-
-fn host() -> Host {
-    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
-}
 
 fn worker(host: &mut Host) -> Worker {
     let mut w = host.worker().unwrap();
