@@ -126,7 +126,32 @@ pub async fn validate(config: &str) -> anyhow::Result<(bool, String)> {
 
 impl Envoy {
     /// Starts Envoy with `--concurrency N` and waits until its admin says it is ready.
+    /// Starts Envoy on `config`, rendered for `ports`. The ports were free when chosen, not
+    /// reserved: when another process took one meanwhile (Envoy exits with "Address already in
+    /// use"), Envoy is started again on new ones, up to three times; `admin` and `listen` of the
+    /// returned Envoy are the ports it runs on.
     pub async fn start(config: &str, ports: Ports, concurrency: u32) -> anyhow::Result<Envoy> {
+        let (mut config, mut ports) = (config.to_string(), ports);
+        let mut tries = 0;
+        loop {
+            match Envoy::start_once(&config, ports, concurrency).await {
+                Err(e) if tries < 3 && format!("{e:#}").contains("Address already in use") => {
+                    tries += 1;
+                    let fresh = Ports { admin: free_port()?, listen: free_port()?, ..ports };
+                    config = config
+                        .replace(&format!("port_value: {}}}", ports.admin), &format!("port_value: {}}}", fresh.admin))
+                        .replace(
+                            &format!("port_value: {}}}", ports.listen),
+                            &format!("port_value: {}}}", fresh.listen),
+                        );
+                    ports = fresh;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn start_once(config: &str, ports: Ports, concurrency: u32) -> anyhow::Result<Envoy> {
         let dir = scratch_dir()?;
         let file = dir.join("envoy.yaml");
         std::fs::write(&file, config)?;

@@ -893,3 +893,20 @@ fn shipped_configs_leave_http2_websockets_off_unless_the_user_opts_in() {
         assert!(text.contains("# http2_protocol_options: {allow_connect: true}"), "{path} lost the opt-in line");
     }
 }
+
+#[tokio::test]
+async fn an_envoy_whose_listen_port_was_taken_meanwhile_starts_on_another() {
+    require_wasm();
+    let backend = Backend::start(0).await.unwrap();
+    let ports = Ports::free(backend.addr.port()).unwrap();
+    // Another process takes the listen port between its choice and Envoy's bind.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", ports.listen)).unwrap();
+    let config = envoy::render("http-websocket.yaml", ports, &["{}"]).unwrap();
+    let envoy = Envoy::start(&config, ports, 1).await.unwrap();
+    assert_ne!(envoy.listen.port(), ports.listen);
+    match client::upgrade(envoy.listen, "/ws").await.unwrap() {
+        Upgrade::Open(mut s) => client::echo(&mut s, "moved").await.unwrap(),
+        Upgrade::Refused(r) => panic!("refused: {} {}", r.status, r.body),
+    }
+    drop(squatter);
+}
