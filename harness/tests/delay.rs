@@ -709,3 +709,61 @@ fn random_interleavings_delay_exactly_as_the_reference_bucket() {
         }
     }
 }
+
+/// A worker with a control plane (`floodgate_control`) whose first poll is out: the poll's token.
+fn controlled_worker(host: &mut Host, config: &str) -> (Worker, u32) {
+    let mut w = host.worker().unwrap();
+    w.set_property(&["xds", "node", "id"], b"harness-node");
+    w.add_cluster("floodgate_control");
+    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
+    let mut poll = None;
+    for _ in 0..5 {
+        w.tick().unwrap();
+        poll = poll.or_else(|| w.http_calls().first().map(|c| c.token));
+        host.advance(Duration::from_millis(100));
+    }
+    (w, poll.expect("no poll"))
+}
+
+fn forced_open_snapshot(key: &str) -> String {
+    format!(
+        r#"{{"version": 1, "generated_at": "2026-11-22T10:00:00Z", "breakers": [{{"key": "{key}",
+            "state": "forced_open", "reason": "backpressure_critical", "since": "2026-11-22T09:58:00Z",
+            "until": null, "event_id": "e1"}}]}}"#
+    )
+}
+
+/// Upgrades refused when their wait ends (here by a control-plane forced_open) were never sent:
+/// their entries among the worker's calls in flight must go with the refusal. Left there with
+/// their token's deadline, the same tick's `expire_overdue` (after `delay::on_tick`) timed them
+/// out as failures whenever the tick came `answer_timeout_ms` after their token (a wall clock
+/// stepping forward, a late tick under a short timeout): three never-sent upgrades tripped the
+/// local breaker of a healthy backend, which then stayed open after the forced_open ended.
+#[test]
+fn upgrades_refused_when_their_wait_ends_are_not_timed_out_as_failures() {
+    let config = r#"{"defaults": {"consecutive_failures": 3, "answer_timeout_ms": 1000,
+        "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let (mut w, token) = controlled_worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Three upgrades wait 1, 2 and 3 s for their tokens; the control plane forces the key open.
+    let waiting: Vec<u32> = (0..3).map(|_| held(start(&mut w))).collect();
+    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
+    w.tick().unwrap();
+    // The wall clock steps 5 s forward: every wait ends at the next tick, each refused.
+    host.advance(Duration::from_secs(5));
+    w.tick().unwrap();
+    for &ctx in &waiting {
+        assert_eq!(w.resumed_request(ctx), 0);
+        let reply = w.local_response(ctx).expect("not refused");
+        assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+        answer(&mut w, ctx, 503);
+    }
+    run(&host, &mut w, 1_000);
+    assert_eq!(metric(&host, FAILURES), 0, "upgrades never sent upstream counted as the backend's failures");
+    assert_eq!(metric(&host, OPENED), 0, "the local breaker tripped on upgrades it never sent");
+}
