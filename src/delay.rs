@@ -161,7 +161,14 @@ pub fn on_tick(root: u32, config: Option<&Config>) {
             _ => false,
         };
         if refused {
-            vm::with(|vm| vm.delayed.refused.insert(ctx));
+            // Never sent: its answer deadline goes with it now (this tick's `expire_overdue`
+            // would take a deadline already past for a timeout, a failure of the backend).
+            vm::with(|vm| {
+                vm.delayed.refused.insert(ctx);
+                if let Some(id) = w.pending {
+                    vm.calls.settle(id);
+                }
+            });
             continue;
         }
         match host::resume_http_request() {
