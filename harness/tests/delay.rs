@@ -767,3 +767,30 @@ fn upgrades_refused_when_their_wait_ends_are_not_timed_out_as_failures() {
     assert_eq!(metric(&host, FAILURES), 0, "upgrades never sent upstream counted as the backend's failures");
     assert_eq!(metric(&host, OPENED), 0, "the local breaker tripped on upgrades it never sent");
 }
+
+/// A refusal at the end of a wait that could not be sent (the host refused the local reply, or
+/// the stream was gone) refused nothing: the upgrade is resumed (fail open) or was never there.
+/// It is not a rejection: `floodgate_rejected_total` counted it all the same, so the dashboard
+/// showed a refused upgrade that reached the backend.
+#[test]
+fn a_refusal_at_the_end_of_a_wait_that_could_not_be_sent_is_not_counted_as_a_rejection() {
+    let config = r#"{"defaults": {"consecutive_failures": 2, "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 10, "burst": 2, "max_delay_ms": 500}}}"#;
+    let rejected = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_rejected_total";
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let a = now(start(&mut w));
+    let b = now(start(&mut w));
+    let sent_late = held(start(&mut w));
+    let gone = held(start(&mut w));
+    answer(&mut w, a, 503);
+    answer(&mut w, b, 503);
+    host.inject_fault("proxy_send_local_response", status::INTERNAL_FAILURE, 1);
+    run(&host, &mut w, 100);
+    assert_eq!(w.resumed_request(sent_late), 1, "a refusal that could not be sent must start the upgrade");
+    assert_eq!(metric(&host, rejected), 0, "an upgrade sent upstream counted as rejected");
+    host.inject_fault("proxy_set_effective_context", status::NOT_FOUND, 1);
+    run(&host, &mut w, 100);
+    assert_eq!(w.local_response(gone), None);
+    assert_eq!(metric(&host, rejected), 0, "a stream the host no longer had counted as rejected");
+}
