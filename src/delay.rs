@@ -149,7 +149,7 @@ pub fn on_tick(root: u32, config: Option<&Config>) {
     }
     // Outside any borrow of the VM's state: Envoy may run the stream's callbacks on resuming.
     for (ctx, w) in due {
-        let refusal = config.and_then(|c| guard::refusal_after_delay(c, &w.key, w.kind, now));
+        let refusal = config.and_then(|c| guard::refusal_after_delay(c, &w.key, now));
         if let Err(e) = host::set_effective_context(ctx) {
             log::debug!("delayed stream {ctx} not resumed (gone?): {e:?}");
             continue;
@@ -164,6 +164,7 @@ pub fn on_tick(root: u32, config: Option<&Config>) {
             // Never sent: its answer deadline goes with it now (this tick's `expire_overdue`
             // would take a deadline already past for a timeout, a failure of the backend).
             vm::with(|vm| {
+                vm.metrics.rejected(&w.key.name, w.kind);
                 vm.delayed.refused.insert(ctx);
                 if let Some(id) = w.pending {
                     vm.calls.settle(id);
