@@ -794,3 +794,38 @@ fn a_refusal_at_the_end_of_a_wait_that_could_not_be_sent_is_not_counted_as_a_rej
     assert_eq!(w.local_response(gone), None);
     assert_eq!(metric(&host, rejected), 0, "a stream the host no longer had counted as rejected");
 }
+
+/// Every root context of a VM ticks, and each runs `delay::on_tick` over the VM's one set of
+/// delayed streams with its own configuration: with `vm_id: floodgate` for both the HTTP filter
+/// (with a control plane) and the TCP filter (without), the TCP root's tick may end an upgrade's
+/// wait, and re-checked it without the control plane's view. Here the TCP filter's root is
+/// added while an upgrade of the HTTP filter waits, and its timer fires first: the forced_open
+/// that came meanwhile must still refuse the upgrade, as the stream's own configuration says.
+#[test]
+fn a_delayed_upgrade_is_re_checked_with_its_own_filters_configuration_whichever_root_ticks() {
+    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let (mut w, token) = controlled_worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
+    w.tick().unwrap();
+    let (tcp, ok) = w.add_root("floodgate_tcp", r#"{"breaker": "backend_tcp"}"#).unwrap();
+    assert!(ok, "{:?}", host.logs());
+    // The TCP root's timer fires first.
+    for _ in 0..20 {
+        host.advance(Duration::from_millis(100));
+        w.tick_root(tcp).unwrap();
+        w.tick().unwrap();
+    }
+    assert_eq!(
+        w.resumed_request(ctx),
+        0,
+        "sent upstream past a forced_open: re-checked with another filter's configuration"
+    );
+    let reply = w.local_response(ctx).expect("left hanging");
+    assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+}
