@@ -829,3 +829,31 @@ fn a_delayed_upgrade_is_re_checked_with_its_own_filters_configuration_whichever_
     let reply = w.local_response(ctx).expect("left hanging");
     assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
 }
+
+/// The refusal at the end of a wait is the configured one: `reject.status` and its extra
+/// headers, the breaker's state, counted by its kind; under `close_frame` it stays the HTTP
+/// refusal (README: the tick has no 101 to complete), and the call decides nothing.
+#[test]
+fn a_refusal_at_the_end_of_a_wait_carries_the_configured_status_and_headers() {
+    let config = r#"{"defaults": {"consecutive_failures": 2, "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 10, "burst": 2, "max_delay_ms": 500}},
+        "reject": {"status": 429, "headers": {"x-team": "collab"}, "websocket": "close_frame"}}"#;
+    let rejected = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_rejected_total";
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let a = now(start(&mut w));
+    let b = now(start(&mut w));
+    let waiting = held(start(&mut w));
+    answer(&mut w, a, 503);
+    answer(&mut w, b, 503);
+    run(&host, &mut w, 100);
+    let reply = w.local_response(waiting).expect("not refused");
+    assert_eq!(
+        (reply.status, reply.header("x-floodgate"), reply.header("x-team")),
+        (429, Some("open"), Some("collab"))
+    );
+    assert_eq!(reply.header("retry-after"), Some("10"));
+    answer(&mut w, waiting, 429);
+    run(&host, &mut w, 1_000);
+    assert_eq!((metric(&host, rejected), metric(&host, FAILURES)), (1, 2));
+}
