@@ -857,3 +857,27 @@ fn a_refusal_at_the_end_of_a_wait_carries_the_configured_status_and_headers() {
     run(&host, &mut w, 1_000);
     assert_eq!((metric(&host, rejected), metric(&host, FAILURES)), (1, 2));
 }
+
+/// The control plane's forced_open needs no host call (the worker's copy of its view): a state
+/// read that fails when the wait ends may fail the local breaker's re-check open, not the
+/// control plane's. A delayed upgrade went upstream past a forced_open on a failed state read.
+#[test]
+fn a_failing_state_read_when_the_wait_ends_does_not_skip_a_forced_open() {
+    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let (mut w, token) = controlled_worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
+    w.tick().unwrap();
+    host.advance(Duration::from_secs(1));
+    host.inject_fault("proxy_get_shared_data", status::INTERNAL_FAILURE, 100);
+    w.tick().unwrap();
+    host.clear_faults();
+    assert_eq!(w.resumed_request(ctx), 0, "sent upstream past a forced_open because the local state was not read");
+    let reply = w.local_response(ctx).expect("left hanging");
+    assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+}
