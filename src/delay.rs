@@ -45,6 +45,10 @@ pub struct Delayed {
 
 /// A stream waiting for its token.
 pub struct Waiting {
+    /// The configuration of the stream's filter: every root context of the VM ticks (an HTTP
+    /// filter's, a TCP filter's with the same `vm_id`), each with its own configuration; the
+    /// stream is re-checked and refused as its own says (its control plane, its `reject`).
+    pub config: Rc<Config>,
     pub key: Rc<Key>,
     /// What a refusal counts it as.
     pub kind: RejectKind,
@@ -138,7 +142,7 @@ impl Delayed {
 
 /// On the worker's tick: resumes the delayed streams whose start came (or refuses those whose
 /// breaker no longer admits new calls), then acts as the root context `root` again.
-pub fn on_tick(root: u32, config: Option<&Config>) {
+pub fn on_tick(root: u32) {
     if vm::with(|vm| vm.delayed.is_empty()) {
         return;
     }
@@ -149,19 +153,27 @@ pub fn on_tick(root: u32, config: Option<&Config>) {
     }
     // Outside any borrow of the VM's state: Envoy may run the stream's callbacks on resuming.
     for (ctx, w) in due {
-        let refusal = config.and_then(|c| guard::refusal_after_delay(c, &w.key, w.kind, now));
+        let refusal = guard::refusal_after_delay(&w.config, &w.key, now);
         if let Err(e) = host::set_effective_context(ctx) {
             log::debug!("delayed stream {ctx} not resumed (gone?): {e:?}");
             continue;
         }
-        let refused = match (config, &refusal) {
-            (Some(c), Some(r)) => http::send_refusal(c, w.key.name.as_bytes(), r)
+        let refused = match &refusal {
+            Some(r) => http::send_refusal(&w.config, w.key.name.as_bytes(), r)
                 .map_err(|e| log::warn!("delayed stream {ctx}: local reply failed ({e:?}): resumed"))
                 .is_ok(),
-            _ => false,
+            None => false,
         };
         if refused {
-            vm::with(|vm| vm.delayed.refused.insert(ctx));
+            // Never sent: its answer deadline goes with it now (this tick's `expire_overdue`
+            // would take a deadline already past for a timeout, a failure of the backend).
+            vm::with(|vm| {
+                vm.metrics.rejected(&w.key.name, w.kind);
+                vm.delayed.refused.insert(ctx);
+                if let Some(id) = w.pending {
+                    vm.calls.settle(id);
+                }
+            });
             continue;
         }
         match host::resume_http_request() {
@@ -189,7 +201,8 @@ mod tests {
     fn waiting() -> Waiting {
         let policy =
             BreakerPolicy { policy: Default::default(), failure: Default::default(), admission: Default::default() };
-        Waiting { key: Rc::new(Key::new("k", Rc::new(policy))), kind: RejectKind::WebSocket, pending: None }
+        let config = Rc::new(crate::config::parse(b"{}", crate::config::FilterKind::Http).expect("valid"));
+        Waiting { config, key: Rc::new(Key::new("k", Rc::new(policy))), kind: RejectKind::WebSocket, pending: None }
     }
 
     fn ids(due: Vec<(u32, Waiting)>) -> Vec<u32> {

@@ -270,28 +270,30 @@ fn remote_params(control: &ControlConfig, p: &Policy) -> DecideParams {
 
 /// What a delayed call's breaker says when its wait ends (`crate::delay`): `None` to start it,
 /// else the refusal a new call would get now, because the control plane forced the key open or
-/// the breaker opened or went half-open meanwhile (counted in `floodgate_rejected_total`). A
-/// host error starts it (fail open); a forced close starts it whatever the local breaker says.
-pub fn refusal_after_delay(config: &Config, key: &Key, kind: RejectKind, now: u64) -> Option<Refused> {
+/// the breaker opened or went half-open meanwhile (the caller counts it in
+/// `floodgate_rejected_total` once the refusal is sent). A host error starts it (fail open); a
+/// forced close starts it whatever the local breaker says.
+pub fn refusal_after_delay(config: &Config, key: &Key, now: u64) -> Option<Refused> {
     let p = &key.policy.policy;
-    let bytes = host::shared_get(&key.state_key).ok()?.0;
-    vm::with(|vm| {
+    let remote = vm::with(|vm| {
+        let control = config.control.as_ref()?;
         let view = vm.remote.view.clone();
         let unit = vm.unit(now);
-        let remote = config.control.as_ref().map(|c| remote::decide(&view, &key.name, now, &remote_params(c, p), unit));
-        let refused = match remote {
-            Some(RemoteDecision::Refuse { reason, retry_after_ms }) => {
-                Refused { state: RefusedAs::ForcedOpen, reason: Cow::Owned(reason.to_string()), retry_after_ms }
+        Some(match remote::decide(&view, &key.name, now, &remote_params(control, p), unit) {
+            RemoteDecision::Refuse { reason, retry_after_ms } => {
+                Some(Refused { state: RefusedAs::ForcedOpen, reason: Cow::Owned(reason.to_string()), retry_after_ms })
             }
-            Some(RemoteDecision::Admit) => return None,
-            _ => {
-                let head = bytes.as_deref().and_then(Head::peek)?;
-                floodgate_core::breaker::refusal_after_delay(&head, p, now, || vm.unit(now))?.into()
-            }
-        };
-        vm.metrics.rejected(&key.name, kind);
-        Some(refused)
-    })
+            RemoteDecision::Admit => None,
+            RemoteDecision::Local | RemoteDecision::Ramp { .. } => return None,
+        })
+    });
+    if let Some(decided) = remote {
+        return decided;
+    }
+    // The local breaker's state: read only when the control plane leaves the call to it.
+    let bytes = host::shared_get(&key.state_key).ok()?.0;
+    let head = bytes.as_deref().and_then(Head::peek)?;
+    vm::with(|vm| floodgate_core::breaker::refusal_after_delay(&head, p, now, || vm.unit(now))).map(Into::into)
 }
 
 /// What ending a tracked call means: `Some(true)` when its answer deadline passed before this

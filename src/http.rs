@@ -216,7 +216,12 @@ impl HttpFilter {
     fn delay(&mut self, admitted: Admitted, wait_ms: u64) -> Action {
         let now = admitted.start_ms.saturating_sub(wait_ms);
         let ctx = self.context_id;
-        let waiting = crate::delay::Waiting { key: admitted.key.clone(), kind: self.kind(), pending: admitted.pending };
+        let waiting = crate::delay::Waiting {
+            config: self.config.clone(),
+            key: admitted.key.clone(),
+            kind: self.kind(),
+            pending: admitted.pending,
+        };
         self.admitted = Some(admitted);
         if crate::vm::with(|vm| vm.delayed.hold(ctx, waiting, now, wait_ms)) {
             self.delayed = true;

@@ -113,7 +113,7 @@ impl RootContext for Root {
         }
         // With the control plane's view as this tick refreshed it, and before answer deadlines
         // are enforced: a delayed call starts now, its deadline counts from now.
-        crate::delay::on_tick(self.id, self.config.as_deref());
+        crate::delay::on_tick(self.id);
         crate::guard::expire_overdue();
         crate::guard::flush_successes();
     }

@@ -123,6 +123,30 @@ impl Worker {
         Ok(ok != 0)
     }
 
+    /// Another root context in this worker's VM (as Envoy makes one per filter configuration
+    /// with the same `vm_id`): `on_context_create`, `on_vm_start` and `on_configure` with
+    /// `plugin_config` as root_id `root_id`. Returns its id and what `on_configure` returned;
+    /// tick it with [`Worker::tick_root`]. Streams are still created under the first root.
+    pub fn add_root(&mut self, root_id: &str, plugin_config: &str) -> wasmtime::Result<(u32, bool)> {
+        let root = self.next_context;
+        self.next_context += 1;
+        self.set_property(&["plugin_root_id"], root_id.as_bytes());
+        self.store.data_mut().known_contexts.push(root);
+        self.store.data_mut().root_buffers.insert(buffer::PLUGIN_CONFIGURATION, plugin_config.as_bytes().to_vec());
+        self.call::<(i32, i32), ()>(root, "proxy_on_context_create", (root as i32, 0))?;
+        let started: i32 = self.call(root, "proxy_on_vm_start", (root as i32, 0))?;
+        if started == 0 {
+            return Ok((root, false));
+        }
+        let ok: i32 = self.call(root, "proxy_on_configure", (root as i32, plugin_config.len() as i32))?;
+        Ok((root, ok != 0))
+    }
+
+    /// The tick of root context `root` (one [`Worker::add_root`] made).
+    pub fn tick_root(&mut self, root: u32) -> wasmtime::Result<()> {
+        self.call::<i32, ()>(root, "proxy_on_tick", root as i32)
+    }
+
     pub fn tick_period_ms(&self) -> u32 {
         self.store.data().tick_period_ms
     }

@@ -709,3 +709,175 @@ fn random_interleavings_delay_exactly_as_the_reference_bucket() {
         }
     }
 }
+
+/// A worker with a control plane (`floodgate_control`) whose first poll is out: the poll's token.
+fn controlled_worker(host: &mut Host, config: &str) -> (Worker, u32) {
+    let mut w = host.worker().unwrap();
+    w.set_property(&["xds", "node", "id"], b"harness-node");
+    w.add_cluster("floodgate_control");
+    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
+    let mut poll = None;
+    for _ in 0..5 {
+        w.tick().unwrap();
+        poll = poll.or_else(|| w.http_calls().first().map(|c| c.token));
+        host.advance(Duration::from_millis(100));
+    }
+    (w, poll.expect("no poll"))
+}
+
+fn forced_open_snapshot(key: &str) -> String {
+    format!(
+        r#"{{"version": 1, "generated_at": "2026-11-22T10:00:00Z", "breakers": [{{"key": "{key}",
+            "state": "forced_open", "reason": "backpressure_critical", "since": "2026-11-22T09:58:00Z",
+            "until": null, "event_id": "e1"}}]}}"#
+    )
+}
+
+/// Upgrades refused when their wait ends (here by a control-plane forced_open) were never sent:
+/// their entries among the worker's calls in flight must go with the refusal. Left there with
+/// their token's deadline, the same tick's `expire_overdue` (after `delay::on_tick`) timed them
+/// out as failures whenever the tick came `answer_timeout_ms` after their token (a wall clock
+/// stepping forward, a late tick under a short timeout): three never-sent upgrades tripped the
+/// local breaker of a healthy backend, which then stayed open after the forced_open ended.
+#[test]
+fn upgrades_refused_when_their_wait_ends_are_not_timed_out_as_failures() {
+    let config = r#"{"defaults": {"consecutive_failures": 3, "answer_timeout_ms": 1000,
+        "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let (mut w, token) = controlled_worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    // Three upgrades wait 1, 2 and 3 s for their tokens; the control plane forces the key open.
+    let waiting: Vec<u32> = (0..3).map(|_| held(start(&mut w))).collect();
+    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
+    w.tick().unwrap();
+    // The wall clock steps 5 s forward: every wait ends at the next tick, each refused.
+    host.advance(Duration::from_secs(5));
+    w.tick().unwrap();
+    for &ctx in &waiting {
+        assert_eq!(w.resumed_request(ctx), 0);
+        let reply = w.local_response(ctx).expect("not refused");
+        assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+        answer(&mut w, ctx, 503);
+    }
+    run(&host, &mut w, 1_000);
+    assert_eq!(metric(&host, FAILURES), 0, "upgrades never sent upstream counted as the backend's failures");
+    assert_eq!(metric(&host, OPENED), 0, "the local breaker tripped on upgrades it never sent");
+}
+
+/// A refusal at the end of a wait that could not be sent (the host refused the local reply, or
+/// the stream was gone) refused nothing: the upgrade is resumed (fail open) or was never there.
+/// It is not a rejection: `floodgate_rejected_total` counted it all the same, so the dashboard
+/// showed a refused upgrade that reached the backend.
+#[test]
+fn a_refusal_at_the_end_of_a_wait_that_could_not_be_sent_is_not_counted_as_a_rejection() {
+    let config = r#"{"defaults": {"consecutive_failures": 2, "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 10, "burst": 2, "max_delay_ms": 500}}}"#;
+    let rejected = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_rejected_total";
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let a = now(start(&mut w));
+    let b = now(start(&mut w));
+    let sent_late = held(start(&mut w));
+    let gone = held(start(&mut w));
+    answer(&mut w, a, 503);
+    answer(&mut w, b, 503);
+    host.inject_fault("proxy_send_local_response", status::INTERNAL_FAILURE, 1);
+    run(&host, &mut w, 100);
+    assert_eq!(w.resumed_request(sent_late), 1, "a refusal that could not be sent must start the upgrade");
+    assert_eq!(metric(&host, rejected), 0, "an upgrade sent upstream counted as rejected");
+    host.inject_fault("proxy_set_effective_context", status::NOT_FOUND, 1);
+    run(&host, &mut w, 100);
+    assert_eq!(w.local_response(gone), None);
+    assert_eq!(metric(&host, rejected), 0, "a stream the host no longer had counted as rejected");
+}
+
+/// Every root context of a VM ticks, and each runs `delay::on_tick` over the VM's one set of
+/// delayed streams with its own configuration: with `vm_id: floodgate` for both the HTTP filter
+/// (with a control plane) and the TCP filter (without), the TCP root's tick may end an upgrade's
+/// wait, and re-checked it without the control plane's view. Here the TCP filter's root is
+/// added while an upgrade of the HTTP filter waits, and its timer fires first: the forced_open
+/// that came meanwhile must still refuse the upgrade, as the stream's own configuration says.
+#[test]
+fn a_delayed_upgrade_is_re_checked_with_its_own_filters_configuration_whichever_root_ticks() {
+    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let (mut w, token) = controlled_worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
+    w.tick().unwrap();
+    let (tcp, ok) = w.add_root("floodgate_tcp", r#"{"breaker": "backend_tcp"}"#).unwrap();
+    assert!(ok, "{:?}", host.logs());
+    // The TCP root's timer fires first.
+    for _ in 0..20 {
+        host.advance(Duration::from_millis(100));
+        w.tick_root(tcp).unwrap();
+        w.tick().unwrap();
+    }
+    assert_eq!(
+        w.resumed_request(ctx),
+        0,
+        "sent upstream past a forced_open: re-checked with another filter's configuration"
+    );
+    let reply = w.local_response(ctx).expect("left hanging");
+    assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+}
+
+/// The refusal at the end of a wait is the configured one: `reject.status` and its extra
+/// headers, the breaker's state, counted by its kind; under `close_frame` it stays the HTTP
+/// refusal (README: the tick has no 101 to complete), and the call decides nothing.
+#[test]
+fn a_refusal_at_the_end_of_a_wait_carries_the_configured_status_and_headers() {
+    let config = r#"{"defaults": {"consecutive_failures": 2, "open": {"base_ms": 10000, "jitter": 0.0},
+        "admission": {"per_second": 10, "burst": 2, "max_delay_ms": 500}},
+        "reject": {"status": 429, "headers": {"x-team": "collab"}, "websocket": "close_frame"}}"#;
+    let rejected = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_rejected_total";
+    let mut host = host();
+    let mut w = worker(&mut host, config);
+    let a = now(start(&mut w));
+    let b = now(start(&mut w));
+    let waiting = held(start(&mut w));
+    answer(&mut w, a, 503);
+    answer(&mut w, b, 503);
+    run(&host, &mut w, 100);
+    let reply = w.local_response(waiting).expect("not refused");
+    assert_eq!(
+        (reply.status, reply.header("x-floodgate"), reply.header("x-team")),
+        (429, Some("open"), Some("collab"))
+    );
+    assert_eq!(reply.header("retry-after"), Some("10"));
+    answer(&mut w, waiting, 429);
+    run(&host, &mut w, 1_000);
+    assert_eq!((metric(&host, rejected), metric(&host, FAILURES)), (1, 2));
+}
+
+/// The control plane's forced_open needs no host call (the worker's copy of its view): a state
+/// read that fails when the wait ends may fail the local breaker's re-check open, not the
+/// control plane's. A delayed upgrade went upstream past a forced_open on a failed state read.
+#[test]
+fn a_failing_state_read_when_the_wait_ends_does_not_skip_a_forced_open() {
+    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let mut host = host();
+    let (mut w, token) = controlled_worker(&mut host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
+    w.tick().unwrap();
+    host.advance(Duration::from_secs(1));
+    host.inject_fault("proxy_get_shared_data", status::INTERNAL_FAILURE, 100);
+    w.tick().unwrap();
+    host.clear_faults();
+    assert_eq!(w.resumed_request(ctx), 0, "sent upstream past a forced_open because the local state was not read");
+    let reply = w.local_response(ctx).expect("left hanging");
+    assert_eq!(reply.header("x-floodgate"), Some("forced_open"));
+}
