@@ -8,10 +8,13 @@
 // Test code throughout: clippy.toml lets it unwrap, expect and panic.
 #![cfg(test)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use floodgate_harness::{built_module, status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
+use common::{host, metric, worker, Rng};
+use floodgate_harness::{status, Host, LocalResponse, Worker, CONTINUE, PAUSE};
 
 const BREAKER: &str = "collab_ws";
 /// 10 upgrades a second, 2 at once, a wait of up to 500 ms.
@@ -23,20 +26,6 @@ const DELAYED: &str = "breaker=.=collab_ws;.;floodgate_admission_delayed_total";
 const REJECTED: &str = "breaker=.=collab_ws;.;kind=.=websocket;.;floodgate_admission_rejected_total";
 const FAILURES: &str = "breaker=.=collab_ws;.;outcome=.=failure;.;floodgate_calls_total";
 const OPENED: &str = "breaker=.=collab_ws;.;from=.=closed;.;to=.=open;.;floodgate_transitions_total";
-
-fn host() -> Host {
-    Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"))
-}
-
-fn worker(host: &mut Host, config: &str) -> Worker {
-    let mut w = host.worker().unwrap();
-    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
-    w
-}
-
-fn metric(host: &Host, name: &str) -> i64 {
-    host.metric(name).unwrap_or(0)
-}
 
 /// What the filter did with a new upgrade's request headers.
 #[derive(Debug)]
@@ -576,21 +565,6 @@ fn the_ticks_lateness_is_not_taken_from_a_delayed_calls_answer_timeout() {
 }
 
 // ---- model-based ----
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// The reference: DESIGN's bucket, written plainly (thousandths of a token, integer refill).
 struct Bucket {
