@@ -68,6 +68,14 @@ fn run(host: &Host, w: &mut Worker, ms: u64) {
     }
 }
 
+/// Takes `n` tokens (the burst) with upgrades answered 101 at once.
+fn spend_the_burst(w: &mut Worker, n: usize) {
+    for _ in 0..n {
+        let ctx = now(start(w));
+        answer(w, ctx, 101);
+    }
+}
+
 fn held(s: Start) -> u32 {
     match s {
         Start::Held(ctx) => ctx,
@@ -142,10 +150,7 @@ fn delays_across_two_workers_start_no_faster_than_the_budget_and_one_past_max_de
 fn a_client_that_leaves_while_delayed_is_never_resumed_and_decides_nothing() {
     let mut host = host();
     let mut w = worker(&mut host, DELAYING);
-    for _ in 0..2 {
-        let Start::Now(ctx) = start(&mut w) else { panic!("not admitted within the burst") };
-        answer(&mut w, ctx, 101);
-    }
+    spend_the_burst(&mut w, 2);
     let ctx = held(start(&mut w));
     host.advance(Duration::from_millis(50));
     w.end(ctx).unwrap();
@@ -163,10 +168,7 @@ fn a_client_that_leaves_while_delayed_is_never_resumed_and_decides_nothing() {
 fn a_delayed_call_counts_its_answer_timeout_from_its_start() {
     let mut host = host();
     let mut w = worker(&mut host, DELAYING);
-    for _ in 0..2 {
-        let Start::Now(ctx) = start(&mut w) else { panic!("not admitted within the burst") };
-        answer(&mut w, ctx, 101);
-    }
+    spend_the_burst(&mut w, 2);
     // It waits 100 ms, then has answer_timeout_ms (1 s) from its start: 1.1 s in all.
     let ctx = held(start(&mut w));
     host.advance(Duration::from_millis(100));
@@ -349,10 +351,7 @@ fn an_upgrade_waiting_when_the_breaker_trips_is_refused_as_open_and_never_sent_u
 fn a_failing_state_read_when_the_wait_ends_starts_the_upgrade() {
     let mut host = host();
     let mut w = worker(&mut host, DELAYING);
-    for _ in 0..2 {
-        let Start::Now(ctx) = start(&mut w) else { panic!("not admitted") };
-        answer(&mut w, ctx, 101);
-    }
+    spend_the_burst(&mut w, 2);
     let ctx = held(start(&mut w));
     host.advance(Duration::from_millis(100));
     host.inject_fault("proxy_get_shared_data", status::INTERNAL_FAILURE, 1);
@@ -454,31 +453,8 @@ fn lowering_the_budget_while_its_bucket_is_in_debt_does_not_lock_upgrades_out() 
 /// forced_open refusal when its wait ends, not a trip upstream.
 #[test]
 fn a_delayed_upgrade_is_not_sent_upstream_past_a_forced_open_that_came_while_it_waited() {
-    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
-        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
-                    "retry_ms": 200, "stale_after_s": 30}}"#;
     let mut host = host();
-    let mut w = host.worker().unwrap();
-    w.set_property(&["xds", "node", "id"], b"harness-node");
-    w.add_cluster("floodgate_control");
-    assert!(w.configure("floodgate", config).unwrap(), "configuration refused: {:?}", host.logs());
-    let mut poll = None;
-    for _ in 0..5 {
-        w.tick().unwrap();
-        poll = poll.or_else(|| w.http_calls().first().map(|c| c.token));
-        host.advance(Duration::from_millis(100));
-    }
-    let token = poll.expect("no poll");
-    let first = now(start(&mut w));
-    answer(&mut w, first, 101);
-    let ctx = held(start(&mut w));
-    let snapshot = format!(
-        r#"{{"version": 1, "generated_at": "2026-11-22T10:00:00Z", "breakers": [{{"key": "{BREAKER}",
-            "state": "forced_open", "reason": "backpressure_critical", "since": "2026-11-22T09:58:00Z",
-            "until": null, "event_id": "e1"}}]}}"#
-    );
-    w.answer_http_call(token, 200, &[], snapshot.as_bytes()).unwrap();
-    w.tick().unwrap();
+    let (mut w, ctx) = waiting_when_forced_open(&mut host);
     match start(&mut w) {
         Start::Refused(r) => assert_eq!(r.header("x-floodgate"), Some("forced_open")),
         other => panic!("a new upgrade was not refused by the forced_open: {other:?}"),
@@ -509,6 +485,20 @@ fn data_from_a_delayed_client_does_not_start_its_upgrade_before_its_token() {
     answer(&mut w, ctx, 101);
 }
 
+/// With a burst of 1 at 10/s: spends the burst, then delays an upgrade whose token comes 100 ms
+/// later, on a worker that ticks 50 ms and 150 ms later: resumed 50 ms after its token.
+fn resumed_50_ms_after_its_token(host: &Host, w: &mut Worker) -> u32 {
+    let first = now(start(w));
+    answer(w, first, 101);
+    let ctx = held(start(w));
+    host.advance(Duration::from_millis(50));
+    w.tick().unwrap();
+    host.advance(Duration::from_millis(100));
+    w.tick().unwrap();
+    assert_eq!(w.resumed_request(ctx), 1);
+    ctx
+}
+
 /// A delayed call's duration (for `slow_call`) counts from its resume, up to a tick (100 ms) after
 /// its token: the proxy's own lateness is not the backend's slowness. Counted from the token, a
 /// backend answering every delayed upgrade in 60 ms under a 100 ms `slow_call` was "slow" for
@@ -520,15 +510,7 @@ fn the_ticks_lateness_does_not_make_a_delayed_call_slow() {
     let slow = "breaker=.=collab_ws;.;outcome=.=slow;.;floodgate_calls_total";
     let mut host = host();
     let mut w = worker(&mut host, config);
-    let first = now(start(&mut w));
-    answer(&mut w, first, 101);
-    // Its token comes at +100 ms; this worker's ticks fall at +50, +150...
-    let ctx = held(start(&mut w));
-    host.advance(Duration::from_millis(50));
-    w.tick().unwrap();
-    host.advance(Duration::from_millis(100));
-    w.tick().unwrap();
-    assert_eq!(w.resumed_request(ctx), 1);
+    let ctx = resumed_50_ms_after_its_token(&host, &mut w);
     // The backend answers 60 ms after the upgrade reached it.
     host.advance(Duration::from_millis(60));
     answer(&mut w, ctx, 101);
@@ -546,15 +528,7 @@ fn the_ticks_lateness_is_not_taken_from_a_delayed_calls_answer_timeout() {
         "admission": {"per_second": 10, "burst": 1, "max_delay_ms": 1000}}}"#;
     let mut host = host();
     let mut w = worker(&mut host, config);
-    let first = now(start(&mut w));
-    answer(&mut w, first, 101);
-    // Its token comes at +100 ms; this worker's ticks fall at +50, +150, +250...
-    let ctx = held(start(&mut w));
-    host.advance(Duration::from_millis(50));
-    w.tick().unwrap();
-    host.advance(Duration::from_millis(100));
-    w.tick().unwrap();
-    assert_eq!(w.resumed_request(ctx), 1);
+    let ctx = resumed_50_ms_after_its_token(&host, &mut w);
     host.advance(Duration::from_millis(100));
     w.tick().unwrap();
     // The backend answers 180 ms after the upgrade reached it.
@@ -699,6 +673,21 @@ fn controlled_worker(host: &mut Host, config: &str) -> (Worker, u32) {
     (w, poll.expect("no poll"))
 }
 
+/// A worker polling the control plane (1 upgrade/s, burst 1, up to 5 s of delay) with one upgrade
+/// waiting when a forced_open of its key comes: the worker and that upgrade's context.
+fn waiting_when_forced_open(host: &mut Host) -> (Worker, u32) {
+    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
+        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
+                    "retry_ms": 200, "stale_after_s": 30}}"#;
+    let (mut w, token) = controlled_worker(host, config);
+    let first = now(start(&mut w));
+    answer(&mut w, first, 101);
+    let ctx = held(start(&mut w));
+    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
+    w.tick().unwrap();
+    (w, ctx)
+}
+
 fn forced_open_snapshot(key: &str) -> String {
     format!(
         r#"{{"version": 1, "generated_at": "2026-11-22T10:00:00Z", "breakers": [{{"key": "{key}",
@@ -777,16 +766,8 @@ fn a_refusal_at_the_end_of_a_wait_that_could_not_be_sent_is_not_counted_as_a_rej
 /// that came meanwhile must still refuse the upgrade, as the stream's own configuration says.
 #[test]
 fn a_delayed_upgrade_is_re_checked_with_its_own_filters_configuration_whichever_root_ticks() {
-    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
-        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
-                    "retry_ms": 200, "stale_after_s": 30}}"#;
     let mut host = host();
-    let (mut w, token) = controlled_worker(&mut host, config);
-    let first = now(start(&mut w));
-    answer(&mut w, first, 101);
-    let ctx = held(start(&mut w));
-    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
-    w.tick().unwrap();
+    let (mut w, ctx) = waiting_when_forced_open(&mut host);
     let (tcp, ok) = w.add_root("floodgate_tcp", r#"{"breaker": "backend_tcp"}"#).unwrap();
     assert!(ok, "{:?}", host.logs());
     // The TCP root's timer fires first.
@@ -837,16 +818,8 @@ fn a_refusal_at_the_end_of_a_wait_carries_the_configured_status_and_headers() {
 /// control plane's. A delayed upgrade went upstream past a forced_open on a failed state read.
 #[test]
 fn a_failing_state_read_when_the_wait_ends_does_not_skip_a_forced_open() {
-    let config = r#"{"defaults": {"admission": {"per_second": 1, "burst": 1, "max_delay_ms": 5000}},
-        "control": {"cluster": "floodgate_control", "token": "t0ken", "wait_s": 5, "timeout_ms": 7000,
-                    "retry_ms": 200, "stale_after_s": 30}}"#;
     let mut host = host();
-    let (mut w, token) = controlled_worker(&mut host, config);
-    let first = now(start(&mut w));
-    answer(&mut w, first, 101);
-    let ctx = held(start(&mut w));
-    w.answer_http_call(token, 200, &[], forced_open_snapshot(BREAKER).as_bytes()).unwrap();
-    w.tick().unwrap();
+    let (mut w, ctx) = waiting_when_forced_open(&mut host);
     host.advance(Duration::from_secs(1));
     host.inject_fault("proxy_get_shared_data", status::INTERNAL_FAILURE, 100);
     w.tick().unwrap();
