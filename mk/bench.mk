@@ -2,28 +2,34 @@
 # `make bench` writes BENCHMARKS.md (about 10 minutes); `make bench-quick` is a smoke run that
 # reports and never fails on speed. Both raise the open-file limit for the long-poll waiters.
 TEST_TARGETS += test-bench
-.PHONY: bench bench-quick bench-storm test-bench
+.PHONY: bench bench-quick bench-storm test-bench wasm-floor
 BENCH_ENV = FLOODGATE_CONTROL_BIN=$(CURDIR)/target/release/floodgate-control
 
-bench: wasm bench-filter
+# The wasm floor (bench/wasm-floor): the cheapest proxy-wasm filter with the filter's SDK, built
+# like floodgate.wasm; the bench runs it beside Floodgate (`wasm_floor`) to tell the platform's
+# part of the cost from the breaker's.
+wasm-floor:
+	scripts/build-wasm.sh floodgate-wasm-floor
+
+bench: wasm wasm-floor bench-filter
 	scripts/deps.sh envoy redis
 	cargo build -q --release -p floodgate-control -p floodgate-bench
 	ulimit -n $$(ulimit -Hn); $(BENCH_ENV) target/release/floodgate-bench
 
-bench-quick: wasm
+bench-quick: wasm wasm-floor
 	scripts/deps.sh envoy redis
 	cargo build -q --release -p floodgate-control -p floodgate-bench
 	ulimit -n $$(ulimit -Hn); $(BENCH_ENV) target/release/floodgate-bench --quick
 
 # The reconnect storm alone (bench/src/storm.rs): replaces its section of BENCHMARKS.md and
 # BENCHMARKS-storm.svg. `make bench` and `make bench-quick` run it too, after the rest.
-bench-storm: wasm
+bench-storm: wasm wasm-floor
 	scripts/deps.sh envoy
 	cargo build -q --release -p floodgate-bench
 	ulimit -n $$(ulimit -Hn); target/release/floodgate-bench --storm-only
 
 # The generator's own tests (open-loop schedule, latency from the scheduled time) and the bench
 # configurations validating in Envoy.
-test-bench: wasm
+test-bench: wasm wasm-floor
 	scripts/deps.sh envoy
 	cargo test -p floodgate-bench

@@ -1,6 +1,8 @@
 //! The Envoy configurations under test, each known by its name: the filter chains, and the
 //! bench Envoy config (bench/envoy/base.yaml) they are rendered into.
 
+use std::path::{Path, PathBuf};
+
 use floodgate_demo::envoy::{self, Ports};
 use floodgate_demo::repo_root;
 
@@ -14,13 +16,24 @@ pub mod name {
     pub const FLOODGATE_OPEN: &str = "floodgate_open";
     pub const LUA_OPEN: &str = "lua_open";
     pub const FLOODGATE_MATCHER: &str = "floodgate_matcher";
+    /// The wasm floor (bench/wasm-floor) passing every request: what any proxy-wasm filter
+    /// written with Floodgate's SDK costs in this Envoy.
+    pub const WASM_FLOOR: &str = "wasm_floor";
 }
 
 /// Measured under plain HTTP requests; the first is the baseline. `floodgate_ws` on plain requests
 /// is the filter's fixed cost (a wasm context per stream) without the breaker, which
 /// `shed: websocket` only consults for upgrades.
-pub const HTTP_SET: [&str; 6] =
-    [name::NONE, name::FLOODGATE, name::ADMISSION_CONTROL, name::LUA, name::FLOODGATE_WS, name::FLOODGATE_MATCHER];
+/// `wasm_floor` is the cheapest proxy-wasm filter with the same SDK (the platform's part).
+pub const HTTP_SET: [&str; 7] = [
+    name::NONE,
+    name::FLOODGATE,
+    name::ADMISSION_CONTROL,
+    name::LUA,
+    name::FLOODGATE_WS,
+    name::FLOODGATE_MATCHER,
+    name::WASM_FLOOR,
+];
 
 /// Measured under WebSocket upgrades; the first is the baseline.
 pub const UPGRADE_SET: [&str; 4] = [name::NONE, name::FLOODGATE_WS, name::FLOODGATE_OPEN, name::LUA_OPEN];
@@ -35,22 +48,39 @@ pub struct Setup {
 
 /// The Floodgate HTTP filter with `config`, as an entry of `http_filters` (also used by the storm).
 pub(crate) fn wasm_filter(config: &str) -> String {
+    module_filter("floodgate", &envoy::wasm_path(), config)
+}
+
+/// The wasm floor module (`make wasm-floor` builds it from bench/wasm-floor).
+pub fn floor_path() -> PathBuf {
+    repo_root().join("target/wasm32-wasip1/release/floodgate_wasm_floor.wasm")
+}
+
+/// The wasm floor as an entry of `http_filters` named `name`, `mode` `pass` or `refuse` (also
+/// used by the storm).
+pub(crate) fn floor_filter(name: &str, mode: &str) -> String {
+    module_filter(name, &floor_path(), mode)
+}
+
+/// A proxy-wasm HTTP filter: the module at `path` with plugin configuration `config`, in a VM of
+/// its own named after the filter.
+fn module_filter(name: &str, path: &Path, config: &str) -> String {
     format!(
-        r#"- name: floodgate
+        r#"- name: {name}
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
               config:
-                name: floodgate
-                root_id: floodgate
+                name: {name}
+                root_id: {name}
                 vm_config:
-                  vm_id: floodgate
+                  vm_id: {name}
                   runtime: envoy.wasm.runtime.v8
                   code: {{local: {{filename: {}}}}}
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: '{}'
           "#,
-        envoy::wasm_path().display(),
+        path.display(),
         config
     )
 }
@@ -168,6 +198,12 @@ pub fn setups() -> Vec<Setup> {
             name: name::FLOODGATE_MATCHER,
             what: "Floodgate, `shed: websocket`, behind a matcher on the `upgrade` header (plain requests skip it)",
             filters: matcher_filter(closed_ws),
+            lua_open: false,
+        },
+        Setup {
+            name: name::WASM_FLOOR,
+            what: "the wasm floor: a proxy-wasm filter with Floodgate's SDK whose request-headers callback returns Continue and does nothing else (bench/wasm-floor)",
+            filters: floor_filter("wasm_floor", "pass"),
             lua_open: false,
         },
     ]

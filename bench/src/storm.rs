@@ -89,6 +89,11 @@ pub struct StormSetup {
     /// (None: it has no refusal that can be made on purpose), and that cluster's thresholds.
     refusal: Option<&'static str>,
     refuse_thresholds: String,
+    /// Lines added under the cost stage's refusing route, and under every other route
+    /// (`typed_per_filter_config`).
+    route_filters: (&'static str, &'static str),
+    /// Whether it runs in the storm; `false`: in the cost stage only.
+    storm: bool,
 }
 
 const ADMISSION_CONTROL: &str = r#"- name: envoy.filters.http.admission_control
@@ -147,6 +152,18 @@ const LUA_BUDGET: &str = r#"- name: envoy.filters.http.lua
 /// timeout and this bench's clients' 10 s.
 const STORM_MAX_DELAY_MS: u32 = 2000;
 
+/// The wasm floor's filters: `refuse` only on the cost stage's refusing route, `pass` on every
+/// other, so that each request meets one wasm filter, as with Floodgate. A filter disabled on a
+/// route is not created for its requests (Envoy builds the chain after matching the route).
+const FLOOR_ROUTES: (&str, &str) = (
+    r#"
+                typed_per_filter_config:
+                  wasm_floor_pass: {"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true}"#,
+    r#"
+                typed_per_filter_config:
+                  wasm_floor_refuse: {"@type": type.googleapis.com/envoy.config.route.v3.FilterConfig, disabled: true}"#,
+);
+
 const OPEN_THRESHOLDS: &str =
     "{max_connections: 1000000, max_pending_requests: 1000000, max_requests: 1000000, max_retries: 1000000}";
 
@@ -178,6 +195,8 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
         thresholds: OPEN_THRESHOLDS.into(),
         refusal: Some(refusal),
         refuse_thresholds: OPEN_THRESHOLDS.into(),
+        route_filters: ("", ""),
+        storm: true,
     };
     vec![
         StormSetup {
@@ -187,6 +206,8 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             thresholds: OPEN_THRESHOLDS.into(),
             refusal: Some("a route's `direct_response: {status: 503}` (Envoy's own floor: no filter runs)"),
             refuse_thresholds: OPEN_THRESHOLDS.into(),
+            route_filters: ("", ""),
+            storm: true,
         },
         StormSetup {
             name: "circuit_breakers",
@@ -197,6 +218,8 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             refuse_thresholds: format!(
                 "{{max_connections: {sessions}, max_pending_requests: 0, max_requests: {sessions}, max_retries: 3}}"
             ),
+            route_filters: ("", ""),
+            storm: true,
         },
         StormSetup {
             name: "admission_control",
@@ -205,6 +228,8 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             thresholds: OPEN_THRESHOLDS.into(),
             refusal: None,
             refuse_thresholds: OPEN_THRESHOLDS.into(),
+            route_filters: ("", ""),
+            storm: true,
         },
         StormSetup {
             name: "lua_budget",
@@ -215,6 +240,8 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             thresholds: OPEN_THRESHOLDS.into(),
             refusal: Some("its bucket of 1 upgrade/s"),
             refuse_thresholds: OPEN_THRESHOLDS.into(),
+            route_filters: ("", ""),
+            storm: true,
         },
         floodgate(
             "floodgate",
@@ -250,6 +277,20 @@ pub fn setups(plan: &StormPlan) -> Vec<StormSetup> {
             format!(r#"{{"breakers": {{{}}}}}"#, budget_delayed(no_failures, STORM_MAX_DELAY_MS)),
             "a budget of 1 upgrade/s (not delayed)",
         ),
+        StormSetup {
+            name: "wasm_floor",
+            what: "the wasm floor (bench/wasm-floor): a proxy-wasm filter with Floodgate's SDK that does nothing but pass (admitting routes) or answer 503 with Floodgate's refusal headers and a body of its size (the refusing route); cost stage only, not in the storm".into(),
+            filters: format!(
+                "{}\n          {}",
+                crate::setups::floor_filter("wasm_floor_refuse", "refuse").trim_end(),
+                crate::setups::floor_filter("wasm_floor_pass", "pass").trim_end()
+            ),
+            thresholds: OPEN_THRESHOLDS.into(),
+            refusal: Some("the wasm floor's `refuse` (a 503 local reply and nothing else)"),
+            refuse_thresholds: OPEN_THRESHOLDS.into(),
+            route_filters: FLOOR_ROUTES,
+            storm: false,
+        },
     ]
 }
 
@@ -275,13 +316,13 @@ static_resources:
               domains: ["*"]
               routes:
               - match: {prefix: "/steady"}
-                route: {cluster: steady_ws, timeout: 0s}
+                route: {cluster: steady_ws, timeout: 0s}ROUTE_FILTERS
               - match: {prefix: "/cost/admit"}
-                route: {cluster: cost_ws, timeout: 0s}
+                route: {cluster: cost_ws, timeout: 0s}ROUTE_FILTERS
               - match: {prefix: "/cost/refuse"}
                 REFUSE_ROUTE
               - match: {prefix: "/"}
-                route: {cluster: collab_ws, timeout: 0s}
+                route: {cluster: collab_ws, timeout: 0s}ROUTE_FILTERS
           http_filters:
           # FILTERS
           - name: envoy.filters.http.router
@@ -357,12 +398,13 @@ pub fn render(setup: &StormSetup, admin: u16, listen: u16, storm: u16, steady: u
         .replace("          # FILTERS\n", &filters)
         .replace(
             "REFUSE_ROUTE",
-            if setup.name == "none" {
-                "direct_response: {status: 503}"
+            &if setup.name == "none" {
+                "direct_response: {status: 503}".to_string()
             } else {
-                "route: {cluster: cost_refuse_ws, timeout: 0s}"
+                format!("route: {{cluster: cost_refuse_ws, timeout: 0s}}{}", setup.route_filters.0)
             },
         )
+        .replace("ROUTE_FILTERS", setup.route_filters.1)
         .replace("REFUSE_THRESHOLDS", &setup.refuse_thresholds)
         .replace("THRESHOLDS", &setup.thresholds)
         .replace("port_value: ADMIN", &format!("port_value: {admin}"))
@@ -1102,7 +1144,7 @@ pub async fn run(plan: StormPlan) -> anyhow::Result<StormResults> {
         setups(&plan).into_iter().filter(|s| only.is_empty() || only.split(',').any(|o| o == s.name)).collect();
     let mut runs: Vec<Vec<StormRun>> = setups.iter().map(|_| vec![]).collect();
     for round in 0..plan.rounds {
-        for (i, setup) in setups.iter().enumerate() {
+        for (i, setup) in setups.iter().enumerate().filter(|(_, s)| s.storm) {
             let r = run_one(setup, &plan, &steady).await?;
             eprintln!(
                 "storm round {round} {}: peak {}/s p99 {}/s, back in {:?} s, refused {}, alive {}/{}",
@@ -1184,7 +1226,7 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
         p.ideal().as_secs_f64()
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    for (ci, ((name, _), runs)) in r.setups.iter().zip(&r.runs).enumerate() {
+    for (ci, ((name, _), runs)) in r.setups.iter().zip(&r.runs).enumerate().filter(|(_, (_, runs))| !runs.is_empty()) {
         let f = |g: &dyn Fn(&StormRun) -> f64, d: usize| spread(&runs.iter().map(g).collect::<Vec<_>>(), d);
         let back: Vec<String> = runs
             .iter()
@@ -1226,7 +1268,7 @@ pub fn report(r: &StormResults, svg_name: &str) -> String {
         md,
         "\n| configuration | upgrade attempts by clients | accepted by the backend: peak/s | 503 from the backend (overloaded) or for it (down) | connection errors |\n|---|---|---|---|---|"
     );
-    for ((name, _), runs) in r.setups.iter().zip(&r.runs) {
+    for ((name, _), runs) in r.setups.iter().zip(&r.runs).filter(|(_, runs)| !runs.is_empty()) {
         let f = |g: &dyn Fn(&StormRun) -> f64| spread(&runs.iter().map(g).collect::<Vec<_>>(), 0);
         let _ = writeln!(
             md,
@@ -1332,7 +1374,42 @@ fn targets(r: &StormResults) -> String {
             verdict(admit >= 3.0 * refuse),
         );
     }
+    md.push_str(&breakdown(&cost));
     md.push('\n');
+    md
+}
+
+/// Which part of a refusal's and an admission's cost is whose, from the cost stage's medians
+/// (`cost`: a configuration's (admitted, refused) medians): Envoy's own floor (`none`), the
+/// platform's part (the wasm floor over `none`), the breaker's (Floodgate over the wasm floor)
+/// and Lua's (`lua_budget` over `none`). A reading of the figures, not a target.
+fn breakdown(cost: &dyn Fn(&str) -> Option<(f64, f64)>) -> String {
+    let (Some((none_admit, none_refuse)), Some((floor_admit, floor_refuse))) = (cost("none"), cost("wasm_floor"))
+    else {
+        return String::new();
+    };
+    let floodgates = ["floodgate", "floodgate_budget", "floodgate_budget_only", "floodgate_budget_delay"];
+    let mut md = String::new();
+    for (what, floor, base, pick) in [
+        ("a refusal", floor_refuse, none_refuse, (|c: (f64, f64)| c.1) as fn((f64, f64)) -> f64),
+        ("an admitted upgrade", floor_admit, none_admit, |c: (f64, f64)| c.0),
+    ] {
+        let mut line = format!(
+            "- Breakdown of {what} (not a target: differences of the medians above): Envoy with no filter {base:.1} µs; \
+             the platform's part (`wasm_floor` − `none`: Envoy's wasm runtime, the stream context, the SDK's dispatch{}) {:+.1} µs",
+            if what == "a refusal" { ", a filter's local reply instead of a route's" } else { "" },
+            floor - base
+        );
+        if let Some(lua) = cost("lua_budget") {
+            let _ = write!(line, "; Lua's part (`lua_budget` − `none`) {:+.1} µs", pick(lua) - base);
+        }
+        let parts: Vec<String> =
+            floodgates.iter().filter_map(|n| cost(n).map(|c| format!("`{n}` {:+.1} µs", pick(c) - floor))).collect();
+        if !parts.is_empty() {
+            let _ = write!(line, "; the breaker's part (Floodgate − `wasm_floor`): {}", parts.join(", "));
+        }
+        let _ = writeln!(md, "{line}.");
+    }
     md
 }
 
@@ -1438,6 +1515,60 @@ mod tests {
         }
     }
 
+    /// The answer to one upgrade to `path`: status, lower-case head, body.
+    async fn answer(addr: SocketAddr, path: &str) -> (u16, String, String) {
+        let mut sock = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nhost: collab\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        sock.write_all(req.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+        let mut buf = Vec::new();
+        let len = read_head(&mut sock, &mut buf).await.unwrap_or_else(|| panic!("no answer from {path}"));
+        let head = String::from_utf8_lossy(&buf[..len]).to_ascii_lowercase();
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let want: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0);
+        let mut body = buf[len..].to_vec();
+        while body.len() < want {
+            let mut chunk = [0u8; 512];
+            match sock.read(&mut chunk).await {
+                Ok(n) if n > 0 => body.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
+        }
+        (status, head, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The wasm floor refuses on the cost stage's refusing route as Floodgate's `forced_open`
+    /// does (503, the same headers, a body of the same size) and admits everywhere else.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wasm_floor_refuses_like_floodgate_and_passes_the_rest() {
+        let backend = Backend::start(0, 0).await.unwrap_or_else(|e| panic!("{e}"));
+        let port = backend.addr.port();
+        let mut refusals = Vec::new();
+        for name in ["floodgate", "wasm_floor"] {
+            let setup = setups(&StormPlan::quick()).into_iter().find(|s| s.name == name);
+            let setup = setup.unwrap_or_else(|| panic!("no {name}"));
+            let ports = Ports::free(port).unwrap_or_else(|e| panic!("{e}"));
+            let config = render(&setup, ports.admin, ports.listen, port, port);
+            let proxy = Envoy::start(&config, ports, 1).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+            for path in ["/cost/admit", "/steady", "/collab"] {
+                let (status, head, _) = answer(proxy.listen, path).await;
+                assert_eq!(status, 101, "{name} {path}:\n{head}");
+            }
+            let (status, head, body) = answer(proxy.listen, "/cost/refuse").await;
+            assert_eq!(status, 503, "{name}:\n{head}");
+            for h in ["retry-after:", "x-floodgate:", "content-type: application/json"] {
+                assert!(head.contains(h), "{name} lacks {h}:\n{head}");
+            }
+            refusals.push((head, body));
+        }
+        let (floodgate, floor) = (&refusals[0], &refusals[1]);
+        assert_eq!(floodgate.1.len(), floor.1.len(), "bodies: {:?} and {:?}", floodgate.1, floor.1);
+    }
+
     #[test]
     fn the_client_mix_and_its_delays() {
         let styles: Vec<Style> = (0..10).map(style).collect();
@@ -1478,15 +1609,25 @@ mod tests {
         let r = StormResults {
             setups: setups.iter().map(|s| (s.name, s.what.clone())).collect(),
             refusals: setups.iter().map(|s| s.refusal).collect(),
-            runs: setups.iter().map(|_| vec![run.clone()]).collect(),
+            runs: setups.iter().map(|s| if s.storm { vec![run.clone()] } else { vec![] }).collect(),
             costs: setups
                 .iter()
-                .map(|_| Costs {
-                    admit_us: vec![290.0, 300.0, 330.0],
-                    refuse_us: vec![100.0, 90.0, 120.0],
-                    admitted: 2400,
-                    refused: 2394,
-                    other: 6,
+                .map(|s| {
+                    // Envoy alone 80 µs a refusal, the wasm floor 90, Lua 95, Floodgate 100.
+                    let refuse = match s.name {
+                        "none" => 80.0,
+                        "wasm_floor" => 90.0,
+                        "lua_budget" => 95.0,
+                        _ => 100.0,
+                    };
+                    let admit = if s.name == "none" { 280.0 } else { 300.0 };
+                    Costs {
+                        admit_us: vec![admit - 10.0, admit, admit + 30.0],
+                        refuse_us: vec![refuse, refuse - 10.0, refuse + 20.0],
+                        admitted: 2400,
+                        refused: 2394,
+                        other: 6,
+                    }
                 })
                 .collect(),
             plan,
@@ -1510,15 +1651,26 @@ mod tests {
             "{section}"
         );
         assert!(
-            section.contains("- `floodgate_budget`: a refusal costs Envoy 100.0 µs against the Lua guard's 100.0 µs (no more: **met**); admitting costs 3.0 times a refusal (3× at least: **met**). Medians of the cost stage."),
+            section.contains("- `floodgate_budget`: a refusal costs Envoy 100.0 µs against the Lua guard's 95.0 µs (no more: **not met**); admitting costs 3.0 times a refusal (3× at least: **met**). Medians of the cost stage."),
             "{section}"
         );
+        assert!(
+            section.contains("- Breakdown of a refusal (not a target: differences of the medians above): Envoy with no filter 80.0 µs; the platform's part (`wasm_floor` − `none`: Envoy's wasm runtime, the stream context, the SDK's dispatch, a filter's local reply instead of a route's) +10.0 µs; Lua's part (`lua_budget` − `none`) +15.0 µs; the breaker's part (Floodgate − `wasm_floor`): `floodgate` +10.0 µs, `floodgate_budget` +10.0 µs, `floodgate_budget_only` +10.0 µs, `floodgate_budget_delay` +10.0 µs.\n"),
+            "{section}"
+        );
+        assert!(
+            section.contains("- Breakdown of an admitted upgrade (not a target: differences of the medians above): Envoy with no filter 280.0 µs; the platform's part (`wasm_floor` − `none`: Envoy's wasm runtime, the stream context, the SDK's dispatch) +20.0 µs; Lua's part (`lua_budget` − `none`) +20.0 µs; the breaker's part (Floodgate − `wasm_floor`): `floodgate` +0.0 µs,"),
+            "{section}"
+        );
+        // The cost-stage-only configuration is in the cost table, not in the storm's.
+        assert!(section.contains("| `wasm_floor` | the wasm floor's `refuse`"), "{section}");
+        assert!(!section.contains("| `wasm_floor` | 900"), "{section}");
         let md = splice("# Bench\n\ntext\n", &section);
         let again = splice(&md, &section.replace("900", "901"));
         assert_eq!(again.matches("<!-- storm -->").count(), 1);
         assert!(again.starts_with("# Bench") && again.contains("901"));
         let svg = svg(&r);
-        assert_eq!(svg.matches("<polyline").count(), r.setups.len());
+        assert_eq!(svg.matches("<polyline").count(), r.runs.iter().filter(|runs| !runs.is_empty()).count());
         assert!(svg.contains("capacity 500/s"));
     }
 }
