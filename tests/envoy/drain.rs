@@ -30,6 +30,18 @@ async fn control_envoy(backend: &Backend, control: &ControlPlane) -> Envoy {
     Envoy::start(&config, ports, 2).await.unwrap()
 }
 
+/// floodgate-control, a backend, and an Envoy in front of it that has its first snapshot.
+async fn polling_envoy() -> (ControlPlane, Backend, Envoy) {
+    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
+    let backend = Backend::start(0).await.unwrap();
+    let proxy = control_envoy(&backend, &control).await;
+    eventually(Duration::from_secs(15), "the first snapshot", || async {
+        (metric(&proxy, "floodgate_control_version", &[]).await > 0.0).then_some(())
+    })
+    .await;
+    (control, backend, proxy)
+}
+
 async fn open(envoy: &Envoy, path: &str) -> Session {
     match client::upgrade(envoy.listen, path).await.unwrap() {
         client::Upgrade::Open(s) => *s,
@@ -103,13 +115,7 @@ fn most_in_one_second(ends: &[Instant]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_drain_closes_200_websockets_at_20_a_second_with_1012_for_those_whose_server_sends() {
     require_wasm();
-    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
-    let backend = Backend::start(0).await.unwrap();
-    let proxy = control_envoy(&backend, &control).await;
-    eventually(Duration::from_secs(15), "the first snapshot", || async {
-        (metric(&proxy, "floodgate_control_version", &[]).await > 0.0).then_some(())
-    })
-    .await;
+    let (control, _backend, proxy) = polling_envoy().await;
     let mut drained = vec![];
     for i in 0..200 {
         drained.push(tokio::spawn(hold(open(&proxy, "/ws").await, i % 2 == 0)));
@@ -279,13 +285,7 @@ async fn hold_large(mut s: Session, id: u8) -> (usize, Option<u16>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sessions_whose_server_sends_frames_larger_than_a_chunk_read_whole_messages_then_the_1012() {
     require_wasm();
-    let control = ControlPlane::start(0, TOKEN, &[]).await.unwrap();
-    let backend = Backend::start(0).await.unwrap();
-    let proxy = control_envoy(&backend, &control).await;
-    eventually(Duration::from_secs(15), "the first snapshot", || async {
-        (metric(&proxy, "floodgate_control_version", &[]).await > 0.0).then_some(())
-    })
-    .await;
+    let (control, _backend, proxy) = polling_envoy().await;
     let mut tasks = vec![];
     for i in 0..10u8 {
         tasks.push(tokio::spawn(hold_large(open(&proxy, "/ws").await, i + 1)));
