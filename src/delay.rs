@@ -11,10 +11,8 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
-use std::rc::Rc;
-
 use std::num::NonZeroU64;
+use std::rc::Rc;
 
 use hashbrown::{HashMap, HashSet};
 
@@ -83,11 +81,6 @@ impl Delayed {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
-    }
-
-    /// Streams waiting now.
-    pub fn len(&self) -> usize {
-        self.waiting.len()
     }
 
     /// Holds stream `ctx` for `wait_ms` from `now_ms`; false when there is no room.

@@ -88,9 +88,7 @@ impl Calls {
     /// Stops tracking a call: its deadline, or `None` when it is not tracked any more (it
     /// timed out).
     pub fn settle(&mut self, id: NonZeroU64) -> Option<u64> {
-        let id = id.get();
-        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
-        let slot = self.slots.get_mut(index).filter(|s| s.generation == id >> INDEX_BITS)?;
+        let (index, slot) = self.slot(id)?;
         // Read in place and dropped in place: the call is not copied out of its slot.
         let deadline_ms = slot.call.as_ref()?.deadline_ms;
         slot.call = None;
@@ -103,18 +101,20 @@ impl Calls {
         self.live == 0
     }
 
+    /// The slot call `id` was given, while no later call took it: its index and the slot.
+    fn slot(&mut self, id: NonZeroU64) -> Option<(usize, &mut Slot)> {
+        let id = id.get();
+        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
+        let slot = self.slots.get_mut(index).filter(|s| s.generation == id >> INDEX_BITS)?;
+        Some((index, slot))
+    }
+
     /// A call delayed to start at `start_ms`: its answer deadline is `answer_timeout_ms` from
     /// then (postponed again when it is resumed). Its own `start_ms` stays its admission (a clock
     /// reading): [`Calls::take_overdue`] takes a start after now for a clock that stepped back,
     /// and a postponed start is no such thing.
     pub fn postpone(&mut self, id: NonZeroU64, start_ms: u64) {
-        let id = id.get();
-        let index = (id & ((1 << INDEX_BITS) - 1)) as usize;
-        let Some(c) =
-            self.slots.get_mut(index).filter(|s| s.generation == id >> INDEX_BITS).and_then(|s| s.call.as_mut())
-        else {
-            return;
-        };
+        let Some(c) = self.slot(id).and_then(|(_, s)| s.call.as_mut()) else { return };
         c.deadline_ms = start_ms.max(c.start_ms).saturating_add(c.key.policy.policy.answer_timeout_ms);
     }
 
