@@ -2,7 +2,7 @@
 # `make bench` writes BENCHMARKS.md (about 10 minutes); `make bench-quick` is a smoke run that
 # reports and never fails on speed. Both raise the open-file limit for the long-poll waiters.
 TEST_TARGETS += test-bench
-.PHONY: bench bench-quick bench-storm test-bench wasm-floor
+.PHONY: bench bench-quick bench-storm bench-host-calls test-bench wasm-floor
 BENCH_ENV = FLOODGATE_CONTROL_BIN=$(CURDIR)/target/release/floodgate-control
 
 # The wasm floor (bench/wasm-floor): the cheapest proxy-wasm filter with the filter's SDK, built
@@ -27,6 +27,13 @@ bench-storm: wasm wasm-floor
 	scripts/deps.sh envoy
 	cargo build -q --release -p floodgate-bench
 	ulimit -n $$(ulimit -Hn); target/release/floodgate-bench --storm-only
+
+# What one host call of each kind costs in Envoy (bench/src/host_calls.rs), written to
+# bench/results/host-calls.md (about 4 minutes).
+bench-host-calls: wasm wasm-floor
+	scripts/deps.sh envoy
+	cargo build -q --release -p floodgate-bench
+	ulimit -n $$(ulimit -Hn); target/release/floodgate-bench --host-calls
 
 # The generator's own tests (open-loop schedule, latency from the scheduled time) and the bench
 # configurations validating in Envoy.

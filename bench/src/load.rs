@@ -41,10 +41,6 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    pub fn completed(&self) -> u64 {
-        self.ok + self.refused
-    }
-
     pub fn p(&self, q: f64) -> u64 {
         self.latency.value_at_quantile(q)
     }
@@ -225,6 +221,63 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
+/// What a closed loop delivered: every connection sends its next request as soon as the last
+/// answer is in, so the slowest party sets the pace.
+pub struct Throughput {
+    pub completed: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Throughput {
+    pub fn per_s(&self) -> f64 {
+        self.completed as f64 / self.elapsed.as_secs_f64().max(0.001)
+    }
+}
+
+/// HTTP/1.1 keep-alive requests on `connections` connections in a closed loop for `duration`.
+pub async fn closed_loop(addr: SocketAddr, connections: usize, duration: Duration) -> Throughput {
+    let start = Instant::now();
+    let end = start + duration;
+    let workers: Vec<_> = (0..connections.max(1))
+        .map(|_| {
+            tokio::spawn(async move {
+                let (mut completed, mut errors) = (0u64, 0u64);
+                let mut buf = Vec::with_capacity(4096);
+                let mut conn: Option<TcpStream> = None;
+                while Instant::now() < end {
+                    if conn.is_none() {
+                        conn = TcpStream::connect(addr).await.ok();
+                        if let Some(c) = &conn {
+                            let _ = c.set_nodelay(true);
+                        }
+                    }
+                    let status = match conn.as_mut() {
+                        Some(c) => http_once(c, &mut buf).await,
+                        None => None,
+                    };
+                    match status {
+                        Some(200..=299) => completed += 1,
+                        _ => {
+                            errors += 1;
+                            conn = None;
+                        }
+                    }
+                }
+                (completed, errors)
+            })
+        })
+        .collect();
+    let (mut completed, mut errors) = (0, 0);
+    for w in workers {
+        if let Ok((c, e)) = w.await {
+            completed += c;
+            errors += e;
+        }
+    }
+    Throughput { completed, errors, elapsed: start.elapsed() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,5 +315,35 @@ mod tests {
         // Served at 50/s while scheduled at 200/s: the last waits ~1.5 s beyond its due time.
         assert!(out.p(0.99) > 1_000_000, "p99 {} µs hides the queue", out.p(0.99));
         assert!(out.p(0.0) >= 20_000);
+    }
+
+    #[tokio::test]
+    async fn a_closed_loop_goes_at_the_server_s_pace_and_counts_what_fails() {
+        // One connection to a server that takes 10 ms per answer: about 100 answers a second,
+        // whatever the generator could send; every third answer is a 500.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (mut buf, mut n_req) = ([0u8; 1024], 0u32);
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        n_req += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        let status = if n_req % 3 == 0 { "500 Oops" } else { "200 OK" };
+                        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
+                        let _ = s.write_all(answer.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        let t = closed_loop(addr, 1, Duration::from_millis(600)).await;
+        let answered = t.completed + t.errors;
+        assert!((30..=62).contains(&answered), "{answered} answers in 600 ms at 10 ms each");
+        assert!(t.errors >= answered / 3 - 1 && t.errors <= answered / 3 + 1, "{} errors of {answered}", t.errors);
+        assert!(t.per_s() < 110.0, "{} req/s: faster than the server answers", t.per_s());
     }
 }

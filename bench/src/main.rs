@@ -12,6 +12,7 @@
 
 mod control;
 mod filter_costs;
+mod host_calls;
 mod load;
 mod measure;
 mod report;
@@ -26,6 +27,11 @@ use results::Plan;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args().any(|a| a == "--host-calls") {
+        let md = host_calls::run().await?;
+        println!("{md}\nwritten to {}", host_calls::write(&md)?.display());
+        return Ok(());
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     // `--storm-only`: the reconnect storm alone, its section replaced in the existing report.
     let storm_only = std::env::args().any(|a| a == "--storm-only");

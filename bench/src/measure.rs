@@ -10,14 +10,14 @@ use floodgate_demo::envoy::{self, Envoy, Ports};
 
 use crate::control;
 use crate::load::{self, Kind, Load, Outcome};
-use crate::results::{FixedRate, LatencyRow, Memory, Plan, Results, Sustained, UpgradeRow};
+use crate::results::{FixedRate, LatencyRow, Memory, Plan, Results, Saturation, UpgradeRow};
 use crate::setups::{self, name, HTTP_SET, UPGRADE_SET};
 use crate::system::{cpu_ns, envoy_version, machine, pin, rss_kib};
 
 /// One configuration's running Envoy.
-struct Proxy {
-    name: &'static str,
-    envoy: Envoy,
+pub(crate) struct Proxy {
+    pub(crate) name: &'static str,
+    pub(crate) envoy: Envoy,
     /// CPU the idle Envoy burns per second (timers, stats): subtracted from every run.
     idle_ns_per_s: f64,
 }
@@ -37,7 +37,7 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
     let started = Instant::now();
     let pinned = pin(std::process::id(), 1);
     let backend = Backend::start(0).await?;
-    let proxies = start_proxies(&backend, &plan, started).await?;
+    let proxies = start_proxies(setups::setups(), &backend, plan.quick, started).await?;
     warm_up(&proxies).await;
     let (machine, envoy) = (machine(), envoy_version());
 
@@ -67,9 +67,14 @@ pub async fn run(plan: Plan) -> anyhow::Result<Results> {
 }
 
 /// Every configuration in its own Envoy, validated, pinned to CPU 0, its idle CPU measured.
-async fn start_proxies(backend: &Backend, plan: &Plan, started: Instant) -> anyhow::Result<Vec<Proxy>> {
+pub(crate) async fn start_proxies(
+    setups: Vec<setups::Setup>,
+    backend: &Backend,
+    quick: bool,
+    started: Instant,
+) -> anyhow::Result<Vec<Proxy>> {
     let mut proxies = Vec::new();
-    for setup in setups::setups() {
+    for setup in setups {
         let ports = Ports::free(backend.addr.port())?;
         let config = setups::render(&setup, ports)?;
         let (ok, log) = envoy::validate(&config).await?;
@@ -86,7 +91,7 @@ async fn start_proxies(backend: &Backend, plan: &Plan, started: Instant) -> anyh
     eprintln!("bench: {} Envoys up in {:?}", proxies.len(), started.elapsed());
     tokio::time::sleep(Duration::from_secs(1)).await;
     // Idle CPU of each Envoy (all idle at once, once they have settled).
-    let idle_over = if plan.quick { Duration::from_secs(1) } else { Duration::from_secs(3) };
+    let idle_over = if quick { Duration::from_secs(1) } else { Duration::from_secs(3) };
     let rates = idle_rates(&proxies, idle_over).await;
     for (p, r) in proxies.iter_mut().zip(rates) {
         p.idle_ns_per_s = r;
@@ -105,7 +110,7 @@ async fn idle_rates(proxies: &[Proxy], over: Duration) -> Vec<f64> {
 }
 
 /// Every proxy, both kinds of load, briefly.
-async fn warm_up(proxies: &[Proxy]) {
+pub(crate) async fn warm_up(proxies: &[Proxy]) {
     for p in proxies {
         let _ = load::run(
             p.envoy.listen,
@@ -123,6 +128,30 @@ async fn warm_up(proxies: &[Proxy]) {
 struct Measured {
     outcome: Outcome,
     cpu_ns: u64,
+}
+
+/// What a closed loop got through one proxy: requests per second, and Envoy CPU per request
+/// (µs, idle not subtracted: Envoy is busy throughout) and its share of one CPU.
+pub(crate) struct Saturated {
+    pub(crate) per_s: f64,
+    pub(crate) cpu_us: f64,
+    pub(crate) busy: f64,
+    pub(crate) errors: u64,
+}
+
+/// A closed loop of 64 keep-alive connections through `p` for `run`: with Envoy on one CPU and
+/// the generator and backend on the other, Envoy is the bottleneck (`busy` near 1 says so).
+pub(crate) async fn saturated(p: &Proxy, run: Duration) -> Saturated {
+    let pid = p.envoy.pid().unwrap_or(0);
+    let before = cpu_ns(pid);
+    let t = load::closed_loop(p.envoy.listen, 64, run).await;
+    let used = cpu_ns(pid).saturating_sub(before) as f64;
+    Saturated {
+        per_s: t.per_s(),
+        cpu_us: used / 1000.0 / t.completed.max(1) as f64,
+        busy: used / t.elapsed.as_nanos().max(1) as f64,
+        errors: t.errors,
+    }
 }
 
 /// One load on one proxy, with the Envoy CPU it took beyond idle.
@@ -203,58 +232,20 @@ async fn fixed_rate(plan: &Plan, set: &[&Proxy], rate: u64) -> FixedRate {
     FixedRate { rate, rows }
 }
 
-/// Section 2: the highest step each configuration sustains (p99 under the limit, ≥ 95 % delivered,
-/// no errors), searched `plan.rounds` times; the median search is reported, with the spread.
-async fn saturation(plan: &Plan, set: &[&Proxy]) -> Vec<Sustained> {
-    let mut runs: Vec<Vec<Option<u64>>> = set.iter().map(|_| Vec::new()).collect();
-    for _ in 0..plan.rounds {
-        for (run, best) in runs.iter_mut().zip(search(plan, set).await) {
-            run.push(best);
+/// Section 2: each configuration saturated by a closed loop, `plan.saturation_rounds` rounds
+/// interleaved.
+async fn saturation(plan: &Plan, set: &[&Proxy]) -> Vec<Saturation> {
+    let mut rows: Vec<Saturation> = set.iter().map(|p| Saturation { name: p.name, ..Saturation::default() }).collect();
+    for _ in 0..plan.saturation_rounds {
+        for (row, p) in rows.iter_mut().zip(set) {
+            let s = saturated(p, plan.saturation_run).await;
+            row.per_s.push(s.per_s);
+            row.cpu_us.push(s.cpu_us);
+            row.busy.push(s.busy);
+            row.errors += s.errors;
         }
     }
-    let top = plan.saturation_steps.last().copied();
-    set.iter()
-        .zip(runs)
-        .map(|(p, runs)| {
-            let mut sorted = runs.clone();
-            sorted.sort();
-            let best = sorted.get(sorted.len() / 2).copied().flatten();
-            Sustained { name: p.name, best, runs, highest_tried: best.is_some() && best == top }
-        })
-        .collect()
-}
-
-/// One search: each configuration stops at its first failed step.
-async fn search(plan: &Plan, set: &[&Proxy]) -> Vec<Option<u64>> {
-    let mut best: Vec<Option<u64>> = vec![None; set.len()];
-    let mut going = vec![true; set.len()];
-    let step_run = plan.run.min(Duration::from_secs(3));
-    for &rate in &plan.saturation_steps {
-        for ((b, g), p) in best.iter_mut().zip(going.iter_mut()).zip(set) {
-            if !*g {
-                continue;
-            }
-            if step_passes(plan, p, rate, step_run).await {
-                *b = Some(rate);
-            } else {
-                *g = false;
-            }
-        }
-    }
-    best
-}
-
-/// A step passes if either of two tries passes: one noisy second on a shared machine must not
-/// end a configuration's search.
-async fn step_passes(plan: &Plan, p: &Proxy, rate: u64, run: Duration) -> bool {
-    for _ in 0..2 {
-        let m = measure(p, Load { kind: Kind::Http, rate, duration: run, connections: 64 }).await;
-        let delivered = m.outcome.completed() as f64 >= 0.95 * m.outcome.scheduled as f64;
-        if delivered && m.outcome.p(0.99) <= plan.saturation_p99_us && m.outcome.errors == 0 {
-            return true;
-        }
-    }
-    false
+    rows
 }
 
 /// Section 3: WebSocket upgrades, a new connection each, at least two rounds interleaved.

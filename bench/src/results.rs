@@ -10,8 +10,9 @@ pub struct Plan {
     pub rates: Vec<u64>,
     pub rounds: usize,
     pub run: Duration,
-    pub saturation_steps: Vec<u64>,
-    pub saturation_p99_us: u64,
+    /// Section 2: rounds of a closed loop, each this long.
+    pub saturation_rounds: usize,
+    pub saturation_run: Duration,
     pub upgrade_rate: u64,
     pub waiters: usize,
 }
@@ -24,8 +25,8 @@ impl Plan {
             rates: vec![1000],
             rounds: 1,
             run: Duration::from_secs(2),
-            saturation_steps: vec![1000, 2000],
-            saturation_p99_us: 10_000,
+            saturation_rounds: 1,
+            saturation_run: Duration::from_secs(2),
             upgrade_rate: 200,
             waiters: 1000,
         }
@@ -38,8 +39,8 @@ impl Plan {
             rates: vec![1000, 5000],
             rounds: 3,
             run: Duration::from_secs(5),
-            saturation_steps: vec![1000, 2000, 3000, 4000, 5000, 6000, 8000, 10000, 12000],
-            saturation_p99_us: 10_000,
+            saturation_rounds: 5,
+            saturation_run: Duration::from_secs(3),
             upgrade_rate: 300,
             waiters: 10_000,
         }
@@ -59,7 +60,7 @@ pub struct Results {
     /// Section 1, one table per fixed rate.
     pub fixed: Vec<FixedRate>,
     /// Section 2.
-    pub saturation: Vec<Sustained>,
+    pub saturation: Vec<Saturation>,
     /// Section 3.
     pub upgrades: Vec<UpgradeRow>,
     /// Section 4.
@@ -94,16 +95,29 @@ impl FixedRate {
     }
 }
 
-/// The highest saturation step a configuration passed.
-#[derive(Clone, Debug)]
-pub struct Sustained {
+/// One configuration saturated by a closed loop, round by round (rounds interleaved across
+/// configurations).
+#[derive(Clone, Debug, Default)]
+pub struct Saturation {
     pub name: &'static str,
-    /// The median of the searches.
-    pub best: Option<u64>,
-    /// Each search's highest passed step, in order (the spread over runs).
-    pub runs: Vec<Option<u64>>,
-    /// Passed every step: the real limit is higher.
-    pub highest_tried: bool,
+    /// Requests per second through Envoy.
+    pub per_s: Vec<f64>,
+    /// Envoy CPU per request (µs).
+    pub cpu_us: Vec<f64>,
+    /// Envoy's share of its one CPU (near 1: Envoy was the bottleneck).
+    pub busy: Vec<f64>,
+    pub errors: u64,
+}
+
+/// The middle value (the mean of the two middle ones for an even count); 0 for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 /// One configuration under WebSocket upgrades (summed over rounds).
