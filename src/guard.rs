@@ -202,7 +202,7 @@ fn decide(vm: &mut Vm, key: &Key, now: u64) -> Result<(Decision, Effect, Phase),
     }
     let first = read.0.is_some().then_some(read);
     let unit = vm.unit(now);
-    let (decision, effect, state) = store::update(&key.state_key, p, first, |s| admit(s, p, now, unit))?;
+    let (decision, effect, state) = store::update(&key.state_key, p, now, first, |s| admit(s, p, now, unit))?;
     Ok((decision, effect, state.phase))
 }
 
@@ -327,8 +327,12 @@ pub fn success_if_noop(a: &Admitted) -> Success {
         Ok(read) => read,
         Err(_) => return Success::Decide(None),
     };
-    if !read.0.as_deref().is_some_and(|b| state::success_is_noop(b, a.key.policy.policy.half_open_permits, size)) {
+    let p = &a.key.policy.policy;
+    let Some(bytes) = read.0.as_deref().filter(|b| state::success_is_noop(b, p.half_open_permits, size)) else {
         return Success::Decide(Some(read));
+    };
+    if !bytes.is_empty() && state::noop_is_quiet(bytes, p.recovery_ramp_ms, a.start_ms) {
+        quieten(&a.key.state_key, read.1);
     }
     vm::with(|vm| {
         if settle(vm, a, None).is_some() {
@@ -336,6 +340,17 @@ pub fn success_if_noop(a: &Admitted) -> Success {
         }
     });
     Success::Counted
+}
+
+/// Writes a quiet breaker's state as no bytes, if nobody wrote since it was read at `cas`: once
+/// per quiet spell, so that its later reads copy nothing. A failure to write changes no decision
+/// (the bytes stand for the same state), so it is only logged.
+#[cold]
+#[inline(never)]
+fn quieten(state_key: &str, cas: u32) {
+    if let Err(e) = store::write_patched(state_key, &[], cas) {
+        log::debug!("{state_key} not written as quiet: {e:?}");
+    }
 }
 
 /// Records the outcome of an admitted call (nothing if its answer deadline already decided it).
@@ -388,7 +403,7 @@ pub fn record_outcome(a: Admitted, failure: bool, read: Option<store::Read>) {
             Some(now) => ((), floodgate_core::record(s, p, now, call, a.probe, unit)),
             None => ((), record_success_clocked(s, p, a.start_ms, a.probe, answered_at)),
         };
-        match store::update(&a.key.state_key, p, read, step) {
+        match store::update(&a.key.state_key, p, now, read, step) {
             Ok((_, effect, _)) => report(vm, &a.key.name, effect),
             Err(e) => {
                 lost(vm, &a.key.name, e);
@@ -451,7 +466,7 @@ pub fn abandon(a: Admitted) {
         Some(true) => timed_out(vm, &a.key, a.probe, now),
         Some(false) if a.probe.is_some() => {
             let step = |s: &mut BreakerState| ((), floodgate_core::release(s, a.probe, now));
-            if let Err(e) = store::update(&a.key.state_key, p, None, step) {
+            if let Err(e) = store::update(&a.key.state_key, p, now, None, step) {
                 lost(vm, &a.key.name, e);
             }
         }
@@ -471,7 +486,7 @@ pub fn withdraw(a: Admitted) {
         let tracked = settle(vm, &a, None);
         if a.probe.is_some() && tracked.is_some() {
             let step = |s: &mut BreakerState| ((), floodgate_core::release(s, a.probe, a.start_ms));
-            if let Err(e) = store::update(&a.key.state_key, p, None, step) {
+            if let Err(e) = store::update(&a.key.state_key, p, a.start_ms, None, step) {
                 lost(vm, &a.key.name, e);
             }
         }
@@ -485,7 +500,7 @@ fn timed_out(vm: &mut Vm, key: &Key, probe: Option<ProbeTicket>, now: u64) {
     let unit = vm.unit(now);
     log::info!("breaker {breaker}: no upstream answer within {} ms, counted as a failure", p.answer_timeout_ms);
     let step = |s: &mut BreakerState| ((), floodgate_core::timeout(s, p, now, probe, unit));
-    match store::update(&key.state_key, p, None, step) {
+    match store::update(&key.state_key, p, now, None, step) {
         Ok((_, effect, _)) => report(vm, breaker, effect),
         Err(e) => {
             lost(vm, breaker, e);

@@ -226,7 +226,9 @@ pub fn shared_get(key: &str) -> HostResult<(Option<Vec<u8>>, u32)> {
     match HostError::from_status(unsafe {
         proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
     }) {
-        Ok(()) => Ok((owned(data, size), cas)),
+        // An empty value comes back as no buffer at all (the host allocates nothing for it):
+        // it is there, and empty.
+        Ok(()) => Ok((Some(owned(data, size).unwrap_or_default()), cas)),
         Err(HostError::NotFound) => Ok((None, 0)),
         Err(e) => Err(e),
     }

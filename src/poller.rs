@@ -13,7 +13,8 @@ use crate::store::{self, Step, StoreError, REGISTRY_KEY};
 use crate::vm::{self, Vm};
 use floodgate_core::poll::{self, Lease, LeaseStep};
 use floodgate_core::remote::{self, RemoteView, SnapshotError};
-use floodgate_core::{wire, BreakerState};
+use floodgate_core::state::Head;
+use floodgate_core::wire;
 
 /// The view every worker reads (JSON of [`RemoteView`]).
 pub const VIEW_KEY: &str = "floodgate/control";
@@ -336,7 +337,7 @@ fn local_states() -> String {
     let states = list.split(|&b| b == b'\n').filter_map(|key| {
         let key = std::str::from_utf8(key).ok().filter(|k| !k.is_empty())?;
         let (bytes, _) = host::shared_get(&store::state_key(key)).ok()?;
-        Some((key, BreakerState::decode(&bytes?)?.phase.name()))
+        Some((key, Head::peek(&bytes?)?.phase.name()))
     });
     wire::encode_fleet_header(states)
 }

@@ -1,7 +1,8 @@
 //! Breaker state in Envoy shared data, so every worker of one Envoy decides alike.
 //!
 //! Each breaker is one key, `floodgate/b/<breaker>`, updated with compare-and-swap: read, step
-//! the pure state machine, write back only if it changed and nobody wrote in between. The set of
+//! the pure state machine, write back only if it changed and nobody wrote in between. A quiet
+//! breaker's value is empty (`floodgate_core::state`). The set of
 //! tracked keys is bounded by `max_breakers` (shared data has no delete) through a registry key.
 
 use crate::host::{self, HostError};
@@ -110,23 +111,25 @@ pub fn write_patched(key: &str, bytes: &[u8], cas: u32) -> Result<bool, StoreErr
 }
 
 /// Reads the breaker's state (at `state_key`, or from `first` when already read), lets `step`
-/// change it, writes it back if changed. A missing or unreadable value starts from a fresh
-/// state. Creating the key is Envoy's unconditional cas-0 write: a worker that read the key
-/// missing can still overwrite a first update another worker made in between (a window of one
-/// host call at a breaker's first use).
+/// change it at `now_ms`, writes it back if changed (a quiet state as no bytes). A missing or
+/// unreadable value starts from a fresh state. Creating the key is Envoy's unconditional cas-0
+/// write: a worker that read the key missing can still overwrite a first update another worker
+/// made in between (a window of one host call at a breaker's first use).
 pub fn update<T>(
     state_key: &str,
     policy: &Policy,
+    now_ms: u64,
     first: Option<Read>,
     mut step: impl FnMut(&mut BreakerState) -> (T, Effect),
 ) -> Result<(T, Effect, BreakerState), StoreError> {
     let fresh = || BreakerState::new(policy).encode();
     cas_update_from(state_key, first, Some(fresh), |bytes| {
-        let mut state = bytes.and_then(BreakerState::decode).unwrap_or_else(|| BreakerState::new(policy));
+        let mut state =
+            bytes.and_then(|b| BreakerState::decode_for(b, policy)).unwrap_or_else(|| BreakerState::new(policy));
         state.conform(policy);
         let (value, effect) = step(&mut state);
         Ok(if effect.changed {
-            Step::Write(state.encode(), (value, effect, state))
+            Step::Write(state.encode_for(policy, now_ms), (value, effect, state))
         } else {
             Step::Keep((value, effect, state))
         })

@@ -3,6 +3,12 @@
 //! It is read on every guarded request and written with compare-and-swap on every outcome, so
 //! the encoding is a fixed little-endian layout (no JSON): a version byte, the scalar fields,
 //! the probe slots, then the window.
+//!
+//! A quiet state ([`BreakerState::is_quiet`]: closed, no streak, a count window full of
+//! successes, no recovery ramp running) is written as no bytes at all. The state of a healthy
+//! breaker is then read with nothing to copy back, which in Envoy spares the call into the
+//! module's allocator that every non-empty answer of a host call costs (`make bench-host-calls`).
+//! Empty bytes decode as the quiet state of the reader's policy ([`BreakerState::decode_for`]).
 
 use super::policy::{Policy, WindowSpec};
 use super::window::{Bucket, Window, TIME_BUCKETS};
@@ -172,7 +178,60 @@ impl BreakerState {
         }
     }
 
-    /// `None` for bytes this version did not write (they are then replaced by a fresh state).
+    /// A closed breaker with nothing to remember: no failure streak, a count window full of
+    /// successes, free probe slots.
+    pub fn quiet(policy: &Policy) -> BreakerState {
+        let mut s = BreakerState::new(policy);
+        if let Window::Count { size, filled, .. } = &mut s.window {
+            *filled = *size;
+        }
+        s
+    }
+
+    /// Whether this state may be written as no bytes: it is [`BreakerState::quiet`] but for
+    /// when it closed and where its ring stands, and no recovery ramp of `policy` is running
+    /// at `now_ms` (a ramp needs the closing time). Only count windows: a time window's buckets
+    /// carry their epochs.
+    pub fn is_quiet(&self, policy: &Policy, now_ms: u64) -> bool {
+        let ramp_over = policy.recovery_ramp_ms == 0
+            || self.closed_at_ms == 0
+            || now_ms >= self.closed_at_ms.saturating_add(policy.recovery_ramp_ms);
+        let window_quiet = match &self.window {
+            Window::Count { size, filled, failures, slow, .. } => {
+                *size > 0 && filled == size && failures.iter().chain(slow).all(|&b| b == 0)
+            }
+            Window::Time { .. } => false,
+        };
+        self.phase == Phase::Closed
+            && self.reason == Reason::None
+            && self.reopens == 0
+            && self.consecutive_failures == 0
+            && self.probe_successes == 0
+            && self.probe_slots.iter().all(|&d| d == 0)
+            && window_quiet
+            && ramp_over
+    }
+
+    /// The encoding to write under `policy` at `now_ms`: none for a quiet state, else
+    /// [`BreakerState::encode`].
+    pub fn encode_for(&self, policy: &Policy, now_ms: u64) -> Vec<u8> {
+        if self.is_quiet(policy, now_ms) {
+            Vec::new()
+        } else {
+            self.encode()
+        }
+    }
+
+    /// [`BreakerState::decode`], with empty bytes read as the quiet state in `policy`'s shape.
+    pub fn decode_for(bytes: &[u8], policy: &Policy) -> Option<BreakerState> {
+        if bytes.is_empty() {
+            return Some(BreakerState::quiet(policy));
+        }
+        BreakerState::decode(bytes)
+    }
+
+    /// `None` for bytes this version did not write (they are then replaced by a fresh state),
+    /// and for the empty encoding of a quiet state, which needs a policy ([`BreakerState::decode_for`]).
     pub fn decode(bytes: &[u8]) -> Option<BreakerState> {
         let mut r = Reader(bytes);
         if r.u8()? != ENCODING_VERSION {
@@ -261,9 +320,23 @@ pub struct Head {
 }
 
 impl Head {
-    /// The head of bytes [`BreakerState::decode`] accepts; `None` for anything it would not
-    /// (the caller then takes the full path, which treats them as it always did).
+    /// The head of a quiet state (the empty encoding).
+    pub const QUIET: Head = Head {
+        phase: Phase::Closed,
+        reason: Reason::None,
+        consecutive_failures: 0,
+        since_ms: 0,
+        open_until_ms: 0,
+        closed_at_ms: 0,
+    };
+
+    /// The head of bytes [`BreakerState::decode_for`] accepts (empty bytes: a quiet state's);
+    /// `None` for anything it would not (the caller then takes the full path, which treats them
+    /// as it always did).
     pub fn peek(bytes: &[u8]) -> Option<Head> {
+        if bytes.is_empty() {
+            return Some(Head::QUIET);
+        }
         let (head, _) = bytes.split_first_chunk::<SLOTS_AT>()?;
         if head[0] != ENCODING_VERSION || !layout_ok(bytes, head[HEAD_LEN]) {
             return None;
@@ -310,8 +383,12 @@ fn count_header(rest: &[u8]) -> (u16, u16, u16) {
 /// Whether one more success leaves every later decision as it is: a closed breaker with no
 /// failure streak whose count window of `size` calls is full and holds no failure or slow call
 /// (a success then only replaces a success), in the shape `permits` probe slots give. Read in
-/// place (this runs on every success); `false` whenever unsure.
+/// place (this runs on every success); `false` whenever unsure. Empty bytes are a quiet state,
+/// whose success is a no-op in any shape.
 pub fn success_is_noop(bytes: &[u8], permits: u8, size: u16) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
     let at = SLOTS_AT + 8 * usize::from(permits);
     let n = usize::from(size).div_ceil(8);
     if bytes.len() != at + 7 + 2 * n || permits > MAX_PERMITS {
@@ -327,6 +404,18 @@ pub fn success_is_noop(bytes: &[u8], permits: u8, size: u16) -> bool {
     let (stored, next, filled) =
         (u16::from_le_bytes([s0, s1]), u16::from_le_bytes([x0, x1]), u16::from_le_bytes([f0, f1]));
     kind == 0 && stored == size && filled == size && next < size && all_zero(bits)
+}
+
+/// Whether bytes [`success_is_noop`] accepted (non-empty) hold a state that is quiet at `now_ms`
+/// under a recovery ramp of `ramp_ms` ([`BreakerState::is_quiet`]), so that they may be written
+/// as no bytes: no reason, reopens or probe successes left, every probe slot free, and the ramp
+/// over. Read in place.
+pub fn noop_is_quiet(bytes: &[u8], ramp_ms: u64, now_ms: u64) -> bool {
+    let Some(h) = Head::peek(bytes) else { return false };
+    let Some(head) = bytes.first_chunk::<SLOTS_AT>() else { return false };
+    let ramp_over = ramp_ms == 0 || h.closed_at_ms == 0 || now_ms >= h.closed_at_ms.saturating_add(ramp_ms);
+    let slots_free = bytes.get(SLOTS_AT..SLOTS_AT + 8 * usize::from(head[HEAD_LEN])).is_some_and(all_zero);
+    head[2] == 0 && head[3] == 0 && head[PROBE_SUCCESSES_AT] == 0 && slots_free && ramp_over
 }
 
 /// Whether every byte is 0, eight at a time (from 8 bytes on, the last word overlaps the one
@@ -460,7 +549,9 @@ mod tests {
             let head = Head::peek(&bytes).unwrap();
             assert_eq!((head.phase, head.reason, head.consecutive_failures), (Phase::Open, Reason::ProbeFailed, 7));
             assert_eq!((head.since_ms, head.open_until_ms, head.closed_at_ms), (11, 22, 33));
-            for n in 0..bytes.len() {
+            // No prefix but the empty one (a quiet state's encoding) has a head.
+            assert_eq!(Head::peek(&[]), Some(Head::QUIET));
+            for n in 1..bytes.len() {
                 assert_eq!(Head::peek(&bytes[..n]), None, "prefix of {n} bytes");
             }
             let mut longer = bytes.clone();

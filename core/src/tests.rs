@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use proptest::prelude::*;
 
 use super::breaker::{probes_in_flight, PROBE_LEASE_MS};
+use super::window::Window;
 use super::*;
 
 fn policy(consecutive: u32, rate: f64, size: u16, min_calls: u32, permits: u8, successes: u8) -> Policy {
@@ -191,12 +192,13 @@ proptest! {
         let min_calls = min_calls.min(u32::from(size));
         let p = policy(consecutive, rate, size, min_calls, permits, successes);
         let mut model = Model::new(p.clone());
-        // The real state goes through its encoding at every step, as it does in shared data.
+        // The real state goes through its encoding at every step, as it does in shared data
+        // (a quiet state as no bytes).
         let mut bytes = BreakerState::new(&p).encode();
         let mut now = 1_000u64;
         let mut outstanding: Vec<Option<ProbeTicket>> = vec![];
         for op in ops {
-            let mut s = BreakerState::decode(&bytes).expect("decodes what it encoded");
+            let mut s = BreakerState::decode_for(&bytes, &p).expect("decodes what it encoded");
             let before = s.phase;
             let effect = match op {
                 Op::Admit => {
@@ -235,9 +237,9 @@ proptest! {
             prop_assert_eq!(s.phase, model.phase);
             prop_assert!(probes_in_flight(&s, now) <= usize::from(permits));
             if effect.changed {
-                bytes = s.encode();
+                bytes = s.encode_for(&p, now);
             } else {
-                prop_assert_eq!(&s.encode(), &bytes, "state changed but not flagged");
+                prop_assert_eq!(&s.encode_for(&p, now), &bytes, "state changed but not flagged");
             }
         }
     }
@@ -568,4 +570,150 @@ fn a_delayed_call_starts_only_while_the_breaker_is_closed() {
     // dry_run never refuses.
     let dry = Policy { mode: Mode::DryRun, ..p.clone() };
     assert_eq!(breaker::refusal_after_delay(&head(&s), &dry, now, || 0.5), None);
+}
+
+/// One step of [`a_quiet_state_written_as_no_bytes_decides_as_the_state_it_stands_for`] on one
+/// state: what was decided, the transition if any, and the phase and streak after.
+fn step_quiet_pair(
+    s: &mut BreakerState,
+    p: &Policy,
+    op: &Op,
+    now: u64,
+    outstanding: &mut Vec<Option<ProbeTicket>>,
+) -> (Option<Decision>, Option<Transition>, Phase, u16) {
+    let (decided, effect) = match *op {
+        Op::Admit => {
+            let (d, effect) = admit(s, p, now, 0.5);
+            if let Decision::Admit { probe } = d {
+                outstanding.push(probe);
+            }
+            (Some(d), effect)
+        }
+        Op::Finish { which, failure } if !outstanding.is_empty() => {
+            let t = outstanding.remove(which % outstanding.len());
+            (None, record(s, p, now, Call { failure, slow: false }, t, 0.5))
+        }
+        Op::Release { which } if !outstanding.is_empty() => {
+            let t = outstanding.remove(which % outstanding.len());
+            (None, release(s, t, now))
+        }
+        _ => (None, Effect::default()),
+    };
+    (decided, effect.transition, s.phase, s.consecutive_failures)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// A quiet state is written as no bytes, which read back as the quiet state of the policy.
+    /// What that loses (when it closed, where its ring stands, when its ramp ended) changes no
+    /// decision: the state and its stand-in decide alike over any later events.
+    #[test]
+    fn a_quiet_state_written_as_no_bytes_decides_as_the_state_it_stands_for(
+        consecutive in 0u32..6,
+        rate in prop_oneof![Just(0.5), Just(1.0), 0.1f64..1.0],
+        size in 1u16..20,
+        min_calls in 0u32..10,
+        ramp in prop_oneof![Just(0u64), 1u64..5_000],
+        next in 0u16..20,
+        since in 0u64..10_000,
+        closed_at in prop_oneof![Just(0u64), 1u64..10_000],
+        ops in prop::collection::vec(op(), 1..150),
+    ) {
+        let p = Policy { recovery_ramp_ms: ramp, ..policy(consecutive, rate, size, min_calls.min(u32::from(size)), 2, 1) };
+        let mut original = BreakerState::quiet(&p);
+        if let Window::Count { next: n, .. } = &mut original.window {
+            *n = next % size;
+        }
+        (original.since_ms, original.closed_at_ms) = (since, closed_at);
+        // Written once the ramp (if any) is over.
+        let mut now = since.max(closed_at.saturating_add(ramp)).max(1);
+        prop_assert!(original.is_quiet(&p, now));
+        let bytes = original.encode_for(&p, now);
+        prop_assert!(bytes.is_empty());
+        let mut stand_in = BreakerState::decode_for(&bytes, &p).expect("empty bytes are the quiet state");
+        prop_assert_eq!(&stand_in, &BreakerState::quiet(&p));
+        let (mut a, mut b) = (vec![], vec![]);
+        for op in &ops {
+            if let Op::Advance(ms) = op {
+                now += ms;
+            }
+            let real = step_quiet_pair(&mut original, &p, op, now, &mut a);
+            let quiet = step_quiet_pair(&mut stand_in, &p, op, now, &mut b);
+            prop_assert_eq!(real, quiet, "after {:?} at {}", op, now);
+        }
+    }
+}
+
+#[test]
+fn only_a_closed_breaker_with_nothing_to_remember_is_quiet() {
+    let p = Policy { recovery_ramp_ms: 1_000, ..policy(3, 0.5, 10, 5, 2, 1) };
+    let quiet = BreakerState::quiet(&p);
+    assert!(quiet.is_quiet(&p, 0));
+    assert_eq!(quiet.encode_for(&p, 0), Vec::<u8>::new());
+    assert_eq!(BreakerState::decode_for(&[], &p), Some(quiet.clone()));
+    assert_eq!(BreakerState::decode(&[]), None, "empty bytes need a policy");
+    assert_eq!(state::Head::peek(&[]), Some(state::Head::QUIET));
+    assert!(state::success_is_noop(&[], 2, 10));
+    let not_quiet = |s: &BreakerState, now: u64, why: &str| {
+        assert!(!s.is_quiet(&p, now), "{why}");
+        assert_eq!(s.encode_for(&p, now), s.encode(), "{why}");
+    };
+    let mut ramping = quiet.clone();
+    ramping.closed_at_ms = 5_000;
+    not_quiet(&ramping, 5_999, "a ramp is running");
+    assert!(ramping.is_quiet(&p, 6_000), "the ramp is over");
+    let mut streak = quiet.clone();
+    streak.consecutive_failures = 1;
+    not_quiet(&streak, 0, "a failure streak");
+    let mut failed = quiet.clone();
+    failed.window.record(0, true, false);
+    not_quiet(&failed, 0, "a failure in the window");
+    let mut slow = quiet.clone();
+    slow.window.record(0, false, true);
+    not_quiet(&slow, 0, "a slow call in the window");
+    not_quiet(&BreakerState::new(&p), 0, "a window still filling");
+    for phase in [Phase::Open, Phase::HalfOpen] {
+        let mut s = quiet.clone();
+        s.phase = phase;
+        not_quiet(&s, 0, "not closed");
+    }
+    let mut reopens = quiet.clone();
+    reopens.reopens = 1;
+    not_quiet(&reopens, 0, "reopens to remember");
+    let mut slot = quiet.clone();
+    slot.probe_slots[1] = 9;
+    not_quiet(&slot, 0, "a probe slot taken");
+    let time = Policy { window: WindowSpec::Time { seconds: 10 }, ..p.clone() };
+    not_quiet(&BreakerState::new(&time), 0, "a time window");
+    assert_eq!(BreakerState::decode_for(&[], &time), Some(BreakerState::new(&time)));
+}
+
+#[test]
+fn a_no_op_success_s_bytes_are_quiet_only_with_nothing_else_to_remember() {
+    let p = Policy { recovery_ramp_ms: 1_000, ..policy(3, 0.5, 10, 5, 2, 1) };
+    let quiet = BreakerState::quiet(&p);
+    let noop = |s: &BreakerState| state::success_is_noop(&s.encode(), 2, 10);
+    assert!(noop(&quiet) && state::noop_is_quiet(&quiet.encode(), 1_000, 0));
+    let mut ramping = quiet.clone();
+    ramping.closed_at_ms = 5_000;
+    assert!(noop(&ramping) && !state::noop_is_quiet(&ramping.encode(), 1_000, 5_999));
+    assert!(state::noop_is_quiet(&ramping.encode(), 1_000, 6_000));
+    assert!(state::noop_is_quiet(&ramping.encode(), 0, 0), "no ramp configured");
+    for (at, why) in [(2usize, "a reason"), (3, "reopens"), (6, "probe successes")] {
+        let mut bytes = quiet.encode();
+        bytes[at] = 1;
+        assert!(!state::noop_is_quiet(&bytes, 1_000, 0), "{why}");
+    }
+    let mut slot = quiet.clone();
+    slot.probe_slots[0] = 9;
+    assert!(!state::noop_is_quiet(&slot.encode(), 1_000, 0), "a probe slot taken");
+    // Whatever noop_is_quiet accepts is a state is_quiet accepts.
+    for s in [&quiet, &ramping, &slot] {
+        for now in [0, 5_999, 6_000] {
+            if state::noop_is_quiet(&s.encode(), 1_000, now) {
+                assert!(s.is_quiet(&p, now));
+            }
+        }
+    }
 }

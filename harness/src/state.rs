@@ -131,6 +131,10 @@ pub struct CallStats {
     /// Wasm instructions executed (wasmtime fuel).
     pub instructions: u64,
     pub host_calls: BTreeMap<String, u32>,
+    /// Host calls whose answer the host copied into memory it had the module allocate
+    /// (`proxy_on_memory_allocate`, a call from the host into the module: in Envoy it costs more
+    /// than the host call itself, `make bench-host-calls`). An empty answer allocates nothing.
+    pub allocations: u32,
     /// Instructions run between consecutive host calls, in order: (`callback: previous call ->
     /// next call`, instructions). Where a callback's instructions went, with no profiler.
     pub segments: Vec<(String, u64)>,
@@ -173,6 +177,8 @@ pub(crate) struct WorkerState {
     pub(crate) http_calls: Vec<HttpCall>,
     pub(crate) tick_period_ms: u32,
     pub(crate) host_calls: BTreeMap<String, u32>,
+    /// The running callback's allocations for host answers so far.
+    pub(crate) allocations: u32,
     /// The running callback's segments so far, its name, the last host call and the fuel then.
     pub(crate) segments: Vec<(String, u64)>,
     pub(crate) callback: &'static str,

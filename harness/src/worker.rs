@@ -37,6 +37,7 @@ impl Worker {
             http_calls: Vec::new(),
             tick_period_ms: 0,
             host_calls: BTreeMap::new(),
+            allocations: 0,
             segments: Vec::new(),
             callback: "",
             last_call: "",
@@ -70,6 +71,7 @@ impl Worker {
         let st = self.store.data_mut();
         st.current = ctx;
         st.host_calls.clear();
+        st.allocations = 0;
         st.segments.clear();
         st.callback = name.trim_start_matches("proxy_");
         st.last_call = "start";
@@ -83,6 +85,7 @@ impl Worker {
         self.last = CallStats {
             instructions: used,
             host_calls: std::mem::take(&mut st.host_calls),
+            allocations: std::mem::take(&mut st.allocations),
             segments: std::mem::take(&mut st.segments),
         };
         Ok(r)

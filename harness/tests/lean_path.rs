@@ -99,10 +99,11 @@ fn foreign_truncated_or_garbage_state_bytes_never_trap_and_fail_open_on_every_le
     let config = r#"{"defaults": {"consecutive_failures": 3, "window": {"kind": "count", "size": 10},
         "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 3, "successes": 2}}}"#;
     let key = format!("floodgate/b/{BREAKER}");
-    // A real state of each phase, taken from the module itself.
+    // A real state of each phase, taken from the module itself: its window one call short of
+    // full (a full window of successes is quiet, written as no bytes, which `samples` has).
     let mut host = Host::new(&built_module()).unwrap();
     let mut a = worker(&mut host, config);
-    for _ in 0..10 {
+    for _ in 0..9 {
         let ctx = upgrade(&mut a);
         answer_from(&mut a, ctx, 101, "via_upstream", 0);
     }
@@ -215,4 +216,91 @@ fn every_success_is_counted_exactly_once_across_workers_whether_written_or_flush
     a.tick().unwrap();
     b.tick().unwrap();
     assert_eq!((metric(&host, &success), metric(&host, &failure)), (19, 1), "a second tick adds nothing");
+}
+
+fn state_bytes(host: &Host) -> Vec<u8> {
+    host.shared_data(&format!("floodgate/b/{BREAKER}")).expect("the breaker has a state").0
+}
+
+/// A quiet breaker (closed, no streak, its count window full of successes) is written as no
+/// bytes, so its admission and its successes read the state with nothing copied into the module
+/// (in Envoy, no call into the module's allocator); a failure brings the whole state back, and
+/// once the failure has left the window the breaker is quiet again.
+#[test]
+fn a_healthy_breaker_is_written_as_no_bytes_and_read_with_nothing_copied_into_the_module() {
+    let mut host = Host::new(&built_module()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 3, "window": {"kind": "count", "size": 10},
+        "open": {"base_ms": 60000, "jitter": 0.0}}}"#;
+    let mut a = worker(&mut host, config);
+    for _ in 0..10 {
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, 101, "via_upstream", 0);
+    }
+    assert_eq!(state_bytes(&host), Vec::<u8>::new(), "a full window of successes is quiet");
+    let ctx = upgrade(&mut a);
+    // Copied in: the `upgrade` header and the cluster's name; the state: nothing.
+    assert_eq!(a.last.allocations, 2, "request headers: {:?}", a.last.host_calls);
+    a.set_context_property(ctx, &["response", "code_details"], b"via_upstream");
+    a.response_headers(ctx, &[(":status", "101")], false).unwrap();
+    assert_eq!(a.last.allocations, 1, "the answer: `:status` only, {:?}", a.last.host_calls);
+    a.end(ctx).unwrap();
+
+    let ctx = upgrade(&mut a);
+    answer_from(&mut a, ctx, 503, "via_upstream", 0);
+    assert!(!state_bytes(&host).is_empty(), "a failure is remembered");
+    for i in 0..10 {
+        assert!(!state_bytes(&host).is_empty(), "quiet after {i} successes with the failure still in the window");
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, 101, "via_upstream", 0);
+    }
+    assert_eq!(state_bytes(&host), Vec::<u8>::new(), "the failure left the window");
+    // Two more failures do not trip: the streak the first one began was ended by successes.
+    for _ in 0..2 {
+        let ctx = upgrade(&mut a);
+        answer_from(&mut a, ctx, 503, "via_upstream", 0);
+    }
+    assert_eq!(opened(&host), 0);
+}
+
+/// A breaker that closed from half-open keeps its closing time while its recovery ramp runs,
+/// even with its window full of successes (the ramp needs it); the first success after the
+/// ramp writes it as no bytes.
+#[test]
+fn a_breaker_keeps_its_closing_time_while_its_ramp_runs_and_is_written_as_no_bytes_after() {
+    let mut host = Host::new(&built_module()).unwrap();
+    let config = r#"{"defaults": {"consecutive_failures": 1, "window": {"kind": "count", "size": 10},
+        "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 1, "successes": 1},
+        "recovery_ramp_ms": 5000}}"#;
+    let mut a = worker(&mut host, config);
+    let ctx = upgrade(&mut a);
+    answer_from(&mut a, ctx, 503, "via_upstream", 0);
+    host.advance(std::time::Duration::from_millis(1_001));
+    let probe = upgrade(&mut a);
+    answer_from(&mut a, probe, 101, "via_upstream", 0);
+    let closed = format!("breaker=.={BREAKER};.;from=.=half_open;.;to=.=closed;.;floodgate_transitions_total");
+    assert_eq!(metric(&host, &closed), 1);
+    let closed_at = host.now_ms();
+    // Fill the window during the ramp (refused tries are the ramp's share).
+    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+    let mut successes = 0;
+    while successes < 12 {
+        host.advance(std::time::Duration::from_millis(50));
+        let ctx = a.new_context().unwrap();
+        a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
+        if a.request_headers(ctx, &headers, false).unwrap() == CONTINUE {
+            answer_from(&mut a, ctx, 101, "via_upstream", 0);
+            successes += 1;
+        } else {
+            a.end(ctx).unwrap();
+        }
+    }
+    assert!(host.now_ms() < closed_at + 5_000, "the window filled within the ramp");
+    let during = state_bytes(&host);
+    assert!(!during.is_empty(), "a ramping breaker keeps its closing time");
+    let head = floodgate_core::state::Head::peek(&during).unwrap();
+    assert_eq!(head.closed_at_ms, closed_at, "{head:?}");
+    host.advance(std::time::Duration::from_millis(5_000));
+    let ctx = upgrade(&mut a);
+    answer_from(&mut a, ctx, 101, "via_upstream", 0);
+    assert_eq!(state_bytes(&host), Vec::<u8>::new(), "quiet once the ramp is over");
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::Rng;
 use floodgate_core::remote::{Forced, Override, RemoteView};
-use floodgate_core::{BreakerState, Phase};
+use floodgate_core::{BreakerState, Phase, Policy, WindowSpec};
 use floodgate_harness::{built_module, Host, Worker, CONTINUE, PAUSE};
 
 const KEY: &str = "collab_ws";
@@ -51,6 +51,13 @@ fn config() -> String {
         "control": {"cluster": "floodgate_control", "wait_s": 5, "timeout_ms": 7000, "stale_after_s": STALE / 1000}
     })
     .to_string()
+}
+
+/// A breaker's state as shared data holds it (a quiet one as no bytes, in `config()`'s shape).
+fn state_of(bytes: &[u8]) -> Result<BreakerState, &'static str> {
+    let shape =
+        Policy { half_open_permits: PERMITS as u8, window: WindowSpec::Count { size: 100 }, ..Policy::default() };
+    BreakerState::decode_for(bytes, &shape).ok_or("undecodable state")
 }
 
 // ---- the reference model ----
@@ -522,7 +529,7 @@ fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize
         // The shared state is the model's.
         for (key, b) in &m.breakers {
             let Some((bytes, _)) = host.shared_data(&format!("floodgate/b/{key}")) else { continue };
-            let s = BreakerState::decode(&bytes).ok_or("undecodable state")?;
+            let s = state_of(&bytes)?;
             let real = (s.phase, u32::from(s.consecutive_failures), s.probe_slots.clone(), u32::from(s.reopens));
             let model = (b.phase, b.streak, b.slots.clone(), b.reopens);
             let open_differs = b.phase == Phase::Open && s.open_until_ms != b.open_until;
@@ -560,7 +567,7 @@ fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize
     let after = host.now_ms();
     for key in m.breakers.keys() {
         let Some((bytes, _)) = host.shared_data(&format!("floodgate/b/{key}")) else { continue };
-        let s = BreakerState::decode(&bytes).ok_or("undecodable state")?;
+        let s = state_of(&bytes)?;
         let overdue = s.probe_slots.iter().any(|&d| d != 0 && d <= after);
         if s.phase == Phase::HalfOpen && overdue {
             return Err(format!("{key} still half-open with an overdue probe {s:?}\n{}", log.join("\n")));

@@ -110,6 +110,30 @@ async fn below_the_thresholds_nothing_is_refused() {
     assert_eq!(p.metric("floodgate_state", &[("breaker", BREAKER)]).await, 0.0);
 }
 
+/// A quiet breaker (its count window full of successes) is stored as an empty shared-data value
+/// (README, "Shared state"): Envoy takes the empty write (no update is lost), reads it back on
+/// both workers as a closed breaker, and the breaker still trips at the third failure in a row.
+#[tokio::test]
+async fn a_quiet_breaker_stored_as_an_empty_value_admits_and_still_trips_at_the_third_failure() {
+    let p = proxy(&cfg(serde_json::json!({
+        "defaults": {"consecutive_failures": 3, "failure_rate": 1.0, "minimum_calls": 5, "window": {"kind": "count", "size": 5},
+                     "open": {"base_ms": 60000, "jitter": 0.0}}
+    })))
+    .await;
+    for _ in 0..12 {
+        p.expect_open().await;
+    }
+    assert_eq!(p.metric("floodgate_updates_lost_total", &[("breaker", BREAKER)]).await, 0.0, "{}", p.envoy.log());
+    p.failed_upgrades(2).await;
+    p.backend.control.set_mode(Mode::Healthy);
+    p.expect_open().await;
+    p.failed_upgrades(3).await;
+    let r = p.expect_refused().await;
+    assert_eq!(r.headers.get("x-floodgate").map(String::as_str), Some("open"));
+    assert_eq!(r.json()["reason"], "consecutive_failures");
+    assert_eq!(p.metric("floodgate_updates_lost_total", &[("breaker", BREAKER)]).await, 0.0);
+}
+
 #[tokio::test]
 async fn after_the_failures_the_next_upgrade_gets_the_design_refusal_and_never_reaches_the_backend() {
     let p = proxy(&cfg(serde_json::json!({

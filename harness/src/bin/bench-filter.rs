@@ -24,6 +24,7 @@ struct Row {
 
 fn add(total: &mut CallStats, s: &CallStats) {
     total.instructions += s.instructions;
+    total.allocations += s.allocations;
     for (k, v) in &s.host_calls {
         *total.host_calls.entry(k.clone()).or_default() += v;
     }
@@ -257,8 +258,10 @@ fn table(rows: &[(Row, usize)]) -> (String, Vec<String>) {
          headers when admitted, log/done/delete). Warm means the breaker registered and its window\n\
          full of successes (100 requests before), as on a worker that has served traffic; one row\n\
          shows a window still filling. The same module gives the same numbers anywhere. A path over\n\
-         its target (issue 15) fails `make bench-filter` and so `make test`.\n\n\
-         | path | wasm instructions | host calls | target | by call |\n|---|---:|---:|---|---|\n",
+         its target (issue 15) fails `make bench-filter` and so `make test`. Allocations are the\n\
+         host's calls into the module's allocator for a host call's answer (none for an empty one):\n\
+         in Envoy each costs more than the host call itself (bench/results/host-calls.md).\n\n\
+         | path | wasm instructions | host calls | allocations | target | by call |\n|---|---:|---:|---:|---|---|\n",
     );
     let mut over = Vec::new();
     for (r, _) in rows {
@@ -267,7 +270,13 @@ fn table(rows: &[(Row, usize)]) -> (String, Vec<String>) {
         over.extend(over_target(r));
         let target = r.target.map_or("–".to_string(), |(i, c)| format!("≤ {i}, ≤ {c}"));
         let calls = r.stats.total_host_calls();
-        out.push_str(&format!("| {} | {} | {calls} | {target} | {} |\n", r.path, r.stats.instructions, by.join(", ")));
+        out.push_str(&format!(
+            "| {} | {} | {calls} | {} | {target} | {} |\n",
+            r.path,
+            r.stats.instructions,
+            r.stats.allocations,
+            by.join(", ")
+        ));
     }
     let memory = rows.iter().map(|(_, m)| *m).max().unwrap_or(0);
     out.push_str(&format!("\nLinear memory after these requests: {} KiB.\n", memory / 1024));
@@ -311,6 +320,7 @@ mod tests {
             stats: CallStats {
                 instructions,
                 host_calls: BTreeMap::from([("proxy_get_property".to_string(), calls)]),
+                allocations: 0,
                 segments: vec![],
             },
         };

@@ -42,7 +42,13 @@ pub(super) fn give(caller: &mut Mem<'_>, bytes: &[u8], ptr_out: i32, size_out: i
         Some(Extern::Func(f)) => f.typed::<i32, i32>(&caller)?,
         _ => bail!("module exports no proxy_on_memory_allocate"),
     };
-    let addr = if bytes.is_empty() { 0 } else { alloc.call(&mut *caller, bytes.len() as i32)? };
+    // As Envoy: nothing is allocated for an empty answer.
+    let addr = if bytes.is_empty() {
+        0
+    } else {
+        caller.data_mut().allocations += 1;
+        alloc.call(&mut *caller, bytes.len() as i32)?
+    };
     if !bytes.is_empty() {
         write(caller, addr, bytes)?;
     }
