@@ -11,7 +11,7 @@ BENCH_ENV = FLOODGATE_CONTROL_BIN=$(CURDIR)/target/release/floodgate-control
 wasm-floor:
 	scripts/build-wasm.sh floodgate-wasm-floor
 
-bench: wasm wasm-floor bench-filter
+bench: wasm wasm-floor bench-filter bench-host-calls
 	scripts/deps.sh envoy redis
 	cargo build -q --release -p floodgate-control -p floodgate-bench
 	ulimit -n $$(ulimit -Hn); $(BENCH_ENV) target/release/floodgate-bench

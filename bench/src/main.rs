@@ -41,7 +41,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         let results = measure::run(if quick { Plan::quick() } else { Plan::full() }).await?;
         let filter = FilterCosts::read(&repo_root().join("bench/results/filter.md")).ok();
-        report::render(&results, filter.as_ref())
+        let host_calls = std::fs::read_to_string(repo_root().join("bench/results/host-calls.md")).ok();
+        report::render(&results, filter.as_ref(), host_calls.as_deref())
     };
     // `--no-storm`: sections 1 to 6 only; the storm section already in the report is kept.
     if std::env::args().any(|a| a == "--no-storm") {

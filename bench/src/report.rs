@@ -9,7 +9,9 @@ use crate::results::{median, Control, FixedRate, Results, Saturation};
 use crate::setups::name;
 
 /// The whole report.
-pub fn render(r: &Results, filter: Option<&FilterCosts>) -> String {
+/// The report: this run's `r`, with the harness's counts (`filter`, bench/results/filter.md) and
+/// what each host call costs in Envoy (`host_calls`, bench/results/host-calls.md) quoted.
+pub fn render(r: &Results, filter: Option<&FilterCosts>, host_calls: Option<&str>) -> String {
     let mut md = String::new();
     header(&mut md, r);
     cost_per_request(&mut md, r);
@@ -17,6 +19,7 @@ pub fn render(r: &Results, filter: Option<&FilterCosts>) -> String {
     upgrades(&mut md, r);
     memory(&mut md, r);
     filter_counts(&mut md, filter);
+    host_call_costs(&mut md, host_calls);
     control(&mut md, r);
     targets(&mut md, r);
     misses(&mut md, r, filter);
@@ -291,6 +294,21 @@ fn filter_counts(md: &mut String, filter: Option<&FilterCosts>) {
     }
 }
 
+/// Section 5, continued: quoted from bench/results/host-calls.md (its title dropped).
+fn host_call_costs(md: &mut String, host_calls: Option<&str>) {
+    let _ = writeln!(md, "\n### What each host call costs in Envoy\n");
+    match host_calls {
+        Some(text) => {
+            let body: Vec<&str> = text.lines().skip_while(|l| l.starts_with("# ") || l.is_empty()).collect();
+            let _ =
+                writeln!(md, "From `make bench-host-calls` (`bench/results/host-calls.md`):\n\n{}", body.join("\n"));
+        }
+        None => {
+            let _ = writeln!(md, "Run `make bench-host-calls` for these (bench/results/host-calls.md is missing).");
+        }
+    }
+}
+
 /// Section 6.
 fn control(md: &mut String, r: &Results) {
     let _ = writeln!(md, "\n## 6. floodgate-control\n");
@@ -416,13 +434,14 @@ fn targets(md: &mut String, r: &Results) {
 
 /// What explains the missed targets, with this run's figures and the filter's counts.
 fn misses(md: &mut String, r: &Results, filter: Option<&FilterCosts>) {
-    // Floodgate's added CPU at the highest fixed rate, and the part without the breaker.
-    let (fg, ws) =
-        r.fixed.last().map_or((0.0, 0.0), |f| (cpu_added(f, name::FLOODGATE), cpu_added(f, name::FLOODGATE_WS)));
-    let floor = match r.fixed.last().filter(|f| f.row(name::WASM_FLOOR).is_some()) {
-        Some(f) => format!(
-            " The wasm floor (`wasm_floor`: the cheapest filter with the same SDK, doing nothing) added {:+.1} µs in the same run.",
-            cpu_added(f, name::WASM_FLOOR)
+    // Floodgate's added CPU saturated (the steadiest figure), and the wasm floor's part of it.
+    let added = |n: &str| median(&saturated_cpu_added(r, n));
+    let fg = added(name::FLOODGATE);
+    let floor = match saturated(r, name::WASM_FLOOR) {
+        Some(_) => format!(
+            ", of which {:+.2} µs is any proxy-wasm filter's with this SDK (the wasm floor: a context per stream and its \
+             VM entries for create, headers, body, log, done, delete)",
+            added(name::WASM_FLOOR)
         ),
         None => String::new(),
     };
@@ -432,11 +451,12 @@ fn misses(md: &mut String, r: &Results, filter: Option<&FilterCosts>) {
     let _ = writeln!(
         md,
         "\n### Reading the misses\n\n\
-         - Per request, Floodgate's added Envoy CPU at the highest fixed rate was {fg:.1} µs, of which {ws:.1} µs is paid with the \
-         breaker not consulted at all (`floodgate_ws` on plain requests): that part is Envoy's proxy-wasm per-stream machinery \
-         (a wasm context per stream, and five VM entries: create, headers, log, done, delete).{floor} The breaker itself is the rest, \
-         {} (section 5): one clock reading, the state read at admission and again at the answer, no write while \
-         the breaker is closed and its window full of successes. \
+         - Per request, saturated, Floodgate added {fg:+.2} µs of Envoy CPU over no filter{floor}. The breaker itself is \
+         the rest, {} (section 5). In Envoy a host call costs mostly by \
+         whether its answer is copied into the module, which makes the host call the module's allocator (section 5, \
+         \"What each host call costs\"): the admitted request copies two answers (the cluster's name and `:status`) and \
+         reads the breaker's state twice (at admission, and at the answer so that another worker's failure streak is still \
+         ended by this success) with nothing copied while the breaker is quiet. \
          For routes that carry plain requests too, `envoy/http-websocket-matcher.yaml` puts the filter behind an \
          `ExtensionWithMatcher` on the `upgrade` header so only upgrades pay (`floodgate_matcher` above).\n\
          - A refused upgrade still costs Envoy a TCP accept, an HTTP parse, a local reply and a close: {lua_refuse_cpu:.1} µs here even for the \
@@ -446,19 +466,14 @@ fn misses(md: &mut String, r: &Results, filter: Option<&FilterCosts>) {
          generator's timer is millisecond-grained), so the latency targets cannot be judged here; the CPU figures can.\n\
          - floodgate-control: a held long-poll costs about {waiter_kib:.0} KiB (hyper's per-connection buffers and task); the wake-up \
          time includes this process reading all the sockets on one pinned core.",
-        cost(filter, SHED_ALL_ADMITTED, true),
-        cost(filter, UPGRADE_REFUSED, false),
+        cost(filter, SHED_ALL_ADMITTED),
+        cost(filter, UPGRADE_REFUSED),
     );
 }
 
-/// "14,309 wasm instructions and 7 host calls" for `path` in filter.md (`about`: to the thousand).
-fn cost(filter: Option<&FilterCosts>, path: &str, about: bool) -> String {
+/// "14,309 wasm instructions and 7 host calls" for `path` in filter.md.
+fn cost(filter: Option<&FilterCosts>, path: &str) -> String {
     match filter.and_then(|f| f.path(path)) {
-        Some(p) if about => format!(
-            "about {} wasm instructions and {} host calls",
-            thousands((p.instructions + 500) / 1000 * 1000),
-            p.host_calls
-        ),
         Some(p) => format!("{} wasm instructions and {} host calls", thousands(p.instructions), p.host_calls),
         None => "its wasm instructions and host calls (not counted: run `make bench-filter`)".to_string(),
     }
@@ -584,7 +599,7 @@ mod tests {
 
     #[test]
     fn the_cpu_ratios_are_against_no_filter() {
-        let md = render(&results(), Some(&filter()));
+        let md = render(&results(), Some(&filter()), None);
         has(&md, "Floodgate +40.0 µs, admission_control +20.0 µs, Lua +25.0 µs");
         has(&md, "Floodgate / Lua = 1.60, Floodgate / admission_control = 2.00");
         has(&md, "Of Floodgate's, +30.0 µs is there without the breaker");
@@ -597,15 +612,15 @@ mod tests {
 
     #[test]
     fn the_added_cpu_is_broken_down_beside_the_targets_not_instead() {
-        let md = render(&results(), Some(&filter()));
+        let md = render(&results(), Some(&filter()), None);
         has(&md, "Breakdown at 1000 req/s (same run): the platform's part (`wasm_floor` − no filter: Envoy's wasm runtime, the per-stream context, the SDK's dispatch) +28.0 µs; the breaker's part (Floodgate − `wasm_floor`) +12.0 µs against Lua's part (Lua − no filter) +25.0 µs. Round by round: platform +28.0, breaker +12.0, Lua +25.0.");
         has(&md, "- MISSED: Envoy CPU added per request with `shed: all` no more than the Lua filter's at 1000 req/s (issue 15): Floodgate +40.0 µs, Lua +25.0 µs\n- breakdown (not a target) at 1000 req/s: the breaker's part (Floodgate − `wasm_floor`) +12.0 µs, Lua's part (Lua − no filter) +25.0 µs; the platform's part (`wasm_floor` − no filter) +28.0 µs\n");
-        has(&md, "The wasm floor (`wasm_floor`: the cheapest filter with the same SDK, doing nothing) added +28.0 µs in the same run.");
+        has(&md, "Per request, saturated, Floodgate added +6.00 µs of Envoy CPU over no filter, of which +2.25 µs is any proxy-wasm filter's with this SDK");
         // Without the floor measured, no breakdown is made up.
         let mut r = results();
         r.fixed[0].rows.retain(|row| row.name != name::WASM_FLOOR);
         r.saturation.retain(|row| row.name != name::WASM_FLOOR);
-        let md = render(&r, Some(&filter()));
+        let md = render(&r, Some(&filter()), None);
         assert!(!md.contains("Breakdown") && !md.contains("breakdown") && !md.contains("wasm floor"), "{md}");
         has(&md, "- MISSED: Envoy CPU added per request with `shed: all` no more than the Lua filter's at 1000 req/s (issue 15)");
     }
@@ -616,7 +631,7 @@ mod tests {
         r.fixed[0].rows.reverse();
         r.saturation.reverse();
         r.upgrades.reverse();
-        let md = render(&r, Some(&filter()));
+        let md = render(&r, Some(&filter()), None);
         has(&md, "Floodgate / Lua = 1.60, Floodgate / admission_control = 2.00");
         has(&md, "| floodgate | 20500 | 20000, 21000 | 50.0 % | 29.5 | +6.0 | 98 % | 0 |");
         has(&md, "refusing is 3.0x cheaper");
@@ -624,7 +639,7 @@ mod tests {
 
     #[test]
     fn saturation_and_shedding_are_relative() {
-        let md = render(&results(), Some(&filter()));
+        let md = render(&results(), Some(&filter()), None);
         has(&md, "| none | 41000 | 40000, 42000 | 100.0 % | 23.5 | +0.0 | 98 % | 0 |");
         has(&md, "| floodgate | 20500 | 20000, 21000 | 50.0 % | 29.5 | +6.0 | 98 % | 0 |");
         has(&md, "| lua | 38950 | 38000, 39900 | 95.0 % | 25.5 | +2.0 | 98 % | 0 |");
@@ -639,8 +654,8 @@ mod tests {
 
     #[test]
     fn the_filter_s_counts_come_from_filter_md() {
-        let md = render(&results(), Some(&filter()));
-        has(&md, "The breaker itself is the rest, about 12,000 wasm instructions and 10 host calls (section 5)");
+        let md = render(&results(), Some(&filter()), None);
+        has(&md, "The breaker itself is the rest, 11,908 wasm instructions and 10 host calls (section 5)");
         has(&md, "the refusal's own work in the filter is 14,309 wasm instructions and 7 host calls (section 5)");
         has(&md, "From `make bench-filter` (deterministic, `bench/results/filter.md`):\n\n| path |");
         assert!(!md.contains("# Filter cost per request"), "the title is not quoted");
@@ -648,7 +663,7 @@ mod tests {
 
     #[test]
     fn without_filter_md_the_report_says_so() {
-        let md = render(&results(), None);
+        let md = render(&results(), None, None);
         has(&md, "Run `make bench-filter` for these (bench/results/filter.md is missing).");
         has(&md, "not counted: run `make bench-filter`");
         assert!(!md.contains("11,908") && !md.contains("14,309"));
@@ -656,7 +671,7 @@ mod tests {
 
     #[test]
     fn control_plane_targets_and_failures() {
-        let md = render(&results(), Some(&filter()));
+        let md = render(&results(), Some(&filter()), None);
         has(&md, "| redis | 1341 | 2383 | 4983 | 0 |");
         has(&md, "- met: webhook p99 under 5 ms at 500 req/s on Redis: 2383 µs");
         has(&md, "- MISSED: 10000 waiters on one replica under 256 MB RSS: 10000 held, 259.8 MiB");
@@ -664,7 +679,7 @@ mod tests {
         has(&md, "a held long-poll costs about 26 KiB");
         let mut r = results();
         r.control = Err("redis-server: not found".into());
-        let md = render(&r, Some(&filter()));
+        let md = render(&r, Some(&filter()), None);
         has(&md, "## 6. floodgate-control\n\nNot measured: redis-server: not found\n");
         has(&md, "a held long-poll costs about 0 KiB");
     }
@@ -672,7 +687,7 @@ mod tests {
     #[test]
     fn header_and_footer() {
         let mut r = results();
-        let md = render(&r, Some(&filter()));
+        let md = render(&r, Some(&filter()), None);
         has(&md, "Measured by `make bench` on 2 × test CPU, Linux 6. Every configuration runs in its own Envoy (Envoy 1.40.0, `--concurrency 1`, pinned to CPU 0); ");
         has(&md, "- `none`: no filter\n- `floodgate`: Floodgate\n");
         has(&md, "At 1000 req/s (3 rounds of 5s each):");
@@ -682,7 +697,7 @@ mod tests {
         );
         r.plan = Plan::quick();
         r.pinned = false;
-        let md = render(&r, None);
+        let md = render(&r, None, None);
         has(&md, "Measured by `make bench-quick` on ");
         has(&md, "pinned to CPU 0; pinning unavailable)");
         has(&md, "(about 2 minutes;");
@@ -695,5 +710,17 @@ mod tests {
         assert_eq!(thousands(12000), "12,000");
         assert_eq!(thousands(14309), "14,309");
         assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn the_host_call_costs_are_quoted_without_their_title_or_asked_for() {
+        let text =
+            "# What a host call costs in Envoy\n\nMeasured by ...\n\n| call | µs |\n|---|---:|\n| clock | 0.06 |\n";
+        let md = render(&results(), Some(&filter()), Some(text));
+        has(&md, "### What each host call costs in Envoy\n\nFrom `make bench-host-calls` (`bench/results/host-calls.md`):\n\nMeasured by ...");
+        has(&md, "| clock | 0.06 |");
+        assert!(!md.contains("# What a host call costs in Envoy"), "the title is not quoted");
+        let md = render(&results(), Some(&filter()), None);
+        has(&md, "Run `make bench-host-calls` for these (bench/results/host-calls.md is missing).");
     }
 }
