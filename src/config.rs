@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use floodgate_core::admission::{Budget, MAX_BURST, MAX_DELAY_MS, MAX_PER_SECOND};
 use floodgate_core::classify::{FailurePolicy, StatusPattern};
+use floodgate_core::policy::MAX_RECOVERY_RAMP_MS;
 use floodgate_core::state::MAX_PERMITS;
 use floodgate_core::window::TIME_BUCKETS;
 use floodgate_core::{Mode, Policy, WindowSpec};
@@ -564,8 +565,11 @@ fn resolve(raw: &RawPolicy, at: &str) -> Result<BreakerPolicy, ConfigError> {
         recovery_ramp_ms: raw.recovery_ramp_ms.unwrap_or(0),
         answer_timeout_ms,
     };
-    if policy.recovery_ramp_ms > 3_600_000 {
-        return err(f("recovery_ramp_ms"), format!("must be at most 3600000, got {}", policy.recovery_ramp_ms));
+    if policy.recovery_ramp_ms > MAX_RECOVERY_RAMP_MS {
+        return err(
+            f("recovery_ramp_ms"),
+            format!("must be at most {MAX_RECOVERY_RAMP_MS}, got {}", policy.recovery_ramp_ms),
+        );
     }
     let admission = admission(raw.admission.clone().unwrap_or_default(), &f("admission"))?;
     Ok(BreakerPolicy { policy, failure, admission })

@@ -331,7 +331,7 @@ pub fn success_if_noop(a: &Admitted) -> Success {
     let Some(bytes) = read.0.as_deref().filter(|b| state::success_is_noop(b, p.half_open_permits, size)) else {
         return Success::Decide(Some(read));
     };
-    if !bytes.is_empty() && state::noop_is_quiet(bytes, p.recovery_ramp_ms, a.start_ms) {
+    if !bytes.is_empty() && state::noop_is_quiet(bytes, a.start_ms) {
         quieten(&a.key.state_key, read.1);
     }
     vm::with(|vm| {

@@ -129,7 +129,7 @@ pub fn update<T>(
         state.conform(policy);
         let (value, effect) = step(&mut state);
         Ok(if effect.changed {
-            Step::Write(state.encode_for(policy, now_ms), (value, effect, state))
+            Step::Write(state.encode_for(now_ms), (value, effect, state))
         } else {
             Step::Keep((value, effect, state))
         })

@@ -32,6 +32,10 @@ const FLOODGATE_EXTRA_INSTRUCTIONS: f64 = 1_700.0;
 
 const FLOOR: &str = "floor";
 const FLOODGATE: &str = "floodgate";
+/// Floodgate from `$FLOODGATE_WASM_BASELINE` (another build, say main before a change), when set:
+/// a before-and-after in one run.
+const BASELINE: &str = "floodgate_baseline";
+const SHED_ALL: &str = r#"{"shed": "all", "defaults": {"consecutive_failures": 5}}"#;
 
 /// The call kinds (the floor's names for them), with what each reads.
 const KINDS: [(&str, &str); 5] = [
@@ -49,13 +53,12 @@ const FLOODGATE_CALLS: [(&str, u32); 4] = [("property", 1), ("clock", 1), ("shar
 fn configurations() -> Vec<Setup> {
     let mut list = vec![
         Setup { name: FLOOR, what: "", filters: setups::floor_filter("wasm_floor", "pass"), lua_open: false },
-        Setup {
-            name: FLOODGATE,
-            what: "",
-            filters: setups::wasm_filter(r#"{"shed": "all", "defaults": {"consecutive_failures": 5}}"#),
-            lua_open: false,
-        },
+        Setup { name: FLOODGATE, what: "", filters: setups::wasm_filter(SHED_ALL), lua_open: false },
     ];
+    if let Some(module) = std::env::var_os("FLOODGATE_WASM_BASELINE") {
+        let filters = setups::wasm_filter_from(std::path::Path::new(&module), SHED_ALL);
+        list.push(Setup { name: BASELINE, what: "", filters, lua_open: false });
+    }
     for (kind, _) in KINDS {
         let mode = format!("calls {kind} {CALLS}");
         list.push(Setup { name: kind, what: "", filters: setups::floor_filter("wasm_floor", &mode), lua_open: false });
@@ -138,6 +141,16 @@ fn report(r: &Rounds, pinned: bool, took: Duration) -> String {
         spread(&floodgate),
         FLOODGATE_CALLS.iter().map(|(_, n)| n).sum::<u32>(),
     );
+    if !r.of(BASELINE).is_empty() {
+        let baseline = r.over_floor(BASELINE, 1.0);
+        let _ = writeln!(
+            md,
+            "The baseline build (`FLOODGATE_WASM_BASELINE`) over the floor, same rounds: {:+.2} µs per request (median; \
+             spread {}).\n",
+            median(&baseline),
+            spread(&baseline),
+        );
+    }
     md.push_str("Envoy CPU per request, round by round (µs):\n\n");
     for (name, cpu) in &r.0 {
         let list: Vec<String> = cpu.iter().map(|c| format!("{c:.1}")).collect();

@@ -51,6 +51,12 @@ pub(crate) fn wasm_filter(config: &str) -> String {
     module_filter("floodgate", &envoy::wasm_path(), config)
 }
 
+/// The Floodgate HTTP filter with `config` from another build of the module (a baseline to
+/// compare with in the same run).
+pub(crate) fn wasm_filter_from(module: &Path, config: &str) -> String {
+    module_filter("floodgate", module, config)
+}
+
 /// The wasm floor module (`make wasm-floor` builds it from bench/wasm-floor).
 pub fn floor_path() -> PathBuf {
     repo_root().join("target/wasm32-wasip1/release/floodgate_wasm_floor.wasm")

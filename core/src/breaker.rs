@@ -192,13 +192,12 @@ pub fn admit_probe_in_place(
 /// as `record_success` then `encode`.
 pub fn record_probe_success_in_place(bytes: &mut [u8], p: &Policy, start_ms: u64, t: ProbeTicket) -> Option<bool> {
     let h = Head::peek(bytes)?;
-    if !matches!(p.mode, Mode::Enforce | Mode::DryRun) || !state::fits(bytes, p) {
+    // The phase first: a closed breaker's bytes may be the quiet state's empty encoding.
+    if h.phase == Phase::Closed || !matches!(p.mode, Mode::Enforce | Mode::DryRun) || !state::fits(bytes, p) {
         return None;
     }
-    match h.phase {
-        Phase::Open => return Some(false),
-        Phase::Closed => return None,
-        Phase::HalfOpen => {}
+    if h.phase == Phase::Open {
+        return Some(false);
     }
     let i = usize::from(t.slot);
     if i >= state::slots(bytes) || state::slot(bytes, i) != t.deadline_ms || t.deadline_ms <= start_ms {

@@ -22,6 +22,9 @@ pub enum WindowSpec {
     Time { seconds: u16 },
 }
 
+/// The longest `recovery_ramp_ms` a configuration may set (one hour).
+pub const MAX_RECOVERY_RAMP_MS: u64 = 3_600_000;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
     pub mode: Mode,

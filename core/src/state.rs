@@ -10,7 +10,7 @@
 //! module's allocator that every non-empty answer of a host call costs (`make bench-host-calls`).
 //! Empty bytes decode as the quiet state of the reader's policy ([`BreakerState::decode_for`]).
 
-use super::policy::{Policy, WindowSpec};
+use super::policy::{Policy, WindowSpec, MAX_RECOVERY_RAMP_MS};
 use super::window::{Bucket, Window, TIME_BUCKETS};
 
 pub const ENCODING_VERSION: u8 = 1;
@@ -114,10 +114,15 @@ impl BreakerState {
         }
     }
 
-    /// Adapts a state written under another policy (a config reload): reshapes what no longer fits.
+    /// Adapts a state written under another policy (a config reload): reshapes what no longer
+    /// fits. A count window full of successes stays full of successes in its new size (as the
+    /// empty encoding of a quiet state reads in any size); any other window starts afresh.
     pub fn conform(&mut self, policy: &Policy) {
         if !self.window.fits(policy.window) {
-            self.window = Window::new(policy.window);
+            self.window = match (self.window.is_full_of_successes(), policy.window) {
+                (true, spec @ WindowSpec::Count { .. }) => Window::full_of_successes(spec),
+                (_, spec) => Window::new(spec),
+            };
         }
         let permits = usize::from(policy.half_open_permits);
         if self.probe_slots.len() != permits {
@@ -181,27 +186,17 @@ impl BreakerState {
     /// A closed breaker with nothing to remember: no failure streak, a count window full of
     /// successes, free probe slots.
     pub fn quiet(policy: &Policy) -> BreakerState {
-        let mut s = BreakerState::new(policy);
-        if let Window::Count { size, filled, .. } = &mut s.window {
-            *filled = *size;
-        }
-        s
+        BreakerState { window: Window::full_of_successes(policy.window), ..BreakerState::new(policy) }
     }
 
     /// Whether this state may be written as no bytes: it is [`BreakerState::quiet`] but for
-    /// when it closed and where its ring stands, and no recovery ramp of `policy` is running
-    /// at `now_ms` (a ramp needs the closing time). Only count windows: a time window's buckets
-    /// carry their epochs.
-    pub fn is_quiet(&self, policy: &Policy, now_ms: u64) -> bool {
-        let ramp_over = policy.recovery_ramp_ms == 0
-            || self.closed_at_ms == 0
-            || now_ms >= self.closed_at_ms.saturating_add(policy.recovery_ramp_ms);
-        let window_quiet = match &self.window {
-            Window::Count { size, filled, failures, slow, .. } => {
-                *size > 0 && filled == size && failures.iter().chain(slow).all(|&b| b == 0)
-            }
-            Window::Time { .. } => false,
-        };
+    /// when it closed and where its ring stands, and no recovery ramp any policy allows is
+    /// running at `now_ms` (it closed more than [`MAX_RECOVERY_RAMP_MS`] ago, or never): a ramp
+    /// needs the closing time, and a reload may turn one on. Only count windows: a time
+    /// window's buckets carry their epochs.
+    pub fn is_quiet(&self, now_ms: u64) -> bool {
+        let ramp_over = ramp_over(self.closed_at_ms, now_ms);
+        let window_quiet = self.window.is_full_of_successes();
         self.phase == Phase::Closed
             && self.reason == Reason::None
             && self.reopens == 0
@@ -212,10 +207,9 @@ impl BreakerState {
             && ramp_over
     }
 
-    /// The encoding to write under `policy` at `now_ms`: none for a quiet state, else
-    /// [`BreakerState::encode`].
-    pub fn encode_for(&self, policy: &Policy, now_ms: u64) -> Vec<u8> {
-        if self.is_quiet(policy, now_ms) {
+    /// The encoding to write at `now_ms`: none for a quiet state, else [`BreakerState::encode`].
+    pub fn encode_for(&self, now_ms: u64) -> Vec<u8> {
+        if self.is_quiet(now_ms) {
             Vec::new()
         } else {
             self.encode()
@@ -375,11 +369,6 @@ fn layout_ok(bytes: &[u8], slots: u8) -> bool {
     }
 }
 
-fn count_header(rest: &[u8]) -> (u16, u16, u16) {
-    let at = |i: usize| u16::from_le_bytes([rest[i], rest[i + 1]]);
-    (at(0), at(2), at(4))
-}
-
 /// Whether one more success leaves every later decision as it is: a closed breaker with no
 /// failure streak whose count window of `size` calls is full and holds no failure or slow call
 /// (a success then only replaces a success), in the shape `permits` probe slots give. Read in
@@ -407,15 +396,20 @@ pub fn success_is_noop(bytes: &[u8], permits: u8, size: u16) -> bool {
 }
 
 /// Whether bytes [`success_is_noop`] accepted (non-empty) hold a state that is quiet at `now_ms`
-/// under a recovery ramp of `ramp_ms` ([`BreakerState::is_quiet`]), so that they may be written
-/// as no bytes: no reason, reopens or probe successes left, every probe slot free, and the ramp
-/// over. Read in place.
-pub fn noop_is_quiet(bytes: &[u8], ramp_ms: u64, now_ms: u64) -> bool {
+/// ([`BreakerState::is_quiet`]), so that they may be written as no bytes: no reason, reopens or
+/// probe successes left, every probe slot free, and no ramp possibly running. Read in place.
+pub fn noop_is_quiet(bytes: &[u8], now_ms: u64) -> bool {
     let Some(h) = Head::peek(bytes) else { return false };
     let Some(head) = bytes.first_chunk::<SLOTS_AT>() else { return false };
-    let ramp_over = ramp_ms == 0 || h.closed_at_ms == 0 || now_ms >= h.closed_at_ms.saturating_add(ramp_ms);
+    let ramp_over = ramp_over(h.closed_at_ms, now_ms);
     let slots_free = bytes.get(SLOTS_AT..SLOTS_AT + 8 * usize::from(head[HEAD_LEN])).is_some_and(all_zero);
     head[2] == 0 && head[3] == 0 && head[PROBE_SUCCESSES_AT] == 0 && slots_free && ramp_over
+}
+
+/// Whether no recovery ramp any policy allows still runs at `now_ms` for a breaker that closed
+/// at `closed_at_ms` (0: it never closed from half-open).
+fn ramp_over(closed_at_ms: u64, now_ms: u64) -> bool {
+    closed_at_ms == 0 || now_ms >= closed_at_ms.saturating_add(MAX_RECOVERY_RAMP_MS)
 }
 
 /// Whether every byte is 0, eight at a time (from 8 bytes on, the last word overlaps the one
@@ -428,9 +422,12 @@ fn all_zero(bytes: &[u8]) -> bool {
 }
 
 /// The probe slots of encoded bytes (which [`Head::peek`] accepted), in order.
+/// None for bytes too short to hold them (the empty encoding of a quiet state has no slots).
 pub fn slot_deadlines(bytes: &[u8]) -> impl Iterator<Item = u64> + '_ {
-    let n = usize::from(bytes[HEAD_LEN]);
-    bytes[SLOTS_AT..SLOTS_AT + 8 * n]
+    let n = usize::from(bytes.get(HEAD_LEN).copied().unwrap_or(0));
+    bytes
+        .get(SLOTS_AT..SLOTS_AT + 8 * n)
+        .unwrap_or_default()
         .chunks_exact(8)
         .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
 }
@@ -442,54 +439,54 @@ const PROBE_SUCCESSES_AT: usize = 6;
 /// Whether encoded bytes (which [`Head::peek`] accepted) already have the shape `policy` asks
 /// for: as many probe slots as permits, and its window. Else `conform` would reshape them, and
 /// only the full step does that.
+/// `false` for bytes too short to be checked: the empty encoding of a quiet state has no
+/// layout to step in place (the full step reads it as the quiet state of `policy`).
 pub fn fits(bytes: &[u8], policy: &Policy) -> bool {
-    let slots = usize::from(bytes[HEAD_LEN]);
+    let Some(&slots) = bytes.get(HEAD_LEN) else { return false };
+    let slots = usize::from(slots);
     if slots != usize::from(policy.half_open_permits) {
         return false;
     }
     let at = SLOTS_AT + 8 * slots;
-    let rest = &bytes[at + 1..];
-    match (bytes[at], policy.window) {
-        (0, WindowSpec::Count { size }) => count_header(rest).0 == size,
-        (1, spec @ WindowSpec::Time { .. }) => Window::Time {
-            bucket_ms: u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]),
-            buckets: [Bucket::default(); TIME_BUCKETS],
-        }
-        .fits(spec),
+    let (Some(&kind), Some(rest)) = (bytes.get(at), bytes.get(at + 1..)) else { return false };
+    match (kind, policy.window) {
+        (0, WindowSpec::Count { size }) => rest.first_chunk::<2>().is_some_and(|s| u16::from_le_bytes(*s) == size),
+        (1, spec @ WindowSpec::Time { .. }) => match rest.first_chunk::<4>() {
+            Some(b) => Window::Time { bucket_ms: u32::from_le_bytes(*b), buckets: [Bucket::default(); TIME_BUCKETS] }
+                .fits(spec),
+            None => false,
+        },
         _ => false,
     }
 }
 
 /// Probe slot `i` of encoded bytes (which [`Head::peek`] accepted and that have `i` slots at least).
+/// Probe slot `i`'s deadline (0 past the bytes: no slot there is taken).
 pub fn slot(bytes: &[u8], i: usize) -> u64 {
     let at = SLOTS_AT + 8 * i;
-    u64::from_le_bytes([
-        bytes[at],
-        bytes[at + 1],
-        bytes[at + 2],
-        bytes[at + 3],
-        bytes[at + 4],
-        bytes[at + 5],
-        bytes[at + 6],
-        bytes[at + 7],
-    ])
+    bytes.get(at..).and_then(<[u8]>::first_chunk::<8>).map_or(0, |b| u64::from_le_bytes(*b))
 }
 
+/// Sets probe slot `i`'s deadline; nothing past the bytes.
 pub fn set_slot(bytes: &mut [u8], i: usize, deadline_ms: u64) {
     let at = SLOTS_AT + 8 * i;
-    bytes[at..at + 8].copy_from_slice(&deadline_ms.to_le_bytes());
+    if let Some(slot) = bytes.get_mut(at..at + 8) {
+        slot.copy_from_slice(&deadline_ms.to_le_bytes());
+    }
 }
 
 pub fn slots(bytes: &[u8]) -> usize {
-    usize::from(bytes[HEAD_LEN])
+    usize::from(bytes.get(HEAD_LEN).copied().unwrap_or(0))
 }
 
 pub fn probe_successes(bytes: &[u8]) -> u8 {
-    bytes[PROBE_SUCCESSES_AT]
+    bytes.get(PROBE_SUCCESSES_AT).copied().unwrap_or(0)
 }
 
 pub fn set_probe_successes(bytes: &mut [u8], n: u8) {
-    bytes[PROBE_SUCCESSES_AT] = n;
+    if let Some(b) = bytes.get_mut(PROBE_SUCCESSES_AT) {
+        *b = n;
+    }
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -237,9 +237,9 @@ proptest! {
             prop_assert_eq!(s.phase, model.phase);
             prop_assert!(probes_in_flight(&s, now) <= usize::from(permits));
             if effect.changed {
-                bytes = s.encode_for(&p, now);
+                bytes = s.encode_for(now);
             } else {
-                prop_assert_eq!(&s.encode_for(&p, now), &bytes, "state changed but not flagged");
+                prop_assert_eq!(&s.encode_for(now), &bytes, "state changed but not flagged");
             }
         }
     }
@@ -626,10 +626,11 @@ proptest! {
             *n = next % size;
         }
         (original.since_ms, original.closed_at_ms) = (since, closed_at);
-        // Written once the ramp (if any) is over.
-        let mut now = since.max(closed_at.saturating_add(ramp)).max(1);
-        prop_assert!(original.is_quiet(&p, now));
-        let bytes = original.encode_for(&p, now);
+        // Written once no ramp a policy allows can still run.
+        let ramps_over = if closed_at == 0 { 0 } else { closed_at + policy::MAX_RECOVERY_RAMP_MS };
+        let mut now = since.max(ramps_over).max(1);
+        prop_assert!(original.is_quiet(now));
+        let bytes = original.encode_for(now);
         prop_assert!(bytes.is_empty());
         let mut stand_in = BreakerState::decode_for(&bytes, &p).expect("empty bytes are the quiet state");
         prop_assert_eq!(&stand_in, &BreakerState::quiet(&p));
@@ -648,21 +649,24 @@ proptest! {
 #[test]
 fn only_a_closed_breaker_with_nothing_to_remember_is_quiet() {
     let p = Policy { recovery_ramp_ms: 1_000, ..policy(3, 0.5, 10, 5, 2, 1) };
+    let hour = policy::MAX_RECOVERY_RAMP_MS;
     let quiet = BreakerState::quiet(&p);
-    assert!(quiet.is_quiet(&p, 0));
-    assert_eq!(quiet.encode_for(&p, 0), Vec::<u8>::new());
+    assert!(quiet.is_quiet(0));
+    assert_eq!(quiet.encode_for(0), Vec::<u8>::new());
     assert_eq!(BreakerState::decode_for(&[], &p), Some(quiet.clone()));
     assert_eq!(BreakerState::decode(&[]), None, "empty bytes need a policy");
     assert_eq!(state::Head::peek(&[]), Some(state::Head::QUIET));
     assert!(state::success_is_noop(&[], 2, 10));
     let not_quiet = |s: &BreakerState, now: u64, why: &str| {
-        assert!(!s.is_quiet(&p, now), "{why}");
-        assert_eq!(s.encode_for(&p, now), s.encode(), "{why}");
+        assert!(!s.is_quiet(now), "{why}");
+        assert_eq!(s.encode_for(now), s.encode(), "{why}");
     };
-    let mut ramping = quiet.clone();
-    ramping.closed_at_ms = 5_000;
-    not_quiet(&ramping, 5_999, "a ramp is running");
-    assert!(ramping.is_quiet(&p, 6_000), "the ramp is over");
+    // A closing time is kept as long as any ramp a reload could configure may still run.
+    let mut closed_from_half_open = quiet.clone();
+    closed_from_half_open.closed_at_ms = 5_000;
+    not_quiet(&closed_from_half_open, 5_000 + 1_000, "past this policy's ramp, within the longest one");
+    not_quiet(&closed_from_half_open, 5_000 + hour - 1, "within the longest ramp");
+    assert!(closed_from_half_open.is_quiet(5_000 + hour), "past the longest ramp");
     let mut streak = quiet.clone();
     streak.consecutive_failures = 1;
     not_quiet(&streak, 0, "a failure streak");
@@ -691,29 +695,66 @@ fn only_a_closed_breaker_with_nothing_to_remember_is_quiet() {
 
 #[test]
 fn a_no_op_success_s_bytes_are_quiet_only_with_nothing_else_to_remember() {
-    let p = Policy { recovery_ramp_ms: 1_000, ..policy(3, 0.5, 10, 5, 2, 1) };
+    let p = policy(3, 0.5, 10, 5, 2, 1);
+    let hour = policy::MAX_RECOVERY_RAMP_MS;
     let quiet = BreakerState::quiet(&p);
     let noop = |s: &BreakerState| state::success_is_noop(&s.encode(), 2, 10);
-    assert!(noop(&quiet) && state::noop_is_quiet(&quiet.encode(), 1_000, 0));
-    let mut ramping = quiet.clone();
-    ramping.closed_at_ms = 5_000;
-    assert!(noop(&ramping) && !state::noop_is_quiet(&ramping.encode(), 1_000, 5_999));
-    assert!(state::noop_is_quiet(&ramping.encode(), 1_000, 6_000));
-    assert!(state::noop_is_quiet(&ramping.encode(), 0, 0), "no ramp configured");
+    assert!(noop(&quiet) && state::noop_is_quiet(&quiet.encode(), 0));
+    let mut closed = quiet.clone();
+    closed.closed_at_ms = 5_000;
+    assert!(noop(&closed) && !state::noop_is_quiet(&closed.encode(), 5_000 + hour - 1));
+    assert!(state::noop_is_quiet(&closed.encode(), 5_000 + hour));
     for (at, why) in [(2usize, "a reason"), (3, "reopens"), (6, "probe successes")] {
         let mut bytes = quiet.encode();
         bytes[at] = 1;
-        assert!(!state::noop_is_quiet(&bytes, 1_000, 0), "{why}");
+        assert!(!state::noop_is_quiet(&bytes, 0), "{why}");
     }
     let mut slot = quiet.clone();
     slot.probe_slots[0] = 9;
-    assert!(!state::noop_is_quiet(&slot.encode(), 1_000, 0), "a probe slot taken");
+    assert!(!state::noop_is_quiet(&slot.encode(), 0), "a probe slot taken");
     // Whatever noop_is_quiet accepts is a state is_quiet accepts.
-    for s in [&quiet, &ramping, &slot] {
-        for now in [0, 5_999, 6_000] {
-            if state::noop_is_quiet(&s.encode(), 1_000, now) {
-                assert!(s.is_quiet(&p, now));
+    for s in [&quiet, &closed, &slot] {
+        for now in [0, 5_000 + hour - 1, 5_000 + hour] {
+            if state::noop_is_quiet(&s.encode(), now) {
+                assert!(s.is_quiet(now));
             }
         }
+    }
+}
+
+#[test]
+fn a_reload_that_resizes_a_window_full_of_successes_keeps_it_full_and_starts_any_other_afresh() {
+    let small = policy(3, 0.5, 10, 5, 2, 1);
+    let large = policy(3, 0.5, 20, 5, 2, 1);
+    let mut healthy = BreakerState::quiet(&small);
+    healthy.conform(&large);
+    assert_eq!(healthy, BreakerState::quiet(&large), "as the empty encoding reads under the larger policy");
+    let mut failed = BreakerState::quiet(&small);
+    failed.window.record(0, true, false);
+    failed.conform(&large);
+    assert_eq!(failed.window, Window::new(WindowSpec::Count { size: 20 }), "a window with a failure starts afresh");
+    let mut filling = BreakerState::new(&small);
+    filling.conform(&large);
+    assert_eq!(filling.window, Window::new(WindowSpec::Count { size: 20 }));
+    let time = Policy { window: WindowSpec::Time { seconds: 10 }, ..small.clone() };
+    let mut to_time = BreakerState::quiet(&small);
+    to_time.conform(&time);
+    assert_eq!(to_time.window, Window::new(WindowSpec::Time { seconds: 10 }));
+}
+
+#[test]
+fn the_in_place_probe_steps_read_a_quiet_breaker_s_empty_bytes_as_closed_and_never_index_past_them() {
+    let p = policy(3, 0.5, 10, 5, 2, 1);
+    let t = ProbeTicket { slot: 1, deadline_ms: 500 };
+    assert_eq!(breaker::record_probe_success_in_place(&mut [], &p, 100, t), None);
+    assert_eq!(breaker::admit_probe_in_place(&mut [], &p, 100, || 0.5), None);
+    for n in 0..40 {
+        let short = vec![1u8; n];
+        assert!(!state::fits(&short, &p) || n >= 33);
+        let _ = (state::slot(&short, 3), state::slots(&short), state::probe_successes(&short));
+        let _ = state::slot_deadlines(&short).count();
+        let mut b = short.clone();
+        state::set_slot(&mut b, 3, 9);
+        state::set_probe_successes(&mut b, 2);
     }
 }

@@ -62,6 +62,25 @@ impl Window {
     }
 
     /// Whether this window was built for `spec` (a config reload may change it).
+    /// A count window of `spec`'s size full of successes; a time window as [`Window::new`].
+    pub fn full_of_successes(spec: WindowSpec) -> Window {
+        let mut w = Window::new(spec);
+        if let Window::Count { size, filled, .. } = &mut w {
+            *filled = *size;
+        }
+        w
+    }
+
+    /// Whether this is a (non-empty) count window full of successes.
+    pub fn is_full_of_successes(&self) -> bool {
+        match self {
+            Window::Count { size, filled, failures, slow, .. } => {
+                *size > 0 && filled == size && failures.iter().chain(slow).all(|&b| b == 0)
+            }
+            Window::Time { .. } => false,
+        }
+    }
+
     pub fn fits(&self, spec: WindowSpec) -> bool {
         match (self, spec) {
             (Window::Count { size, .. }, WindowSpec::Count { size: s }) => *size == s,

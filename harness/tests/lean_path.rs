@@ -263,10 +263,11 @@ fn a_healthy_breaker_is_written_as_no_bytes_and_read_with_nothing_copied_into_th
 }
 
 /// A breaker that closed from half-open keeps its closing time while its recovery ramp runs,
-/// even with its window full of successes (the ramp needs it); the first success after the
-/// ramp writes it as no bytes.
+/// even with its window full of successes (the ramp needs it), and past its ramp for as long as
+/// the longest ramp a reload could set (an hour); the first success after that writes it as no
+/// bytes.
 #[test]
-fn a_breaker_keeps_its_closing_time_while_its_ramp_runs_and_is_written_as_no_bytes_after() {
+fn a_breaker_keeps_its_closing_time_for_the_longest_ramp_a_reload_could_set_and_is_written_as_no_bytes_after() {
     let mut host = Host::new(&built_module()).unwrap();
     let config = r#"{"defaults": {"consecutive_failures": 1, "window": {"kind": "count", "size": 10},
         "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 1, "successes": 1},
@@ -302,5 +303,9 @@ fn a_breaker_keeps_its_closing_time_while_its_ramp_runs_and_is_written_as_no_byt
     host.advance(std::time::Duration::from_millis(5_000));
     let ctx = upgrade(&mut a);
     answer_from(&mut a, ctx, 101, "via_upstream", 0);
-    assert_eq!(state_bytes(&host), Vec::<u8>::new(), "quiet once the ramp is over");
+    assert!(!state_bytes(&host).is_empty(), "its own ramp is over, a reloaded one could still run");
+    host.advance(std::time::Duration::from_millis(floodgate_core::policy::MAX_RECOVERY_RAMP_MS - 5_000));
+    let ctx = upgrade(&mut a);
+    answer_from(&mut a, ctx, 101, "via_upstream", 0);
+    assert_eq!(state_bytes(&host), Vec::<u8>::new(), "quiet an hour after closing");
 }
