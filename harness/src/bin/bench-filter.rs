@@ -171,9 +171,11 @@ fn compare(before: &str, rows: &[(Row, usize)]) -> String {
          `response.flags` were read on every answer. After: admission reads the state's fixed head in place; a \
          success reads the state again and, on a healthy breaker (closed, full count window of successes), writes \
          nothing and reads no clock; a probe takes and frees its slot on the bytes in place; keys, paths and \
-         policies are cached per key; the refusal is written directly; small blocks come from free lists. What \
-         is left is mostly the SDK's per-stream bookkeeping (`on_context_create`, `on_delete` and each callback's \
-         dispatch, the same for an unguarded request).\n",
+         policies are cached per key; the refusal is written directly; small blocks come from free lists; and a \
+         quiet breaker's state is an empty value, so neither of its two reads makes the host call the module's \
+         allocator (the allocations column: 2 on the admitted plain request, the cluster's name and `:status`, \
+         where there were 4). What is left is mostly the SDK's per-stream bookkeeping (`on_context_create`, \
+         `on_delete` and each callback's dispatch, the same for an unguarded request).\n",
     );
     out.push_str(
         "\nBy callback (instructions, before → after):\n\n| path | callback | before | after |\n|---|---|---:|---:|\n",
