@@ -138,25 +138,47 @@ async fn http_worker(
     hist: Arc<Mutex<Histogram<u64>>>,
     tally: Arc<Mutex<Tally>>,
 ) {
-    let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::with_capacity(4096);
+    let mut conn = KeepAlive::new(addr);
     loop {
         let next = rx.lock().await.recv().await;
         let Some(due) = next else { break };
-        if conn.is_none() {
-            conn = TcpStream::connect(addr).await.ok();
-            if let Some(c) = &conn {
-                let _ = c.set_nodelay(true);
-            }
+        let status = conn.request().await;
+        record(&hist, &tally, due, status).await;
+    }
+}
+
+/// One keep-alive connection, made on first use and again after a failure.
+struct KeepAlive {
+    addr: SocketAddr,
+    conn: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl KeepAlive {
+    fn new(addr: SocketAddr) -> KeepAlive {
+        KeepAlive { addr, conn: None, buf: Vec::with_capacity(4096) }
+    }
+
+    /// One request; its status, or None when no connection could be made or it failed (then
+    /// the next request connects again).
+    async fn request(&mut self) -> Option<u16> {
+        if self.conn.is_none() {
+            let c = TcpStream::connect(self.addr).await.ok()?;
+            let _ = c.set_nodelay(true);
+            self.conn = Some(c);
         }
-        let status = match conn.as_mut() {
-            Some(c) => http_once(c, &mut buf).await,
+        let status = match self.conn.as_mut() {
+            Some(c) => http_once(c, &mut self.buf).await,
             None => None,
         };
         if status.is_none() {
-            conn = None;
+            self.conn = None;
         }
-        record(&hist, &tally, due, status).await;
+        status
+    }
+
+    fn drop_connection(&mut self) {
+        self.conn = None;
     }
 }
 
@@ -243,24 +265,14 @@ pub async fn closed_loop(addr: SocketAddr, connections: usize, duration: Duratio
         .map(|_| {
             tokio::spawn(async move {
                 let (mut completed, mut errors) = (0u64, 0u64);
-                let mut buf = Vec::with_capacity(4096);
-                let mut conn: Option<TcpStream> = None;
+                let mut conn = KeepAlive::new(addr);
                 while Instant::now() < end {
-                    if conn.is_none() {
-                        conn = TcpStream::connect(addr).await.ok();
-                        if let Some(c) = &conn {
-                            let _ = c.set_nodelay(true);
-                        }
-                    }
-                    let status = match conn.as_mut() {
-                        Some(c) => http_once(c, &mut buf).await,
-                        None => None,
-                    };
-                    match status {
+                    match conn.request().await {
                         Some(200..=299) => completed += 1,
+                        // Any other answer: start again on a new connection.
                         _ => {
                             errors += 1;
-                            conn = None;
+                            conn.drop_connection();
                         }
                     }
                 }
