@@ -37,11 +37,18 @@ const STALE: u64 = 120_000;
 const MAX_BREAKERS: usize = 3;
 const WORKERS: usize = 3;
 
-fn config() -> String {
+/// The window the main model runs with: too large to fill with successes in a sequence, so
+/// breakers stay stored in full. [`QUIET_WINDOW`] fills in four: breakers go quiet (an empty
+/// value) and come back between failures. The failure rate (all of the window) never trips
+/// before the streak of `STREAK` does, so the model's decisions hold for both.
+const WINDOW: u16 = 100;
+const QUIET_WINDOW: u16 = 4;
+
+fn config(window: u16) -> String {
     serde_json::json!({
         "defaults": {
             "consecutive_failures": STREAK,
-            "failure_rate": 1.0, "minimum_calls": 100, "window": {"kind": "count", "size": 100},
+            "failure_rate": 1.0, "minimum_calls": window, "window": {"kind": "count", "size": window},
             "open": {"base_ms": BASE, "max_ms": MAX, "multiplier": 2.0, "jitter": 0.0},
             "half_open": {"permits": PERMITS, "successes": SUCCESSES},
             "answer_timeout_ms": TIMEOUT
@@ -53,10 +60,10 @@ fn config() -> String {
     .to_string()
 }
 
-/// A breaker's state as shared data holds it (a quiet one as no bytes, in `config()`'s shape).
-fn state_of(bytes: &[u8]) -> Result<BreakerState, &'static str> {
+/// A breaker's state as shared data holds it (a quiet one as no bytes, in `config(window)`'s shape).
+fn state_of(bytes: &[u8], window: u16) -> Result<BreakerState, &'static str> {
     let shape =
-        Policy { half_open_permits: PERMITS as u8, window: WindowSpec::Count { size: 100 }, ..Policy::default() };
+        Policy { half_open_permits: PERMITS as u8, window: WindowSpec::Count { size: window }, ..Policy::default() };
     BreakerState::decode_for(bytes, &shape).ok_or("undecodable state")
 }
 
@@ -401,10 +408,10 @@ fn snapshot(r: &mut Rng, now: u64) -> (View, RemoteView) {
 /// transition), and `floodgate_forced` for the keys a view names.
 const MAX_STATS: usize = 8 + (MAX_BREAKERS + 1) * (12 + 9) + 3;
 
-fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize, String> {
+fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>, window: u16) -> Result<usize, String> {
     let mut r = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut host = proto.sibling();
-    let cfg = config();
+    let cfg = config(window);
     let mut ws: Vec<Worker> = (0..WORKERS)
         .map(|_| {
             let mut w = host.worker().unwrap();
@@ -529,7 +536,10 @@ fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize
         // The shared state is the model's.
         for (key, b) in &m.breakers {
             let Some((bytes, _)) = host.shared_data(&format!("floodgate/b/{key}")) else { continue };
-            let s = state_of(&bytes)?;
+            if bytes.is_empty() {
+                *seen.entry("quiet state".into()).or_default() += 1;
+            }
+            let s = state_of(&bytes, window)?;
             let real = (s.phase, u32::from(s.consecutive_failures), s.probe_slots.clone(), u32::from(s.reopens));
             let model = (b.phase, b.streak, b.slots.clone(), b.reopens);
             let open_differs = b.phase == Phase::Open && s.open_until_ms != b.open_until;
@@ -567,7 +577,7 @@ fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize
     let after = host.now_ms();
     for key in m.breakers.keys() {
         let Some((bytes, _)) = host.shared_data(&format!("floodgate/b/{key}")) else { continue };
-        let s = state_of(&bytes)?;
+        let s = state_of(&bytes, window)?;
         let overdue = s.probe_slots.iter().any(|&d| d != 0 && d <= after);
         if s.phase == Phase::HalfOpen && overdue {
             return Err(format!("{key} still half-open with an overdue probe {s:?}\n{}", log.join("\n")));
@@ -584,7 +594,23 @@ fn run(seed: u64, proto: &Host, seen: &mut HashMap<String, u64>) -> Result<usize
 
 #[test]
 fn the_filter_decides_as_the_model_over_random_interleavings() {
-    let sequences: u64 = std::env::var("FLOODGATE_MODEL_SEQUENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let seen = decide_as_the_model(WINDOW, 10_000);
+    assert!(!seen.iter().any(|(k, _)| k == "quiet state"), "a window of {WINDOW} filled: {seen:?}");
+}
+
+/// The same with breakers that go quiet (stored as an empty value) and come back between
+/// failures, on three workers.
+#[test]
+fn the_filter_decides_as_the_model_with_breakers_going_quiet_between_failures() {
+    let seen = decide_as_the_model(QUIET_WINDOW, 3_000);
+    assert!(seen.iter().any(|(k, n)| k == "quiet state" && *n > 100), "few quiet states: {seen:?}");
+}
+
+/// Runs the model's random sequences (`FLOODGATE_MODEL_SEQUENCES` of them, else `default`) with
+/// a count window of `window`; what was decided, and how often.
+fn decide_as_the_model(window: u16, default: u64) -> Vec<(String, u64)> {
+    let sequences: u64 =
+        std::env::var("FLOODGATE_MODEL_SEQUENCES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
     let offset: u64 = std::env::var("FLOODGATE_MODEL_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let proto = Host::new(&built_module()).unwrap_or_else(|e| panic!("{e:#}"));
     let t = std::time::Instant::now();
@@ -592,16 +618,18 @@ fn the_filter_decides_as_the_model_over_random_interleavings() {
         let mut h = proto.sibling();
         let mut w = h.worker().unwrap();
         w.add_cluster("floodgate_control");
-        w.configure("floodgate", &config()).unwrap();
+        w.configure("floodgate", &config(window)).unwrap();
     }
     println!("one configured worker: {:.2} ms", t.elapsed().as_secs_f64() * 1000.0 / 20.0);
     let started = std::time::Instant::now();
     let mut steps = 0;
     let mut seen = HashMap::new();
     for seed in offset..offset + sequences {
-        match run(seed, &proto, &mut seen) {
+        match run(seed, &proto, &mut seen, window) {
             Ok(n) => steps += n,
-            Err(e) => panic!("sequence with FLOODGATE_MODEL_SEED={seed} FLOODGATE_MODEL_SEQUENCES=1:\n{e}"),
+            Err(e) => {
+                panic!("window {window}, sequence with FLOODGATE_MODEL_SEED={seed} FLOODGATE_MODEL_SEQUENCES=1:\n{e}")
+            }
         }
     }
     println!("{sequences} sequences, {steps} steps, in {:.1} s", started.elapsed().as_secs_f64());
@@ -616,4 +644,5 @@ fn the_filter_decides_as_the_model_over_random_interleavings() {
             assert!(seen.iter().any(|(k, n)| k == kind && *n > 0), "no {kind} in {seen:?}");
         }
     }
+    seen
 }
