@@ -95,9 +95,8 @@ impl Store {
         let at = clock.unwrap_or(o.start);
         let slow = p.slow_call_ms > 0 && at.saturating_sub(o.start) >= p.slow_call_ms;
         if let (None, Some(t), Some(b)) = (clock, o.probe, self.bytes.as_mut()) {
-            match record_probe_success_in_place(b, p, o.start, t) {
-                Some(_) => return None,
-                None => {}
+            if record_probe_success_in_place(b, p, o.start, t).is_some() {
+                return None;
             }
         }
         let call = Call { failure, slow };
@@ -195,16 +194,28 @@ fn run(policies: [Policy; 2], ops: &[Op]) -> Result<(), TestCaseError> {
                 let o = out.remove(which % out.len());
                 let p = &policies[o.worker];
                 match *op {
-                    Op::Finish { failure, .. } => {
-                        (format!("{:?}", full.finish(p, o, now, failure)), format!("{:?}", quiet.finish(p, o, now, failure)))
+                    Op::Finish { failure, .. } => (
+                        format!("{:?}", full.finish(p, o, now, failure)),
+                        format!("{:?}", quiet.finish(p, o, now, failure)),
+                    ),
+                    Op::Timeout { .. } => {
+                        (format!("{:?}", full.timeout(p, o, now)), format!("{:?}", quiet.timeout(p, o, now)))
                     }
-                    Op::Timeout { .. } => (format!("{:?}", full.timeout(p, o, now)), format!("{:?}", quiet.timeout(p, o, now))),
                     _ => (format!("{:?}", full.release(p, o, now)), format!("{:?}", quiet.release(p, o, now))),
                 }
             }
             _ => continue,
         };
-        prop_assert_eq!(&said.0, &said.1, "op {} {:?} at {}; full {:?} quiet {:?}", i, op, now, full.bytes.as_ref().map(|b| b.len()), quiet.bytes.as_ref().map(|b| b.len()));
+        prop_assert_eq!(
+            &said.0,
+            &said.1,
+            "op {} {:?} at {}; full {:?} quiet {:?}",
+            i,
+            op,
+            now,
+            full.bytes.as_ref().map(|b| b.len()),
+            quiet.bytes.as_ref().map(|b| b.len())
+        );
     }
     Ok(())
 }
