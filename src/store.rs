@@ -2,8 +2,8 @@
 //!
 //! Each breaker is one key, `floodgate/b/<breaker>`, updated with compare-and-swap: read, step
 //! the pure state machine, write back only if it changed and nobody wrote in between. A quiet
-//! breaker's value is empty (`floodgate_core::state`). The set of
-//! tracked keys is bounded by `max_breakers` (shared data has no delete) through a registry key.
+//! breaker's value is empty (`floodgate_core::state`). The set of tracked keys is bounded by
+//! `max_breakers` (shared data has no delete) through a registry key.
 
 use crate::host::{self, HostError};
 use floodgate_core::{BreakerState, Effect, Policy};

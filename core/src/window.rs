@@ -61,7 +61,6 @@ impl Window {
         }
     }
 
-    /// Whether this window was built for `spec` (a config reload may change it).
     /// A count window of `spec`'s size full of successes; a time window as [`Window::new`].
     pub fn full_of_successes(spec: WindowSpec) -> Window {
         let mut w = Window::new(spec);
@@ -81,6 +80,7 @@ impl Window {
         }
     }
 
+    /// Whether this window was built for `spec` (a config reload may change it).
     pub fn fits(&self, spec: WindowSpec) -> bool {
         match (self, spec) {
             (Window::Count { size, .. }, WindowSpec::Count { size: s }) => *size == s,
