@@ -13,15 +13,27 @@ use std::time::{Duration, Instant};
 use floodgate_demo::backend::Backend;
 use floodgate_demo::repo_root;
 
-use crate::measure::{saturated, start_proxies, warm_up, Proxy};
+use crate::measure::{saturated, start_proxies, warm_up};
 use crate::results::median;
 use crate::setups::{self, Setup};
 use crate::system::{envoy_version, machine, pin};
 
 /// Calls of one kind per request: enough that their cost stands above run-to-run noise.
 const CALLS: u32 = 8;
-const ROUNDS: usize = 7;
-const RUN: Duration = Duration::from_secs(3);
+/// How many rounds of how long: `make bench-host-calls`, or its smoke run in `make test`.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    rounds: usize,
+    run: Duration,
+    quick: bool,
+}
+
+impl Plan {
+    pub const FULL: Plan = Plan { rounds: 7, run: Duration::from_secs(3), quick: false };
+    /// One short round: the configurations load and answer, the report renders (its figures
+    /// mean nothing).
+    pub const QUICK: Plan = Plan { rounds: 1, run: Duration::from_millis(500), quick: true };
+}
 /// `spin 1000`: 12,437 wasm instructions in `on_http_request_headers` against `pass`'s 137
 /// (counted in the harness), so 12,300 more.
 const SPIN: &str = "spin 1000";
@@ -93,39 +105,40 @@ fn spread(values: &[f64]) -> String {
     format!("{lo:.2} to {hi:.2}")
 }
 
-pub async fn run() -> anyhow::Result<String> {
+pub async fn run(plan: Plan) -> anyhow::Result<String> {
     let started = Instant::now();
     let pinned = pin(std::process::id(), 1);
     let backend = Backend::start(0).await?;
-    let proxies = start_proxies(configurations(), &backend, false, started).await?;
+    let proxies = start_proxies(configurations(), &backend, plan.quick, started).await?;
     warm_up(&proxies).await;
     let mut rounds: Vec<(&'static str, Vec<f64>)> = proxies.iter().map(|p| (p.name, Vec::new())).collect();
-    for _ in 0..ROUNDS {
+    for _ in 0..plan.rounds {
         for (p, (_, cpu)) in proxies.iter().zip(rounds.iter_mut()) {
-            cpu.push(measure(p).await);
+            let s = saturated(p, plan.run).await;
+            if s.errors > 0 && s.per_s < 1.0 {
+                anyhow::bail!("{}: no request answered ({} errors)", p.name, s.errors);
+            }
+            cpu.push(s.cpu_us);
         }
     }
-    Ok(report(&Rounds(rounds), pinned, started.elapsed()))
+    Ok(report(&Rounds(rounds), plan, pinned, started.elapsed()))
 }
 
-async fn measure(p: &Proxy) -> f64 {
-    saturated(p, RUN).await.cpu_us
-}
-
-fn report(r: &Rounds, pinned: bool, took: Duration) -> String {
+fn report(r: &Rounds, plan: Plan, pinned: bool, took: Duration) -> String {
     let mut md = String::from("# What a host call costs in Envoy\n\n");
     let _ = writeln!(
         md,
         "Measured by `make bench-host-calls` on {} ({}, `--concurrency 1`{}), in {:.0} s. Each kind of call runs in \
          its own Envoy: the wasm floor (bench/wasm-floor) making {CALLS} such calls per request, beside the floor making \
          none and Floodgate (`shed: all`, closed), each saturated by a closed loop of 64 keep-alive connections (Envoy's \
-         CPU busy), {ROUNDS} rounds of {} s interleaved. A call's cost is (Envoy CPU per request − the floor's) / {CALLS}, \
+         CPU busy), {} rounds of {:.1} s interleaved. A call's cost is (Envoy CPU per request − the floor's) / {CALLS}, \
          round by round; the median and the spread over rounds are shown.\n",
         machine(),
         envoy_version(),
         if pinned { ", pinned to CPU 0; the load generator on CPU 1" } else { "" },
         took.as_secs_f64(),
-        RUN.as_secs(),
+        plan.rounds,
+        plan.run.as_secs_f64(),
     );
     md.push_str("| call | µs per call (median) | spread over rounds |\n|---|---:|---|\n");
     for (kind, what) in KINDS {
@@ -169,9 +182,13 @@ fn report(r: &Rounds, pinned: bool, took: Duration) -> String {
     md
 }
 
-/// Writes the report where `make bench-host-calls` promises it.
-pub fn write(md: &str) -> anyhow::Result<std::path::PathBuf> {
-    let dest = repo_root().join("bench/results/host-calls.md");
+/// Writes the report where `make bench-host-calls` promises it (a quick run's under target/).
+pub fn write(md: &str, plan: Plan) -> anyhow::Result<std::path::PathBuf> {
+    let dest = if plan.quick {
+        repo_root().join("target/host-calls-quick.md")
+    } else {
+        repo_root().join("bench/results/host-calls.md")
+    };
     std::fs::write(&dest, md)?;
     Ok(dest)
 }

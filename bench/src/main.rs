@@ -27,12 +27,13 @@ use results::Plan;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    let quick = std::env::args().any(|a| a == "--quick");
     if std::env::args().any(|a| a == "--host-calls") {
-        let md = host_calls::run().await?;
-        println!("{md}\nwritten to {}", host_calls::write(&md)?.display());
+        let plan = if quick { host_calls::Plan::QUICK } else { host_calls::Plan::FULL };
+        let md = host_calls::run(plan).await?;
+        println!("{md}\nwritten to {}", host_calls::write(&md, plan)?.display());
         return Ok(());
     }
-    let quick = std::env::args().any(|a| a == "--quick");
     // `--storm-only`: the reconnect storm alone, its section replaced in the existing report.
     let storm_only = std::env::args().any(|a| a == "--storm-only");
     let dest = if quick { repo_root().join("target/BENCHMARKS-quick.md") } else { repo_root().join("BENCHMARKS.md") };
