@@ -11,13 +11,33 @@ use floodgate_harness::{built_module, Host, Worker, CONTINUE};
 
 const BREAKER: &str = "collab_ws";
 
-fn upgrade(w: &mut Worker) -> u32 {
+const UPGRADE: [(&str, &str); 4] =
+    [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
+
+/// A new upgrade to the breaker: its context, and whether the filter let it through.
+fn try_upgrade(w: &mut Worker) -> (u32, bool) {
     let ctx = w.new_context().unwrap();
     w.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
-    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
-    let action = w.request_headers(ctx, &headers, false).unwrap();
-    assert_eq!(action, CONTINUE, "refused: {:?}", w.local_response(ctx));
+    let action = w.request_headers(ctx, &UPGRADE, false).unwrap();
+    (ctx, action == CONTINUE)
+}
+
+/// An upgrade the filter lets through (it fails the test if refused).
+fn upgrade(w: &mut Worker) -> u32 {
+    let (ctx, admitted) = try_upgrade(w);
+    assert!(admitted, "refused: {:?}", w.local_response(ctx));
     ctx
+}
+
+/// How many of `tries` new upgrades the filter lets through (each ended unanswered).
+fn admitted_of(w: &mut Worker, tries: usize) -> usize {
+    (0..tries)
+        .filter(|_| {
+            let (ctx, admitted) = try_upgrade(w);
+            w.end(ctx).unwrap();
+            admitted
+        })
+        .count()
 }
 
 fn answer_from(w: &mut Worker, ctx: u32, status: u16, details: &str, flags: u64) {
@@ -78,16 +98,7 @@ fn the_recovery_ramp_starts_when_the_last_probe_closes_the_breaker_not_when_it_w
     assert_eq!(metric(&host, &closed), 1);
     // 1 ms after closing, the ramp's share is 0.02 %: twenty new upgrades are all but all refused.
     host.advance(std::time::Duration::from_millis(1));
-    let mut admitted = 0;
-    for _ in 0..20 {
-        let ctx = a.new_context().unwrap();
-        a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
-        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
-        if a.request_headers(ctx, &headers, false).unwrap() == CONTINUE {
-            admitted += 1;
-        }
-        a.end(ctx).unwrap();
-    }
+    let admitted = admitted_of(&mut a, 20);
     assert!(admitted <= 1, "{admitted} of 20 admitted 1 ms after closing with a 5 s ramp");
 }
 
@@ -141,8 +152,7 @@ fn foreign_truncated_or_garbage_state_bytes_never_trap_and_fail_open_on_every_le
         host.set_shared_data(&key, bytes);
         let ctx = a.new_context().unwrap();
         a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
-        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
-        let action = a.request_headers(ctx, &headers, false).unwrap_or_else(|e| panic!("sample {i}: {e:#}"));
+        let action = a.request_headers(ctx, &UPGRADE, false).unwrap_or_else(|e| panic!("sample {i}: {e:#}"));
         if action == CONTINUE {
             host.set_shared_data(&key, bytes);
             a.set_context_property(ctx, &["response", "code_details"], b"via_upstream");
@@ -180,10 +190,7 @@ fn a_success_that_trips_the_failure_rate_opens_the_breaker_from_its_answer_not_f
     assert_eq!(opened(&host), 1, "2 failures in 4 calls reach the 0.5 rate");
     // At least base * (1 - jitter) = 5 s from the answer: still open 2.001 s later.
     host.advance(std::time::Duration::from_millis(2_001));
-    let ctx = a.new_context().unwrap();
-    a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
-    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
-    assert_ne!(a.request_headers(ctx, &headers, false).unwrap(), CONTINUE, "open for less than base * (1 - jitter)");
+    assert!(!try_upgrade(&mut a).1, "open for less than base * (1 - jitter)");
 }
 
 /// `floodgate_calls_total{outcome="success"}` counts every success exactly once, on whichever
@@ -283,13 +290,11 @@ fn a_breaker_keeps_its_closing_time_for_the_longest_ramp_a_reload_could_set_and_
     assert_eq!(metric(&host, &closed), 1);
     let closed_at = host.now_ms();
     // Fill the window during the ramp (refused tries are the ramp's share).
-    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
     let mut successes = 0;
     while successes < 12 {
         host.advance(std::time::Duration::from_millis(50));
-        let ctx = a.new_context().unwrap();
-        a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
-        if a.request_headers(ctx, &headers, false).unwrap() == CONTINUE {
+        let (ctx, admitted) = try_upgrade(&mut a);
+        if admitted {
             answer_from(&mut a, ctx, 101, "via_upstream", 0);
             successes += 1;
         } else {
@@ -426,16 +431,7 @@ fn a_clock_stepped_back_into_a_ramp_that_ended_over_an_hour_before_does_not_star
     assert_eq!(state_bytes(&host), Vec::<u8>::new(), "quiet an hour after closing");
     // NTP steps the clock back to 40 % into the old ramp.
     host.rewind(std::time::Duration::from_millis(host.now_ms() - (closed_at + 2_000)));
-    let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
-    let mut admitted = 0;
-    for _ in 0..40 {
-        let ctx = a.new_context().unwrap();
-        a.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
-        if a.request_headers(ctx, &headers, false).unwrap() == CONTINUE {
-            admitted += 1;
-        }
-        a.end(ctx).unwrap();
-    }
+    let admitted = admitted_of(&mut a, 40);
     assert_eq!(admitted, 40, "the ended ramp started again after the clock stepped back");
 }
 
@@ -477,17 +473,7 @@ fn a_reload_that_turns_the_ramp_on_decides_as_the_state_stored_in_full() {
         }
         host.advance(std::time::Duration::from_millis(1));
         let mut b = worker(&mut host, after);
-        let headers = [(":method", "GET"), (":path", "/ws"), ("upgrade", "websocket"), ("connection", "upgrade")];
-        let mut admitted = 0;
-        for _ in 0..40 {
-            let ctx = b.new_context().unwrap();
-            b.set_context_property(ctx, &["xds", "cluster_name"], BREAKER.as_bytes());
-            if b.request_headers(ctx, &headers, false).unwrap() == CONTINUE {
-                admitted += 1;
-            }
-            b.end(ctx).unwrap();
-        }
-        admitted
+        admitted_of(&mut b, 40)
     };
     let reference = admitted_after_reload(true);
     assert!(reference <= 2, "stored in full, the new ramp refuses nearly all: {reference} of 40 admitted");
