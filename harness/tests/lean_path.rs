@@ -29,6 +29,16 @@ fn upgrade(w: &mut Worker) -> u32 {
     ctx
 }
 
+/// One failure trips the breaker (`consecutive_failures: 1`, open for 1 s); a second later a
+/// probe's 101 closes it (`half_open: {permits: 1, successes: 1}`).
+fn trip_and_close(host: &Host, w: &mut Worker) {
+    let ctx = upgrade(w);
+    answer_from(w, ctx, 503, "via_upstream", 0);
+    host.advance(std::time::Duration::from_millis(1_001));
+    let probe = upgrade(w);
+    answer_from(w, probe, 101, "via_upstream", 0);
+}
+
 /// How many of `tries` new upgrades the filter lets through (each ended unanswered).
 fn admitted_of(w: &mut Worker, tries: usize) -> usize {
     (0..tries)
@@ -281,11 +291,7 @@ fn a_breaker_keeps_its_closing_time_for_the_longest_ramp_a_reload_could_set_and_
         "open": {"base_ms": 1000, "jitter": 0.0}, "half_open": {"permits": 1, "successes": 1},
         "recovery_ramp_ms": 5000}}"#;
     let mut a = worker(&mut host, config);
-    let ctx = upgrade(&mut a);
-    answer_from(&mut a, ctx, 503, "via_upstream", 0);
-    host.advance(std::time::Duration::from_millis(1_001));
-    let probe = upgrade(&mut a);
-    answer_from(&mut a, probe, 101, "via_upstream", 0);
+    trip_and_close(&host, &mut a);
     let closed = format!("breaker=.={BREAKER};.;from=.=half_open;.;to=.=closed;.;floodgate_transitions_total");
     assert_eq!(metric(&host, &closed), 1);
     let closed_at = host.now_ms();
@@ -411,11 +417,7 @@ fn a_clock_stepped_back_into_a_ramp_that_ended_over_an_hour_before_does_not_star
         "recovery_ramp_ms": 5000}}"#;
     let mut host = Host::new(&built_module()).unwrap();
     let mut a = worker(&mut host, config);
-    let ctx = upgrade(&mut a);
-    answer_from(&mut a, ctx, 503, "via_upstream", 0);
-    host.advance(std::time::Duration::from_millis(1_001));
-    let probe = upgrade(&mut a);
-    answer_from(&mut a, probe, 101, "via_upstream", 0);
+    trip_and_close(&host, &mut a);
     let closed_at = host.now_ms();
     // Within the hour after closing, the closing time is kept even with the window full.
     host.advance(std::time::Duration::from_millis(5_001));
@@ -452,11 +454,7 @@ fn a_reload_that_turns_the_ramp_on_decides_as_the_state_stored_in_full() {
     let admitted_after_reload = |full: bool| {
         let mut host = Host::new(&built_module()).unwrap();
         let mut a = worker(&mut host, before);
-        let ctx = upgrade(&mut a);
-        answer_from(&mut a, ctx, 503, "via_upstream", 0);
-        host.advance(std::time::Duration::from_millis(1_001));
-        let probe = upgrade(&mut a);
-        answer_from(&mut a, probe, 101, "via_upstream", 0);
+        trip_and_close(&host, &mut a);
         for _ in 0..3 {
             let ctx = upgrade(&mut a);
             answer_from(&mut a, ctx, 101, "via_upstream", 0);
