@@ -1,5 +1,6 @@
 # Benchmarks: Floodgate against no filter, admission_control and Lua, side by side in one run.
-# `make bench` writes BENCHMARKS.md (about 10 minutes); `make bench-quick` is a smoke run that
+# `make bench` writes BENCHMARKS.md (about 40 minutes: the host-call costs, sections 1-6, the
+# reconnect storm); `make bench-quick` is a smoke run that
 # reports and never fails on speed. Both raise the open-file limit for the long-poll waiters.
 TEST_TARGETS += test-bench
 .PHONY: bench bench-quick bench-storm bench-host-calls test-bench wasm-floor

@@ -25,8 +25,9 @@ pub fn render(r: &Results, filter: Option<&FilterCosts>, host_calls: Option<&str
     misses(&mut md, r, filter);
     let _ = writeln!(
         md,
-        "\nReproduce: `make bench` (about {} minutes; `make bench-quick` for a smoke run).",
-        if r.plan.quick { 2 } else { 10 }
+        "\nReproduce: `make bench` (about {} minutes with the host calls first and the storm after; `make bench-quick` \
+         for a smoke run).",
+        if r.plan.quick { 2 } else { 40 }
     );
     let _ = writeln!(md, "This run took {:.0} s.", r.elapsed.as_secs_f64());
     md
@@ -693,14 +694,14 @@ mod tests {
         has(&md, "At 1000 req/s (3 rounds of 5s each):");
         has(
             &md,
-            "Reproduce: `make bench` (about 10 minutes; `make bench-quick` for a smoke run).\nThis run took 447 s.\n",
+            "Reproduce: `make bench` (about 40 minutes with the host calls first and the storm after; `make bench-quick` for a smoke run).\nThis run took 447 s.\n",
         );
         r.plan = Plan::quick();
         r.pinned = false;
         let md = render(&r, None, None);
         has(&md, "Measured by `make bench-quick` on ");
         has(&md, "pinned to CPU 0; pinning unavailable)");
-        has(&md, "(about 2 minutes;");
+        has(&md, "(about 2 minutes with");
     }
 
     #[test]
