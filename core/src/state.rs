@@ -5,7 +5,8 @@
 //! the probe slots, then the window.
 //!
 //! A quiet state ([`BreakerState::is_quiet`]: closed, no streak, a count window full of
-//! successes, no recovery ramp running) is written as no bytes at all. The state of a healthy
+//! successes, not closed from half-open within the longest ramp a policy allows) is written as no
+//! bytes at all. The state of a healthy
 //! breaker is then read with nothing to copy back, which in Envoy spares the call into the
 //! module's allocator that every non-empty answer of a host call costs (`make bench-host-calls`).
 //! Empty bytes decode as the quiet state of the reader's policy ([`BreakerState::decode_for`]).
